@@ -1,0 +1,43 @@
+"""Otter: Flask-style microservices over RabbitMQ (RPC, tasks, broadcasts), wire-compatible with kiwipy."""
+
+from .app import Otter
+from .blueprints import Blueprint
+from .client import AsyncClient, Client
+from .comm import Communicator
+from .config import Config
+from .decorators import use_args
+from .errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    DeadlineExceeded,
+    MessageError,
+    MessageTooLarge,
+    OtterError,
+    RemoteError,
+    Unroutable,
+    ValidationError,
+)
+from .futures import CallFuture
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "Blueprint",
+    "BrokerUnavailable",
+    "CallFuture",
+    "Client",
+    "Communicator",
+    "Config",
+    "ConfigurationError",
+    "DeadlineExceeded",
+    "MessageError",
+    "MessageTooLarge",
+    "Otter",
+    "OtterError",
+    "RemoteError",
+    "Unroutable",
+    "ValidationError",
+    "__version__",
+    "use_args",
+]

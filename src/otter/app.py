@@ -1,0 +1,199 @@
+"""``Otter``: the app object. Register handlers, register blueprints, then ``run()``.
+
+>>> app = Otter()
+>>> @app.add_rpc("example.hash")
+... def example_hash(comm, data): ...
+>>> app.run("amqp://guest:guest@127.0.0.1/")      # blocks until SIGINT/SIGTERM
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .blueprints import Blueprint
+from .config import Config, redact_url
+from .dispatch import Pipeline
+from .errors import ConfigurationError
+from .routing import BroadcastRoute, Route, RpcRoute, TaskRoute, make_filters
+from .scaffold import Scaffold
+from .transports import MEMORY_URL, open_transport
+from .worker import Worker
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["Otter"]
+
+log = logging.getLogger("otter")
+
+RUN_FROM_CLI_ENV = "OTTER_RUN_FROM_CLI"
+
+
+class Otter(Scaffold):
+    """A service: a name, a config and its handlers. ``Otter(name=None, **config)`` with UPPERCASE config keys."""
+
+    def __init__(self, name: str | None = None, **config: Any) -> None:
+        super().__init__()
+        self.name = name or "otter"
+        self.config = Config()
+        self.config.from_mapping(config)
+        self.routes: list[Route] = []
+        self.blueprints: dict[str, Blueprint] = {}
+        self._started = False
+
+    def __repr__(self) -> str:
+        return f"<Otter {self.name!r} with {len(self.routes)} handlers>"
+
+    # -- registration -------------------------------------------------------------------------------------------
+    def _register(self, kind: str, name: str, handler: Callable[..., Any], options: dict[str, Any]) -> None:
+        self._add_route(kind, name, handler, options)
+
+    def _add_route(
+        self, kind: str, name: str, handler: Callable[..., Any], options: dict[str, Any],
+        blueprint: str | None = None,
+    ) -> None:
+        self._check_setup(f"add the {kind} handler {name!r}")
+        if not callable(handler):
+            raise ConfigurationError(f"the {kind} handler for {name!r} is not callable: {handler!r}")
+        route: Route
+        if kind == "rpc":
+            route = RpcRoute(name, handler, blueprint, options)
+        elif kind == "task":
+            route = TaskRoute(name, handler, blueprint, options)
+        else:
+            route = BroadcastRoute(name, handler, blueprint, options, filters=make_filters(options["filters"]))
+        if kind != "broadcast":
+            for existing in self.routes:
+                if existing.kind == kind and existing.name == name:
+                    raise ConfigurationError(
+                        f"{kind} {name!r} is already handled by {_describe(existing.handler)}; "
+                        f"names must be unique"
+                    )
+        self.routes.append(route)
+
+    def register_blueprint(self, blueprint: Blueprint, *, name_prefix: str | None = None) -> None:
+        """Add a blueprint's handlers, optionally prefixing their names (``name_prefix.name``)."""
+        self._check_setup(f"register the blueprint {blueprint.name!r}")
+        if self.blueprints.get(blueprint.name, blueprint) is not blueprint:
+            raise ConfigurationError(f"another blueprint is already registered as {blueprint.name!r}")
+        self.blueprints[blueprint.name] = blueprint
+        blueprint.register(self, name_prefix)
+
+    def _check_setup(self, what: str) -> None:
+        if self._started:
+            raise ConfigurationError(f"cannot {what}: the app is already running; register handlers before run()")
+
+    # -- what the worker asks ------------------------------------------------------------------------------------
+    def task_queues(self) -> dict[str, TaskRoute]:
+        """Every task queue this app consumes, with its handler; the default queue when it has a clear owner."""
+        tasks = [route for route in self.routes if isinstance(route, TaskRoute)]
+        queues = {route.name: route for route in tasks}
+        defaults = [route for route in tasks if route.is_default]
+        if len(defaults) > 1:
+            names = ", ".join(route.name for route in defaults)
+            raise ConfigurationError(f"only one task handler may be the default, got: {names}")
+        owner = defaults[0] if defaults else (tasks[0] if len(tasks) == 1 else None)
+        if owner is not None:
+            queues[self.config["DEFAULT_TASK_QUEUE"]] = owner
+        return queues
+
+    def pipeline(self, route: Route) -> Pipeline:
+        """The route's handler wrapped in the app's hooks and, for a blueprint's route, the blueprint's."""
+        scopes: list[Scaffold] = []
+        if route.blueprint is not None and route.blueprint in self.blueprints:
+            scopes.append(self.blueprints[route.blueprint])
+        scopes.append(self)
+        before = [hook for scope in reversed(scopes) for hook in scope.before_handler_funcs]
+        after = [hook for scope in scopes for hook in scope.after_handler_funcs]
+        return Pipeline(route, before, after, [scope.error_handlers for scope in scopes])
+
+    # -- running ------------------------------------------------------------------------------------------------
+    def resolve_config(self, url: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """The effective config: arguments > ``OTTER_*`` environment > ``app.config`` > defaults."""
+        effective = Config(self.config)
+        effective.from_prefixed_env("OTTER")
+        effective.update({key.upper(): value for key, value in overrides.items() if value is not None})
+        if url is not None:
+            effective["BROKER_URL"] = url
+        if not effective.get("BROKER_URL"):
+            effective["BROKER_URL"] = MEMORY_URL
+        return dict(effective)
+
+    def run(self, url: str | None = None, debug: bool | None = None, **options: Any) -> None:
+        """Serve until SIGINT or SIGTERM, then stop gracefully. Blocks.
+
+        Under ``otter run`` the CLI serves the app itself, so a module-level ``app.run(...)`` does nothing then,
+        as with ``flask run``.
+        """
+        if os.environ.get(RUN_FROM_CLI_ENV) == "true":
+            log.debug("app.run() ignored: the otter command line is serving this app")
+            return
+        config = self.resolve_config(url, debug=debug, **options)
+        _configure_logging(bool(config["DEBUG"]))
+        _run_loop(self.serve(config))
+
+    async def serve(self, config: dict[str, Any], stop: asyncio.Event | None = None) -> None:
+        """Serve on the running loop until ``stop`` is set (or SIGINT/SIGTERM when in the main thread)."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        handled_signals = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+                handled_signals.append(sig)
+        worker = self.start_worker(config)
+        try:
+            await worker.start()
+            log.info("%s is running on %s; press Ctrl-C to stop", self.name, redact_url(config["BROKER_URL"]))
+            await stop.wait()
+            log.info("stopping: finishing running handlers (up to %gs)", worker.grace)
+        finally:
+            await worker.stop()
+            for sig in handled_signals:
+                loop.remove_signal_handler(sig)
+            self._started = False
+
+    def start_worker(self, config: dict[str, Any]) -> Worker:
+        self._started = True
+        transport = open_transport(config["BROKER_URL"], config)
+        return Worker(self, transport, config)
+
+    def test_client(self, url: str | None = None, **config: Any) -> Client:
+        """A ``Client`` talking to this app served in the background on the in-memory broker.
+
+        >>> with app.test_client() as client:
+        ...     client.rpc("example.hash", "otter").result()
+        """
+        from .testing import serve_in_thread
+
+        return serve_in_thread(self, url, **config)
+
+
+def _describe(handler: Callable[..., Any]) -> str:
+    return f"{getattr(handler, '__module__', '?')}.{getattr(handler, '__qualname__', handler)!s}"
+
+
+def _configure_logging(debug: bool) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.DEBUG if debug else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    logging.getLogger("otter").setLevel(logging.INFO)
+    for noisy in ("aio_pika", "aiormq"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _run_loop(main: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)

@@ -1,0 +1,177 @@
+"""``Client`` (for plain code, runs its own I/O thread) and ``AsyncClient`` (for coroutines, on your loop).
+
+>>> client = Client("amqp://guest:guest@127.0.0.1/")
+>>> if client.comm:                                   # None when the broker could not be reached
+...     client.rpc("example.hash", "otter").result()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from .codec import JsonCodec
+from .comm import Communicator
+from .config import Config, redact_url
+from .errors import BrokerUnavailable, OtterError
+from .futures import CallFuture
+from .transports import MEMORY_URL, Transport, open_transport
+
+__all__ = ["AsyncClient", "Client"]
+
+log = logging.getLogger("otter.client")
+
+
+def _client_config(url: str | None, config: dict[str, Any]) -> dict[str, Any]:
+    merged = Config()
+    merged.from_mapping(config)
+    env = Config({})
+    env.from_prefixed_env("OTTER")
+    merged.update({key: value for key, value in env.items() if key not in config})
+    merged["BROKER_URL"] = url or merged.get("BROKER_URL") or MEMORY_URL
+    return dict(merged)
+
+
+def _split_task_args(args: tuple[Any, ...]) -> tuple[str | None, Any]:
+    if len(args) == 1:
+        return None, args[0]
+    if len(args) == 2 and isinstance(args[0], str):
+        return args[0], args[1]
+    raise TypeError("use client.task(name, body) for a named task, or client.task(body) for the default queue")
+
+
+class Client:
+    """Connects in the constructor; ``comm`` is the communicator, or ``None`` if the broker cannot be reached
+    (``error`` then says why, and every call raises ``BrokerUnavailable`` with that message)."""
+
+    def __init__(self, url: str | None = None, *, timeout: float | None = None, **config: Any) -> None:
+        self.config = _client_config(url, config)
+        if timeout is not None:
+            self.config["RPC_TIMEOUT"] = float(timeout)
+        self.url = redact_url(self.config["BROKER_URL"])
+        self.comm: Communicator | None = None
+        self.error: OtterError | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="otter-client", daemon=True)
+        self._thread.start()
+        self._transport: Transport | None = None
+        try:
+            self._transport = open_transport(self.config["BROKER_URL"], self.config)
+            asyncio.run_coroutine_threadsafe(self._transport.connect(), self._loop).result(
+                float(self.config["CONNECT_TIMEOUT"]) + 5
+            )
+        except OtterError as exc:
+            self.error = exc
+            log.error("%s", exc)
+        except Exception as exc:  # an unexpected failure still leaves a usable, falsy client
+            self.error = BrokerUnavailable(f"cannot connect to {self.url}: {type(exc).__name__}: {exc}")
+            log.error("%s", self.error)
+        else:
+            self.comm = Communicator(
+                self._transport,
+                JsonCodec(int(self.config["MAX_MESSAGE_SIZE"])),
+                self._loop,
+                rpc_timeout=float(self.config["RPC_TIMEOUT"]),
+                loop_thread=self._thread,
+            )
+
+    def __repr__(self) -> str:
+        state = "connected" if self.comm else "not connected"
+        return f"<otter.Client {self.url} {state}>"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def rpc(self, name: str, data: Any = None, *, timeout: float | None = None) -> CallFuture:
+        """Call the RPC ``name``; ``.result()`` returns the reply or raises a typed ``OtterError``."""
+        return self._connected().rpc_send(name, data, timeout=timeout)
+
+    def task(self, *args: Any) -> None:
+        """``task(name, body)`` queues a named task, ``task(body)`` one on the default queue; returns once the
+        broker has it (publisher confirm)."""
+        name, body = _split_task_args(args)
+        self._connected().task_send(body, name=name).result()
+
+    def broadcast(
+        self, body: Any, subject: str | None = None, sender: Any = None, correlation_id: Any = None
+    ) -> None:
+        """Send ``body`` to every app with a broadcast filter matching ``subject``."""
+        self._connected().broadcast_send(body, sender=sender, subject=subject, correlation_id=correlation_id).result()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        if self.comm is not None:
+            self.comm.close()
+        if self._transport is not None:
+            asyncio.run_coroutine_threadsafe(self._transport.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def _connected(self) -> Communicator:
+        if self.comm is None:
+            raise BrokerUnavailable(str(self.error) if self.error else f"not connected to {self.url}")
+        return self.comm
+
+
+class AsyncClient:
+    """The same calls as ``Client``, as coroutines on the running loop.
+
+    >>> async with AsyncClient("amqp://guest:guest@127.0.0.1/") as client:
+    ...     reply = await client.rpc("example.hash", "otter")
+    """
+
+    def __init__(self, url: str | None = None, *, timeout: float | None = None, **config: Any) -> None:
+        self.config = _client_config(url, config)
+        if timeout is not None:
+            self.config["RPC_TIMEOUT"] = float(timeout)
+        self.url = redact_url(self.config["BROKER_URL"])
+        self.comm: Communicator | None = None
+        self._transport: Transport | None = None
+
+    async def connect(self) -> AsyncClient:
+        self._transport = open_transport(self.config["BROKER_URL"], self.config)
+        await self._transport.connect()
+        self.comm = Communicator(
+            self._transport,
+            JsonCodec(int(self.config["MAX_MESSAGE_SIZE"])),
+            asyncio.get_running_loop(),
+            rpc_timeout=float(self.config["RPC_TIMEOUT"]),
+            loop_thread=threading.current_thread(),
+        )
+        return self
+
+    async def __aenter__(self) -> AsyncClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def rpc(self, name: str, data: Any = None, *, timeout: float | None = None) -> Any:
+        return await self._connected().call(name, data, timeout=timeout)
+
+    async def task(self, *args: Any) -> None:
+        name, body = _split_task_args(args)
+        await self._connected().send_task(name, body)
+
+    async def broadcast(
+        self, body: Any, subject: str | None = None, sender: Any = None, correlation_id: Any = None
+    ) -> None:
+        await self._connected().send_broadcast(body, sender, subject, correlation_id)
+
+    async def close(self) -> None:
+        if self.comm is not None:
+            self.comm.close()
+        if self._transport is not None:
+            await self._transport.close()
+
+    def _connected(self) -> Communicator:
+        if self.comm is None:
+            raise BrokerUnavailable(f"not connected to {self.url}: use 'async with AsyncClient(...)' or connect()")
+        return self.comm

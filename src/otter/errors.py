@@ -1,0 +1,119 @@
+"""Every error Otter raises, in one tree.
+
+::
+
+    OtterError
+    ├── ConfigurationError       the app or a call is set up wrongly (a setup method after start, a bad URL...)
+    ├── BrokerUnavailable        the broker cannot be reached, or the connection was lost
+    ├── DeadlineExceeded         a call got no answer before its deadline (also a builtin ``TimeoutError``)
+    ├── Unroutable               nobody serves this RPC name or task queue (also ``kiwipy.UnroutableError``)
+    ├── MessageError             a message that cannot be read: undecodable, wrong content type, malformed
+    │   └── MessageTooLarge      bigger than ``MAX_MESSAGE_SIZE``; refused before decoding
+    └── RemoteError              the remote handler failed; carries its type, message, details and traceback
+        └── ValidationError      the arguments did not validate; ``messages`` maps fields to their errors
+
+Errors from aio-pika, aiormq and kiwipy are translated into this tree at the transport boundary, so user code only
+ever catches Otter's errors. ``RemoteError`` also subclasses ``kiwipy.RemoteException`` so code written for kiwipy
+keeps working.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+import kiwipy
+
+__all__ = [
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "DeadlineExceeded",
+    "MessageError",
+    "MessageTooLarge",
+    "OtterError",
+    "RemoteError",
+    "Unroutable",
+    "ValidationError",
+]
+
+
+class OtterError(Exception):
+    """The root of every error Otter raises."""
+
+
+class ConfigurationError(OtterError):
+    """The app, a route or a call is set up wrongly; the message says how to fix it."""
+
+
+class BrokerUnavailable(OtterError):
+    """The broker cannot be reached, or the connection to it was lost."""
+
+
+# On Python 3.10 the futures TimeoutError is not yet the builtin one; catch both with one class.
+_TIMEOUT_BASES: tuple[type[BaseException], ...] = (
+    (TimeoutError,)
+    if concurrent.futures.TimeoutError is TimeoutError
+    else (TimeoutError, concurrent.futures.TimeoutError)
+)
+
+
+class DeadlineExceeded(OtterError, *_TIMEOUT_BASES):  # type: ignore[misc]
+    """A call got no answer before its deadline."""
+
+
+class Unroutable(OtterError, kiwipy.UnroutableError):
+    """Nobody serves this RPC name or task queue: the broker could not route the message."""
+
+
+class MessageError(OtterError):
+    """A message that cannot be read: undecodable bytes, a wrong content type or a malformed body."""
+
+
+class MessageTooLarge(MessageError):
+    """A message bigger than the configured ``MAX_MESSAGE_SIZE``; it is refused before decoding."""
+
+
+class RemoteError(OtterError, kiwipy.RemoteException):
+    """The remote handler raised; ``remote_type`` names the remote exception class.
+
+    >>> try: client.rpc("svc.divide", 0).result()
+    ... except RemoteError as exc: print(exc.remote_type)   # "ZeroDivisionError"
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        remote_type: str = "Exception",
+        details: Any = None,
+        remote_traceback: str | None = None,
+    ) -> None:
+        super().__init__(f"{remote_type}: {message}" if remote_type else message)
+        self.message = message
+        self.remote_type = remote_type
+        self.details = details
+        self.remote_traceback = remote_traceback
+
+
+class ValidationError(RemoteError):
+    """The arguments did not validate; ``messages`` maps each field to its error messages.
+
+    Raised by ``@use_args`` inside a handler and raised again, with the same messages, on the caller's side.
+    """
+
+    def __init__(self, messages: Any, *, remote_traceback: str | None = None) -> None:
+        self.messages = messages
+        super().__init__(
+            _describe_messages(messages),
+            remote_type="ValidationError",
+            details={"messages": messages},
+            remote_traceback=remote_traceback,
+        )
+
+
+def _describe_messages(messages: Any) -> str:
+    if isinstance(messages, dict):
+        parts = [f"{field}: {' '.join(map(str, errs)) if isinstance(errs, list) else errs}"
+                 for field, errs in messages.items()]
+        return "invalid arguments: " + "; ".join(parts)
+    return f"invalid arguments: {messages}"

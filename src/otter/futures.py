@@ -1,0 +1,48 @@
+"""``CallFuture``: one future that works from threads (``.result()``) and from coroutines (``await``).
+
+It is a ``concurrent.futures.Future`` (which is what ``kiwipy.Future`` is), so kiwipy code that calls
+``.result()`` keeps working, and it is awaitable so ``async def`` handlers can ``await comm.rpc_send(...)``.
+
+>>> reply = client.rpc("example.hash", "otter").result(timeout=5)
+>>> reply = await comm.rpc_send("example.hash", "otter")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Generator
+from typing import Any
+
+from .errors import ConfigurationError, DeadlineExceeded
+
+__all__ = ["CallFuture"]
+
+_DEFAULT = object()
+
+
+class CallFuture(concurrent.futures.Future):  # type: ignore[type-arg]
+    """The outcome of a call; ``result()`` waits ``default_timeout`` seconds unless told otherwise."""
+
+    def __init__(self, default_timeout: float | None, loop_thread: threading.Thread | None = None) -> None:
+        super().__init__()
+        self.default_timeout = default_timeout
+        self._loop_thread = loop_thread
+
+    def result(self, timeout: Any = _DEFAULT) -> Any:
+        if not self.done() and threading.current_thread() is self._loop_thread:
+            raise ConfigurationError(
+                "blocking on .result() inside the event loop would deadlock it: "
+                "use 'await comm.rpc_send(...)' in an async def handler"
+            )
+        wait = self.default_timeout if timeout is _DEFAULT else timeout
+        try:
+            return super().result(wait)
+        except DeadlineExceeded:
+            raise
+        except concurrent.futures.TimeoutError:
+            raise DeadlineExceeded(f"no result within {wait:g} s") from None
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self).__await__()

@@ -1,0 +1,107 @@
+"""Routes (what handles which name) and broadcast subject filters.
+
+Subject filters follow AMQP topic bindings: words are separated by dots, ``*`` matches exactly one word, ``#`` zero
+or more, and the pattern is anchored at both ends. A broadcast without a subject matches no filter.
+
+>>> SubjectFilter("message.*").matches("message.send"), SubjectFilter("message.*").matches("message.a.b")
+(True, False)
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, ClassVar, Literal
+
+from .errors import ConfigurationError
+
+__all__ = ["BroadcastRoute", "Route", "RpcRoute", "SubjectFilter", "TaskRoute"]
+
+Handler = Callable[..., Any]
+Kind = Literal["rpc", "task", "broadcast"]
+
+
+class SubjectFilter:
+    """One AMQP-topic style pattern, compiled once to an anchored regular expression."""
+
+    __slots__ = ("_regex", "pattern")
+
+    def __init__(self, pattern: str) -> None:
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigurationError(f"a broadcast filter must be a non-empty string, got {pattern!r}")
+        self.pattern = pattern
+        self._regex = _compile(pattern)
+
+    def matches(self, subject: str | None) -> bool:
+        return subject is not None and self._regex.fullmatch("." + subject) is not None
+
+    def __repr__(self) -> str:
+        return f"SubjectFilter({self.pattern!r})"
+
+
+@lru_cache(maxsize=256)
+def _compile(pattern: str) -> re.Pattern[str]:
+    # Every word, and the subject, gets a leading dot; then '#' is "zero or more dotted words".
+    parts = []
+    for word in pattern.split("."):
+        if word == "#":
+            parts.append(r"(?:\.[^.]*)*")
+        elif word == "*":
+            parts.append(r"\.[^.]*")
+        else:
+            parts.append(r"\." + re.escape(word))
+    return re.compile("".join(parts))
+
+
+@dataclass(frozen=True)
+class Route:
+    """A registered handler; ``blueprint`` names the blueprint it came from, if any."""
+
+    kind: ClassVar[Kind]
+    name: str
+    handler: Handler
+    blueprint: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+    @property
+    def schema(self) -> Any:
+        return getattr(self.handler, "__otter_schema__", None)
+
+
+@dataclass(frozen=True)
+class RpcRoute(Route):
+    kind: ClassVar[Kind] = "rpc"
+
+
+@dataclass(frozen=True)
+class TaskRoute(Route):
+    kind: ClassVar[Kind] = "task"
+
+    @property
+    def is_default(self) -> bool:
+        return bool(self.options.get("default"))
+
+
+@dataclass(frozen=True)
+class BroadcastRoute(Route):
+    kind: ClassVar[Kind] = "broadcast"
+    filters: tuple[SubjectFilter, ...] = ()
+
+    def matches(self, subject: str | None) -> bool:
+        return any(f.matches(subject) for f in self.filters)
+
+
+def make_filters(patterns: str | Iterable[str]) -> tuple[SubjectFilter, ...]:
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    filters = tuple(SubjectFilter(p) for p in patterns)
+    if not filters:
+        raise ConfigurationError("add_broadcast needs at least one subject filter, for example ['message.*']")
+    return filters

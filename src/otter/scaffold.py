@@ -1,0 +1,108 @@
+"""The registration decorators and hooks shared by ``Otter`` and ``Blueprint``.
+
+Each decorator is a thin wrapper over an ``add_*``/``register_*`` method and returns the function unchanged, so a
+handler stays a plain function you can call in a unit test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from .errors import ConfigurationError
+
+__all__ = ["ErrorHandler", "Hook", "Scaffold"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Hook = Callable[..., Any]
+ErrorHandler = Callable[..., Any]
+
+
+class Scaffold:
+    """Holds the decorators; subclasses decide what registering means (record now, or replay later)."""
+
+    def __init__(self) -> None:
+        self.before_handler_funcs: list[Hook] = []
+        self.after_handler_funcs: list[Hook] = []
+        self.error_handlers: dict[type[BaseException], ErrorHandler] = {}
+
+    # -- registration -------------------------------------------------------------------------------------------
+    def add_rpc(self, name: str, **options: Any) -> Callable[[F], F]:
+        """Serve the RPC ``name``: ``handler(comm, data)`` returns the reply.
+
+        >>> @app.add_rpc("example.hash")
+        ... def example_hash(comm, data): return {"result": data}
+        """
+        _check_name(name, "RPC")
+
+        def decorator(handler: F) -> F:
+            self._register("rpc", name, handler, options)
+            return handler
+
+        return decorator
+
+    def add_task(self, name: str | None = None, *, default: bool = False, **options: Any) -> Callable[[F], F]:
+        """Run tasks from the queue ``name``: ``handler(comm, body)``.
+
+        ``default=True`` also consumes the default (nameless) task queue; an app with exactly one task handler
+        consumes it without being told.
+        """
+        if callable(name):
+            raise ConfigurationError("use @app.add_task('queue.name'), with parentheses and a name")
+        if name is not None:
+            _check_name(name, "task")
+
+        def decorator(handler: F) -> F:
+            self._register("task", name or handler.__name__, handler, {**options, "default": default})
+            return handler
+
+        return decorator
+
+    def add_broadcast(self, filters: str | Iterable[str], **options: Any) -> Callable[[F], F]:
+        """Receive broadcasts whose subject matches any filter: ``handler(comm, body, sender, subject, correlation_id)``.
+
+        >>> @app.add_broadcast(["message.*"])
+        ... def on_message(comm, body, sender, subject, correlation_id): ...
+        """
+        patterns = [filters] if isinstance(filters, str) else list(filters)
+
+        def decorator(handler: F) -> F:
+            self._register("broadcast", ",".join(patterns), handler, {**options, "filters": patterns})
+            return handler
+
+        return decorator
+
+    # -- hooks --------------------------------------------------------------------------------------------------
+    def before_handler(self, func: F) -> F:
+        """Run ``func(ctx)`` before every handler; raising rejects the message like the handler raising would."""
+        self._add_hook("before", func)
+        return func
+
+    def after_handler(self, func: F) -> F:
+        """Run ``func(ctx, result)`` after every successful handler; its return value replaces the result."""
+        self._add_hook("after", func)
+        return func
+
+    def errorhandler(self, exc_type: type[BaseException]) -> Callable[[F], F]:
+        """Turn ``exc_type`` raised by a handler into a result: ``func(ctx, exc)`` returns the reply, or raises."""
+
+        def decorator(func: F) -> F:
+            self._add_error_handler(exc_type, func)
+            return func
+
+        return decorator
+
+    # -- what subclasses implement ------------------------------------------------------------------------------
+    def _register(self, kind: str, name: str, handler: Callable[..., Any], options: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _add_hook(self, when: str, func: Hook) -> None:
+        (self.before_handler_funcs if when == "before" else self.after_handler_funcs).append(func)
+
+    def _add_error_handler(self, exc_type: type[BaseException], func: ErrorHandler) -> None:
+        self.error_handlers[exc_type] = func
+
+
+def _check_name(name: Any, what: str) -> None:
+    if not isinstance(name, str) or not name or name != name.strip() or "#" in name or "*" in name:
+        raise ConfigurationError(f"{what} name must be a non-empty string without spaces, '*' or '#': {name!r}")

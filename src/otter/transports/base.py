@@ -1,0 +1,127 @@
+"""The transport contract: move bytes between queues, nothing more.
+
+A transport never decodes a body nor decides what a message means; ``dispatch`` and ``worker`` do, the same way for
+every transport, which is what lets one contract test suite run against RabbitMQ and the in-memory broker.
+All methods are coroutines and run on the event loop the transport was connected on.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Delivery", "OnDelivery", "Subscription", "Topology", "Transport"]
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """The names of exchanges and queues; the defaults are kiwipy's (see ``config.DEFAULTS``)."""
+
+    message_exchange: str
+    task_exchange: str
+    default_task_queue: str
+    rpc_queue_prefix: str
+    dead_letter_queue: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Topology:
+        return cls(
+            message_exchange=config["MESSAGE_EXCHANGE"],
+            task_exchange=config["TASK_EXCHANGE"],
+            default_task_queue=config["DEFAULT_TASK_QUEUE"],
+            rpc_queue_prefix=config["RPC_QUEUE_PREFIX"],
+            dead_letter_queue=config["DEAD_LETTER_QUEUE"],
+        )
+
+    def rpc_queue(self, name: str) -> str:
+        return f"{self.rpc_queue_prefix}{name}"
+
+
+class Delivery(abc.ABC):
+    """One received message. Exactly one of ``ack``/``requeue``/``dead_letter`` settles it (no-ops for RPC and
+    broadcasts, which are settled on receipt)."""
+
+    __slots__ = ("body", "content_type", "correlation_id", "headers", "queue", "redelivered", "reply_to")
+
+    def __init__(
+        self,
+        body: bytes,
+        *,
+        queue: str,
+        content_type: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        redelivered: bool = False,
+    ) -> None:
+        self.body = body
+        self.queue = queue
+        self.content_type = content_type
+        self.headers: Mapping[str, Any] = headers or {}
+        self.correlation_id = correlation_id
+        self.reply_to = reply_to
+        self.redelivered = redelivered
+
+    @abc.abstractmethod
+    async def ack(self) -> None: ...
+
+    @abc.abstractmethod
+    async def requeue(self) -> None: ...
+
+
+OnDelivery = Callable[[Delivery], Awaitable[None]]
+
+
+class Subscription(abc.ABC):
+    """A running consumer; ``cancel`` stops new deliveries (those already delivered still settle)."""
+
+    @abc.abstractmethod
+    async def cancel(self) -> None: ...
+
+
+class Transport(abc.ABC):
+    """Moves bytes; see the module docstring. ``url`` is safe to log (no password)."""
+
+    url: str
+
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # -- sending ------------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def call(
+        self, name: str, body: bytes, *, correlation_id: str, timeout: float, headers: Mapping[str, Any]
+    ) -> Delivery:
+        """Send an RPC request and wait for its reply; raise ``Unroutable`` or ``DeadlineExceeded``."""
+
+    @abc.abstractmethod
+    async def publish_task(
+        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None
+    ) -> None:
+        """Put a persistent task on the durable ``queue`` and return once the broker has it."""
+
+    @abc.abstractmethod
+    async def publish_broadcast(self, body: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
+        """Send an RPC or task reply; a ``reply_to`` that no longer exists drops it silently."""
+
+    @abc.abstractmethod
+    async def dead_letter(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
+        """Move a task to the dead-letter queue with ``headers`` saying why, then ack the original."""
+
+    # -- receiving ----------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def consume_rpc(self, name: str, on_delivery: OnDelivery, *, prefetch: int) -> Subscription: ...
+
+    @abc.abstractmethod
+    async def consume_tasks(self, queue: str, on_delivery: OnDelivery, *, prefetch: int) -> Subscription: ...
+
+    @abc.abstractmethod
+    async def consume_broadcasts(self, on_delivery: OnDelivery, *, prefetch: int) -> Subscription: ...

@@ -1,0 +1,310 @@
+"""``memory://``: an in-process broker with RabbitMQ's semantics, for tests, notebooks and the demo.
+
+Same queues, same competing consumers and prefetch, same durable task queues, dead-letter queue, broadcast fan-out
+and unroutable errors as the AMQP transport; bodies are the same bytes through the same codec. A broker is shared by
+everything in the process that uses the same URL (``memory://`` or ``memory://name``), from any thread or loop:
+deliveries run on the loop of the consumer that receives them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BrokerUnavailable, DeadlineExceeded, Unroutable
+from .base import Delivery, OnDelivery, Subscription, Topology, Transport
+
+__all__ = ["MemoryBroker", "MemoryTransport"]
+
+
+@dataclass
+class _Message:
+    body: bytes
+    content_type: str | None
+    headers: dict[str, Any]
+    correlation_id: str | None
+    reply_to: str | None = None
+    expires_at: float | None = None
+    redelivered: bool = False
+
+
+@dataclass(eq=False)
+class _Consumer:
+    loop: asyncio.AbstractEventLoop | None
+    on_delivery: OnDelivery
+    prefetch: int
+    unacked: int = 0
+    active: bool = True
+
+
+@dataclass
+class _Queue:
+    name: str
+    auto_delete: bool = False
+    messages: deque[_Message] = field(default_factory=deque)
+    consumers: list[_Consumer] = field(default_factory=list)
+    turn: itertools.count[int] = field(default_factory=itertools.count)
+
+
+class MemoryBroker:
+    """The shared state behind ``memory://`` URLs; thread-safe."""
+
+    _brokers: dict[str, MemoryBroker] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.queues: dict[str, _Queue] = {}
+        self.broadcast_consumers: list[_Consumer] = []
+        self.reply_targets: dict[str, tuple[asyncio.AbstractEventLoop, Any]] = {}
+
+    @classmethod
+    def named(cls, name: str) -> MemoryBroker:
+        with cls._registry_lock:
+            return cls._brokers.setdefault(name, cls())
+
+    @classmethod
+    def reset(cls, name: str | None = None) -> None:
+        """Forget one broker (or all): for test isolation."""
+        with cls._registry_lock:
+            if name is None:
+                cls._brokers.clear()
+            else:
+                cls._brokers.pop(name, None)
+
+    # -- queues -------------------------------------------------------------------------------------------------
+    def declare(self, name: str, *, auto_delete: bool = False) -> _Queue:
+        with self._lock:
+            queue = self.queues.get(name)
+            if queue is None:
+                queue = self.queues[name] = _Queue(name, auto_delete)
+            return queue
+
+    def messages_in(self, name: str) -> list[_Message]:
+        with self._lock:
+            queue = self.queues.get(name)
+            return list(queue.messages) if queue else []
+
+    def publish(self, name: str, message: _Message, *, require_consumer: bool = False) -> None:
+        with self._lock:
+            queue = self.queues.get(name)
+            if queue is None or (require_consumer and not queue.consumers):
+                raise Unroutable(f"no queue {name!r} to route to")
+            queue.messages.append(message)
+            self._pump(queue)
+
+    def add_consumer(self, name: str, consumer: _Consumer, *, auto_delete: bool = False) -> _Queue:
+        with self._lock:
+            queue = self.declare(name, auto_delete=auto_delete)
+            queue.consumers.append(consumer)
+            self._pump(queue)
+            return queue
+
+    def remove_consumer(self, queue: _Queue, consumer: _Consumer) -> None:
+        with self._lock:
+            consumer.active = False
+            if consumer in queue.consumers:
+                queue.consumers.remove(consumer)
+            if queue.auto_delete and not queue.consumers:
+                self.queues.pop(queue.name, None)
+
+    def settle(self, queue: _Queue, consumer: _Consumer, message: _Message, *, requeue: bool) -> None:
+        with self._lock:
+            consumer.unacked -= 1
+            if requeue and (queue.name in self.queues):
+                message.redelivered = True
+                queue.messages.appendleft(message)
+            self._pump(queue)
+
+    def _pump(self, queue: _Queue) -> None:
+        while queue.messages and queue.consumers:
+            ready = [c for c in queue.consumers if c.active and c.unacked < c.prefetch]
+            if not ready:
+                return
+            message = queue.messages.popleft()
+            if message.expires_at is not None and message.expires_at < time.monotonic():
+                continue
+            consumer = ready[next(queue.turn) % len(ready)]
+            consumer.unacked += 1
+            self._send(consumer, MemoryDelivery(self, queue, consumer, message))
+
+    # -- broadcasts and replies ---------------------------------------------------------------------------------
+    def broadcast(self, message: _Message) -> None:
+        with self._lock:
+            consumers = list(self.broadcast_consumers)
+        for consumer in consumers:
+            self._send(consumer, MemoryDelivery(self, None, consumer, message))
+
+    @staticmethod
+    def _send(consumer: _Consumer, delivery: Delivery) -> None:
+        assert consumer.loop is not None
+        asyncio.run_coroutine_threadsafe(_deliver(consumer.on_delivery, delivery), consumer.loop)
+
+    def reply(self, reply_to: str, message: _Message) -> None:
+        with self._lock:
+            target = self.reply_targets.get(reply_to)
+        if target is not None:  # a reply to nobody is dropped, as RabbitMQ drops it
+            loop, callback = target
+            loop.call_soon_threadsafe(callback, message)
+
+
+async def _deliver(on_delivery: OnDelivery, delivery: Delivery) -> None:
+    await on_delivery(delivery)
+
+
+class MemoryDelivery(Delivery):
+    __slots__ = ("_broker", "_consumer", "_message", "_queue", "_settled")
+
+    def __init__(self, broker: MemoryBroker, queue: _Queue | None, consumer: _Consumer, message: _Message) -> None:
+        super().__init__(
+            message.body,
+            queue=queue.name if queue else "",
+            content_type=message.content_type,
+            headers=message.headers,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            redelivered=message.redelivered,
+        )
+        self._broker, self._queue, self._consumer, self._message = broker, queue, consumer, message
+        self._settled = False
+
+    async def ack(self) -> None:
+        self._settle(requeue=False)
+
+    async def requeue(self) -> None:
+        self._settle(requeue=True)
+
+    def _settle(self, *, requeue: bool) -> None:
+        if self._settled or self._queue is None:
+            return
+        self._settled = True
+        self._broker.settle(self._queue, self._consumer, self._message, requeue=requeue)
+
+
+class MemorySubscription(Subscription):
+    def __init__(self, broker: MemoryBroker, queue: _Queue | None, consumer: _Consumer) -> None:
+        self._broker, self._queue, self._consumer = broker, queue, consumer
+
+    async def cancel(self) -> None:
+        if self._queue is None:
+            with self._broker._lock:
+                if self._consumer in self._broker.broadcast_consumers:
+                    self._broker.broadcast_consumers.remove(self._consumer)
+        else:
+            self._broker.remove_consumer(self._queue, self._consumer)
+
+
+class MemoryTransport(Transport):
+    def __init__(self, url: str, topology: Topology) -> None:
+        self.url = url
+        self.topology = topology
+        self.broker = MemoryBroker.named(url.partition("://")[2] or "default")
+        self._reply_to = f"memory.reply.{uuid.uuid4().hex}"
+        self._pending: dict[str, asyncio.Future[Delivery]] = {}
+        self._subscriptions: list[Subscription] = []
+        self._connected = False
+
+    async def connect(self) -> None:
+        self.broker.reply_targets[self._reply_to] = (asyncio.get_running_loop(), self._on_reply)
+        self._connected = True
+
+    async def close(self) -> None:
+        self._connected = False
+        self.broker.reply_targets.pop(self._reply_to, None)
+        for subscription in self._subscriptions:
+            await subscription.cancel()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(BrokerUnavailable("the connection was closed before the reply arrived"))
+
+    def _check(self) -> None:
+        if not self._connected:
+            raise BrokerUnavailable("the memory transport is not connected")
+
+    # -- sending ------------------------------------------------------------------------------------------------
+    async def call(
+        self, name: str, body: bytes, *, correlation_id: str, timeout: float, headers: Mapping[str, Any]
+    ) -> Delivery:
+        self._check()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Delivery] = loop.create_future()
+        self._pending[correlation_id] = future
+        message = _Message(body, "application/json", dict(headers), correlation_id, self._reply_to,
+                           expires_at=time.monotonic() + timeout)
+        try:
+            try:
+                self.broker.publish(self.topology.rpc_queue(name), message, require_consumer=True)
+            except Unroutable:
+                raise Unroutable(f"nobody serves the RPC {name!r}") from None
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"no reply to the RPC {name!r} within {timeout:g} s") from None
+        finally:
+            self._pending.pop(correlation_id, None)
+
+    async def publish_task(
+        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None
+    ) -> None:
+        self._check()
+        self.broker.declare(queue)
+        self.broker.publish(queue, _Message(body, "application/json", dict(headers or {}), correlation_id))
+
+    async def publish_broadcast(self, body: bytes) -> None:
+        self._check()
+        self.broker.broadcast(_Message(body, "application/json", {}, None))
+
+    async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
+        self.broker.reply(reply_to, _Message(body, "application/json", {}, correlation_id))
+
+    async def dead_letter(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
+        dlq = self.topology.dead_letter_queue
+        self.broker.declare(dlq)
+        self.broker.publish(dlq, _Message(
+            delivery.body, delivery.content_type,
+            {**dict(delivery.headers), **headers, "x-otter-queue": delivery.queue}, delivery.correlation_id,
+        ))
+        await delivery.ack()
+
+    def _on_reply(self, message: _Message) -> None:
+        future = self._pending.pop(message.correlation_id or "", None)
+        if future is not None and not future.done():
+            future.set_result(MemoryDelivery(self.broker, None, _NO_CONSUMER, message))
+
+    # -- receiving ----------------------------------------------------------------------------------------------
+    async def consume_rpc(self, name: str, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
+        return self._consume(self.topology.rpc_queue(name), on_delivery, prefetch, auto_delete=True)
+
+    async def consume_tasks(self, queue: str, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
+        return self._consume(queue, on_delivery, prefetch, auto_delete=False)
+
+    async def consume_broadcasts(self, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
+        self._check()
+        consumer = _Consumer(asyncio.get_running_loop(), on_delivery, prefetch)
+        with self.broker._lock:
+            self.broker.broadcast_consumers.append(consumer)
+        subscription = MemorySubscription(self.broker, None, consumer)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def _consume(self, name: str, on_delivery: OnDelivery, prefetch: int, *, auto_delete: bool) -> Subscription:
+        self._check()
+        consumer = _Consumer(asyncio.get_running_loop(), on_delivery, prefetch)
+        queue = self.broker.add_consumer(name, consumer, auto_delete=auto_delete)
+        subscription = MemorySubscription(self.broker, queue, consumer)
+        self._subscriptions.append(subscription)
+        return subscription
+
+
+async def _never(_: Delivery) -> None:  # pragma: no cover - replies are never delivered to a consumer
+    return None
+
+
+_NO_CONSUMER = _Consumer(None, _never, 0)

@@ -1,0 +1,239 @@
+"""The runtime of one worker process: consume, run handlers, settle, reply, shut down gracefully.
+
+- ``async def`` handlers run on the event loop; plain handlers run in a bounded thread pool per message kind, so a
+  task that sleeps never delays RPCs, broadcasts or the connection's heartbeats.
+- Prefetch equals the concurrency, so a busy worker never hoards messages another could run.
+- RPCs and broadcasts are acked when their handler starts (at-most-once); tasks when their handler returns
+  (at-least-once). Bad input never reaches a handler: an RPC gets an error reply, a task is dead-lettered with the
+  reason, a broadcast is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from . import protocol
+from .codec import JsonCodec
+from .comm import Communicator
+from .dispatch import HandlerContext, Pipeline, deadline_passed, decode, encode_error, encode_result
+from .errors import MessageError
+from .routing import BroadcastRoute, Route, RpcRoute, TaskRoute
+from .transports import Delivery, Subscription, Transport
+
+if TYPE_CHECKING:
+    from .app import Otter
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("otter.worker")
+
+
+class Worker:
+    """Serve an app's routes over a connected transport until ``stop()``."""
+
+    def __init__(self, app: Otter, transport: Transport, config: dict[str, Any]) -> None:
+        self.app = app
+        self.transport = transport
+        self.config = config
+        self.debug = bool(config["DEBUG"])
+        self.concurrency = max(1, int(config["CONCURRENCY"]))
+        self.grace = float(config["SHUTDOWN_GRACE"])
+        self.codec = JsonCodec(int(config["MAX_MESSAGE_SIZE"]))
+        self.comm: Communicator | None = None
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._subscriptions: list[Subscription] = []
+        self._running: dict[asyncio.Task[Any], Delivery] = {}
+        self._idle: asyncio.Event | None = None
+        self.started = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        await self.transport.connect()
+        self.comm = Communicator(
+            self.transport, self.codec, loop, rpc_timeout=float(self.config["RPC_TIMEOUT"])
+        )
+        for kind in ("rpc", "task", "broadcast"):
+            self._pools[kind] = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"otter-{kind}")
+            self._limits[kind] = asyncio.Semaphore(self.concurrency)
+        routes = self.app.routes
+        for route in routes:
+            if isinstance(route, RpcRoute):
+                self._subscriptions.append(await self.transport.consume_rpc(
+                    route.name, self._tracked(self._rpc_consumer(route)), prefetch=self.concurrency))
+        for queue, route in self.app.task_queues().items():
+            self._subscriptions.append(await self.transport.consume_tasks(
+                queue, self._tracked(self._task_consumer(route)), prefetch=self.concurrency))
+        broadcasts = [route for route in routes if isinstance(route, BroadcastRoute)]
+        if broadcasts:
+            self._subscriptions.append(await self.transport.consume_broadcasts(
+                self._tracked(self._broadcast_consumer(broadcasts)), prefetch=self.concurrency))
+        log.info("serving %d handlers on %s", len(routes), self.transport.url)
+        self.started.set()
+
+    async def stop(self) -> None:
+        """Stop taking messages, let running handlers finish within the grace period, requeue the rest."""
+        for subscription in self._subscriptions:
+            await subscription.cancel()
+        self._subscriptions.clear()
+        if self._running and self._idle is not None:
+            log.info("waiting up to %gs for %d running handlers", self.grace, len(self._running))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.grace)
+        for task, delivery in list(self._running.items()):
+            log.warning("handler did not finish within the grace period; returning its message to the queue")
+            task.cancel()
+            with contextlib.suppress(Exception):
+                await delivery.requeue()
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        if self.comm is not None:
+            self.comm.close()
+        await self.transport.close()
+
+    # -- consumers ----------------------------------------------------------------------------------------------
+    def _tracked(self, consumer: Callable[[Delivery], Awaitable[None]]) -> Callable[[Delivery], Awaitable[None]]:
+        async def run(delivery: Delivery) -> None:
+            task = asyncio.current_task()
+            assert task is not None and self._idle is not None
+            self._running[task] = delivery
+            self._idle.clear()
+            try:
+                await consumer(delivery)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in Otter itself must not kill the consumer
+                log.exception("unexpected error while handling a message from %r", delivery.queue)
+            finally:
+                del self._running[task]
+                if not self._running:
+                    self._idle.set()
+
+        return run
+
+    def _rpc_consumer(self, route: RpcRoute) -> Callable[[Delivery], Awaitable[None]]:
+        pipeline = self.app.pipeline(route)
+
+        async def on_rpc(delivery: Delivery) -> None:
+            async with self._limits["rpc"]:
+                await delivery.ack()
+                started = time.perf_counter()
+                if deadline_passed(delivery.headers, time.time()):
+                    log.warning("rpc %s %s: deadline passed before it started; not run", route.name,
+                                delivery.correlation_id)
+                    return
+                outcome = "ok"
+                try:
+                    data = decode(self.codec, delivery)
+                except MessageError as exc:
+                    log.warning("rpc %s %s: bad request: %s", route.name, delivery.correlation_id, exc)
+                    reply, outcome = encode_error(self.codec, exc, debug=self.debug), "bad request"
+                else:
+                    try:
+                        result = await self._invoke(pipeline, "rpc", delivery, (data,))
+                    except Exception as exc:
+                        outcome = f"error {type(exc).__name__}"
+                        self._log_handler_error("rpc", route, delivery, exc)
+                        reply = encode_error(self.codec, exc, debug=self.debug)
+                    else:
+                        reply = encode_result(self.codec, result, debug=self.debug)
+                if delivery.reply_to:
+                    await self.transport.reply(delivery.reply_to, reply, correlation_id=delivery.correlation_id)
+                self._log_handled("rpc", route.name, delivery, started, outcome)
+
+        return on_rpc
+
+    def _task_consumer(self, route: TaskRoute) -> Callable[[Delivery], Awaitable[None]]:
+        pipeline = self.app.pipeline(route)
+
+        async def on_task(delivery: Delivery) -> None:
+            started = time.perf_counter()
+            try:
+                task, no_reply = protocol.read_task(decode(self.codec, delivery))
+            except MessageError as exc:
+                log.warning("task %s %s: bad message, dead-lettered: %s", route.name, delivery.correlation_id, exc)
+                await self.transport.dead_letter(delivery, _reason("bad-message", exc))
+                return
+            async with self._limits["task"]:
+                try:
+                    result = await self._invoke(pipeline, "task", delivery, (task,))
+                except Exception as exc:
+                    self._log_handler_error("task", route, delivery, exc)
+                    await self.transport.dead_letter(delivery, _reason("handler-error", exc))
+                    reply = encode_error(self.codec, exc, debug=self.debug)
+                    outcome = f"error {type(exc).__name__}, dead-lettered"
+                else:
+                    await delivery.ack()
+                    reply = encode_result(self.codec, result, debug=self.debug)
+                    outcome = "ok"
+            if not no_reply and delivery.reply_to:  # a kiwipy sender waiting for the outcome
+                await self.transport.reply(delivery.reply_to, reply, correlation_id=delivery.correlation_id)
+            self._log_handled("task", route.name, delivery, started, outcome)
+
+        return on_task
+
+    def _broadcast_consumer(self, routes: list[BroadcastRoute]) -> Callable[[Delivery], Awaitable[None]]:
+        pipelines = [self.app.pipeline(route) for route in routes]
+
+        async def on_broadcast(delivery: Delivery) -> None:
+            async with self._limits["broadcast"]:
+                await delivery.ack()
+                try:
+                    message = protocol.read_broadcast(decode(self.codec, delivery))
+                except MessageError as exc:
+                    log.warning("broadcast: bad message dropped: %s", exc)
+                    return
+                args = (message.body, message.sender, message.subject, message.correlation_id)
+                for pipeline in pipelines:
+                    route = pipeline.route
+                    if not route.matches(message.subject):  # type: ignore[attr-defined]
+                        continue
+                    started = time.perf_counter()
+                    try:
+                        await self._invoke(pipeline, "broadcast", delivery, args, subject=message.subject)
+                    except Exception as exc:
+                        self._log_handler_error("broadcast", route, delivery, exc)
+                        self._log_handled("broadcast", route.name, delivery, started, f"error {type(exc).__name__}")
+                    else:
+                        self._log_handled("broadcast", route.name, delivery, started, "ok")
+
+        return on_broadcast
+
+    async def _invoke(
+        self, pipeline: Pipeline, kind: str, delivery: Delivery, args: tuple[Any, ...], subject: str | None = None
+    ) -> Any:
+        assert self.comm is not None
+        ctx = HandlerContext(kind, pipeline.route.name, pipeline.route, self.comm, delivery.correlation_id,
+                             delivery.headers, subject)
+        if pipeline.is_async:
+            return await pipeline.call_async(ctx, args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pools[kind], pipeline.call_sync, ctx, args)
+
+    # -- logging ------------------------------------------------------------------------------------------------
+    def _log_handler_error(self, kind: str, route: Route, delivery: Delivery, exc: Exception) -> None:
+        log.error("%s %s %s: handler raised %s: %s", kind, route.name, delivery.correlation_id,
+                  type(exc).__name__, exc, exc_info=self.debug)
+
+    def _log_handled(self, kind: str, name: str, delivery: Delivery, started: float, outcome: str) -> None:
+        if self.debug:
+            log.info("%s %s %s %.1fms %s", kind, name, delivery.correlation_id or "-",
+                     (time.perf_counter() - started) * 1000, outcome)
+
+
+def _reason(reason: str, exc: BaseException) -> dict[str, Any]:
+    return {
+        "x-otter-reason": reason,
+        "x-otter-error-type": type(exc).__name__,
+        "x-otter-error-message": str(exc)[:1000],
+        "x-otter-attempts": 1,
+    }
