@@ -62,7 +62,7 @@ class Communicator(kiwipy.Communicator):
         self._check_open()
         timeout = self.rpc_timeout if timeout is None else float(timeout)
         body = self.codec.encode(data)
-        headers = {protocol.DEADLINE_HEADER: time.time() + timeout}
+        headers = {protocol.DEADLINE_HEADER: protocol.deadline_ms(time.time() + timeout)}
         reply = await self.transport.call(
             name, body, correlation_id=uuid.uuid4().hex, timeout=timeout, headers=headers
         )
@@ -93,12 +93,12 @@ class Communicator(kiwipy.Communicator):
         broker confirmed it. Otter tasks do not send results back; use an RPC when you need one."""
         if not no_reply:
             raise ConfigurationError("Otter tasks are fire-and-forget (no_reply=True); use rpc_send for a result")
-        return self._submit(self.send_task(name, task), self.rpc_timeout)
+        return self._submit(self.send_task(name, task), self._send_wait())
 
     def broadcast_send(
         self, body: Any, sender: Any = None, subject: str | None = None, correlation_id: Any = None
     ) -> CallFuture:
-        return self._submit(self.send_broadcast(body, sender, subject, correlation_id), self.rpc_timeout)
+        return self._submit(self.send_broadcast(body, sender, subject, correlation_id), self._send_wait())
 
     def is_closed(self) -> bool:
         return self._closed
@@ -128,6 +128,11 @@ class Communicator(kiwipy.Communicator):
     def _check_open(self) -> None:
         if self._closed:
             raise BrokerUnavailable("this communicator was closed")
+
+    def _send_wait(self) -> float:
+        """How long ``.result()`` waits for a send: the transport's own retry deadline (PUBLISH_TIMEOUT) and a
+        margin, so the transport's clear ``BrokerUnavailable`` arrives before a bare timeout would."""
+        return float(getattr(self.transport, "publish_timeout", self.rpc_timeout)) + 5.0
 
     def _submit(self, coro: Coroutine[Any, Any, Any], default_timeout: float) -> CallFuture:
         future = CallFuture(default_timeout, self._loop_thread)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import marshmallow
 
@@ -23,7 +23,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 SchemaLike = marshmallow.Schema | type[marshmallow.Schema] | Mapping[str, Any]
 
 
-def use_args(schema: SchemaLike, *, unknown: str | None = None) -> Callable[[F], F]:
+def use_args(schema: SchemaLike, *, unknown: Literal['exclude', 'include', 'raise'] | None = None) -> Callable[[F], F]:
     """Load the handler's data argument (the one after ``comm``) through ``schema``.
 
     ``schema`` is a marshmallow ``Schema`` class or instance, or a dict of fields. ``unknown`` is marshmallow's
@@ -52,12 +52,12 @@ def use_args(schema: SchemaLike, *, unknown: str | None = None) -> Callable[[F],
                 return handler(comm, validate(data), *args, **kwargs)
 
         wrapper.__otter_schema__ = loader
-        return wrapper  # type: ignore[no-any-return]
+        return wrapper
 
     return decorator
 
 
-def _as_schema(schema: SchemaLike, unknown: str | None) -> marshmallow.Schema:
+def _as_schema(schema: SchemaLike, unknown: Literal['exclude', 'include', 'raise'] | None) -> marshmallow.Schema:
     if isinstance(schema, marshmallow.Schema):
         instance = schema
     elif isinstance(schema, type) and issubclass(schema, marshmallow.Schema):

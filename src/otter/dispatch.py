@@ -6,6 +6,7 @@ handler's whole pipeline (hooks included) runs in one worker thread, an ``async 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -62,16 +63,16 @@ class Pipeline:
             return self.handler(ctx.comm, *args)
         try:
             for hook in self.before:
-                hook(ctx)
+                _run_on_loop(ctx, hook(ctx))
             result = self.handler(ctx.comm, *args)
             for hook in self.after:
-                result = hook(ctx, result)
+                result = _run_on_loop(ctx, hook(ctx, result))
             return result
         except Exception as exc:
             handler = self._error_handler(exc)
             if handler is None:
                 raise
-            return handler(ctx, exc)
+            return _run_on_loop(ctx, handler(ctx, exc))
 
     async def call_async(self, ctx: HandlerContext, args: tuple[Any, ...]) -> Any:
         if self.plain:
@@ -101,13 +102,32 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+def _run_on_loop(ctx: HandlerContext, value: Any) -> Any:
+    """An ``async def`` hook around a plain handler: await it on the worker's loop while this pool thread waits
+    (calling it would only make a coroutine, and the hook would silently never run)."""
+    if not inspect.isawaitable(value):
+        return value
+    return asyncio.run_coroutine_threadsafe(_maybe_await(value), ctx.comm.loop).result()
+
+
 def decode(codec: JsonCodec, delivery: Delivery) -> Any:
     return codec.decode(delivery.body, delivery.content_type)
 
 
 def deadline_passed(headers: Mapping[str, Any], now: float) -> bool:
+    """Whether the caller's deadline (``now`` in epoch seconds) is behind us; no header means no deadline (kiwipy).
+
+    A header that is not integer milliseconds makes the request unreadable: ``MessageError``.
+    """
     deadline = headers.get(protocol.DEADLINE_HEADER)
-    return isinstance(deadline, (int, float)) and deadline < now
+    if deadline is None:
+        return False
+    if isinstance(deadline, bool) or not isinstance(deadline, int):
+        raise MessageError(
+            f"header {protocol.DEADLINE_HEADER} must be integer milliseconds since the epoch, "
+            f"got {type(deadline).__name__}"
+        )
+    return deadline / 1000 < now
 
 
 def encode_result(codec: JsonCodec, value: Any, *, debug: bool) -> bytes:

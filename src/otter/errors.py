@@ -20,6 +20,7 @@ keeps working.
 from __future__ import annotations
 
 import concurrent.futures
+import reprlib
 from typing import Any
 
 import kiwipy
@@ -113,7 +114,17 @@ class ValidationError(RemoteError):
 
 def _describe_messages(messages: Any) -> str:
     if isinstance(messages, dict):
-        parts = [f"{field}: {' '.join(map(str, errs)) if isinstance(errs, list) else errs}"
+        parts = [f"{_short(field)}: {' '.join(map(_short, errs)) if isinstance(errs, list) else _short(errs)}"
                  for field, errs in messages.items()]
         return "invalid arguments: " + "; ".join(parts)
-    return f"invalid arguments: {messages}"
+    return f"invalid arguments: {_short(messages)}"
+
+
+def _short(value: Any) -> str:
+    """Text as is; anything else as a repr bounded in depth and length (messages may come from a remote peer, and
+    ``str`` of deeply nested data raises ``RecursionError``)."""
+    return value if isinstance(value, str) else _SHORT.repr(value)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 4, 200, 200, 20, 20

@@ -22,7 +22,7 @@ __all__ = ["CallFuture"]
 _DEFAULT = object()
 
 
-class CallFuture(concurrent.futures.Future):  # type: ignore[type-arg]
+class CallFuture(concurrent.futures.Future[Any]):
     """The outcome of a call; ``result()`` waits ``default_timeout`` seconds unless told otherwise."""
 
     def __init__(self, default_timeout: float | None, loop_thread: threading.Thread | None = None) -> None:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import reprlib
 import traceback as tb
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ __all__ = [
 
 RPC_PREFIX = "[rpc]"
 BROADCAST_ROUTING_KEY = "[broadcast]"
-DEADLINE_HEADER = "x-otter-deadline"
+DEADLINE_HEADER = "x-otter-deadline"  # integer milliseconds since the epoch; see deadline_ms
 RESULT_KEY = "result"
 EXCEPTION_KEY = "exception"
 ERROR_KEY = "error"
@@ -59,7 +60,7 @@ def error_reply(exc: BaseException, *, include_traceback: bool = False) -> dict[
 def raise_for_reply(reply: Any) -> Any:
     """Return the result of a decoded reply, or raise the typed error it carries."""
     if not isinstance(reply, Mapping):
-        raise MessageError(f"reply is not a mapping: {reply!r:.200}")
+        raise MessageError(f"reply is not a mapping: {_preview(reply)}")
     if RESULT_KEY in reply:
         return reply[RESULT_KEY]
     error = reply.get(ERROR_KEY)
@@ -74,7 +75,23 @@ def raise_for_reply(reply: Any) -> Any:
         )
     if EXCEPTION_KEY in reply:  # a plain kiwipy server
         raise RemoteError(str(reply[EXCEPTION_KEY]), remote_type="")
-    raise MessageError(f"reply has neither a result nor an error: {reply!r:.200}")
+    raise MessageError(f"reply has neither a result nor an error: {_preview(reply)}")
+
+
+def deadline_ms(deadline: float) -> int:
+    """A deadline (seconds since the epoch) as the header value: whole milliseconds, because AMQP tables carry a
+    Python float as a 32-bit float (pamqp), which rounds today's epoch seconds by up to two minutes."""
+    return int(deadline * 1000)
+
+
+def _preview(value: Any) -> str:
+    """A short repr for an error message; bounded in depth, because a plain repr of deeply nested JSON (which the
+    decoder accepts up to 1024 levels) raises ``RecursionError``."""
+    return _PREVIEW.repr(value)[:200]
+
+
+_PREVIEW = reprlib.Repr()
+_PREVIEW.maxlevel, _PREVIEW.maxstring, _PREVIEW.maxother = 4, 80, 80
 
 
 def task_body(task: Any, no_reply: bool = True) -> list[Any]:

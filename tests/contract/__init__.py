@@ -1,0 +1,1 @@
+"""Behaviour shared by the transports: each test runs on memory:// and on RabbitMQ."""

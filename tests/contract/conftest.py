@@ -1,0 +1,64 @@
+"""Fixtures for the contract suite: every test here runs once on ``memory://`` and once on RabbitMQ.
+
+``serve(app)`` serves an app in the background and returns a real ``Client`` wired to the test's unique names;
+``probe`` reads the broker below Otter (dead letters, raw messages); ``queue_name`` makes task queue names unique to
+the test, and on RabbitMQ everything the test declared is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import otter
+from otter.testing import ServedApp
+
+from .helpers import BrokerProbe, probe_for
+
+Serve = Callable[..., otter.Client]
+
+# Short enough that a forgotten blocked handler cannot stall the suite for the default 30 s.
+TEST_SHUTDOWN_GRACE = 5.0
+
+
+@pytest.fixture
+def created_queues() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def probe(broker_url: str, names: dict[str, Any], created_queues: list[str]) -> Iterator[BrokerProbe]:
+    broker_probe = probe_for(broker_url, names)
+    yield broker_probe
+    broker_probe.cleanup(created_queues)
+
+
+@pytest.fixture
+def queue_name(names: dict[str, Any], created_queues: list[str]) -> Callable[[str], str]:
+    """``queue_name("work")``: a task queue name no other test uses (task queues are not prefixed by config)."""
+    tag = names["MESSAGE_EXCHANGE"].removesuffix(".messages")
+
+    def make(suffix: str) -> str:
+        name = f"{tag}.{suffix}"
+        created_queues.append(name)
+        return name
+
+    return make
+
+
+@pytest.fixture
+def serve(broker_url: str, names: dict[str, Any], probe: BrokerProbe) -> Iterator[Serve]:
+    """``client = serve(app, CONCURRENCY=1)``: serve ``app`` with extra config until the test ends."""
+    stack = contextlib.ExitStack()
+
+    def start(app: otter.Otter, **config: Any) -> otter.Client:
+        stack.enter_context(ServedApp(app, broker_url, **{**names, "SHUTDOWN_GRACE": TEST_SHUTDOWN_GRACE, **config}))
+        client = stack.enter_context(otter.Client(broker_url, **names))
+        assert client.comm, client.error
+        return client
+
+    with stack:
+        yield start

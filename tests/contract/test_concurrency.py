@@ -1,0 +1,78 @@
+"""A plain handler that blocks never delays an RPC served by the same app (it runs in a pool, not on the loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import otter
+
+from .conftest import Serve
+
+BLOCK_AT_MOST = 5.0
+
+
+@pytest.mark.parametrize("blocked_kind", ["task", "broadcast", "rpc"])
+def test_blocked_plain_handler_does_not_delay_rpcs(
+    serve: Serve, names: dict[str, Any], queue_name: Callable[[str], str], blocked_kind: str
+) -> None:
+    app = otter.Otter(**names)
+    started: queue.Queue[str] = queue.Queue()
+    release, finished = threading.Event(), threading.Event()
+
+    def block(*_: Any) -> str:
+        started.put(blocked_kind)
+        release.wait(BLOCK_AT_MOST)
+        finished.set()
+        return "unblocked"
+
+    work = queue_name("work")
+    app.add_task(work)(block)
+    app.add_broadcast("block.*")(block)
+    app.add_rpc("svc.block")(block)
+    app.add_rpc("svc.ping")(lambda comm, data: "pong")
+    # One thread per kind for tasks and broadcasts; an RPC needs a second thread beside the blocked one.
+    client = serve(app, CONCURRENCY=2 if blocked_kind == "rpc" else 1)
+
+    pending = None
+    try:
+        if blocked_kind == "task":
+            client.task(work, None)
+        elif blocked_kind == "broadcast":
+            client.broadcast(None, subject="block.now")
+        else:
+            pending = client.rpc("svc.block", None)
+        assert started.get(timeout=5) == blocked_kind
+
+        assert client.rpc("svc.ping").result(timeout=BLOCK_AT_MOST / 2) == "pong"
+        assert not finished.is_set()  # the answer came while the other handler was still blocked
+    finally:
+        release.set()
+    assert finished.wait(5)
+    if pending is not None:
+        assert pending.result(timeout=5) == "unblocked"
+
+
+def test_async_handlers_run_concurrently(serve: Serve, names: dict[str, Any]) -> None:
+    """Two calls to one ``async def`` handler overlap: the second can release the first."""
+    app = otter.Otter(**names)
+    gate: dict[str, asyncio.Event] = {}
+
+    @app.add_rpc("svc.meet")
+    async def meet(comm: Any, role: str) -> str:
+        event = gate.setdefault("met", asyncio.Event())
+        if role == "first":
+            await asyncio.wait_for(event.wait(), 5)
+            return "released"
+        event.set()
+        return "released the first"
+
+    client = serve(app, CONCURRENCY=2)
+    first = client.rpc("svc.meet", "first")
+    assert client.rpc("svc.meet", "second").result(timeout=5) == "released the first"
+    assert first.result(timeout=5) == "released"
