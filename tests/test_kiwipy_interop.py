@@ -1,0 +1,96 @@
+"""A plain kiwipy program talks to an Otter app over the real RabbitMQ: the wire protocol is kiwipy's.
+
+The kiwipy side is kiwipy's own ``RmqThreadCommunicator`` with a JSON codec (Otter never speaks YAML), pointed at
+the same exchanges and default task queue as the app.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import kiwipy
+import kiwipy.rmq
+import pytest
+
+from helpers_process import delete_names
+from otter import Otter
+from otter.testing import ServedApp
+
+
+def json_encoder(value: Any) -> bytes:
+    return json.dumps(value).encode("utf-8")
+
+
+def json_decoder(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
+@pytest.fixture
+def kiwipy_world(amqp_url: str, names: dict[str, Any]) -> Iterator[tuple[kiwipy.rmq.RmqThreadCommunicator, Any]]:
+    """An Otter app served in a thread and a kiwipy communicator on the same names; yields (kiwi, broadcasts)."""
+    task_name = f"interop-{uuid.uuid4().hex[:10]}.double"
+    broadcasts: queue.Queue[tuple[Any, ...]] = queue.Queue()
+    app = Otter("interop")
+
+    @app.add_rpc("interop.echo")
+    def echo(comm: Any, data: Any) -> Any:
+        return {"echo": data}
+
+    @app.add_rpc("interop.fail")
+    def fail(comm: Any, data: Any) -> Any:
+        raise ValueError(f"cannot handle {data!r}")
+
+    @app.add_broadcast(["interop.*"])
+    def on_broadcast(comm: Any, body: Any, sender: Any, subject: Any, correlation_id: Any) -> None:
+        broadcasts.put((body, sender, subject, correlation_id))
+
+    @app.add_task(task_name)  # the app's only task handler, so it also serves the default task queue
+    def double(comm: Any, number: int) -> int:
+        return number * 2
+
+    try:
+        with ServedApp(app, amqp_url, **names):
+            kiwi = kiwipy.rmq.RmqThreadCommunicator.connect(
+                connection_params={"url": amqp_url},
+                encoder=json_encoder,
+                decoder=json_decoder,
+                message_exchange=names["MESSAGE_EXCHANGE"],
+                task_exchange=names["TASK_EXCHANGE"],
+                task_queue=names["DEFAULT_TASK_QUEUE"],
+            )
+            try:
+                yield kiwi, broadcasts
+            finally:
+                kiwi.close()
+    finally:
+        delete_names(amqp_url, names, queues=[task_name])
+
+
+@pytest.mark.amqp
+def test_kiwipy_rpc_gets_the_result(kiwipy_world: tuple[Any, Any]) -> None:
+    kiwi, _ = kiwipy_world
+    assert kiwi.rpc_send("interop.echo", {"otter": [1, 2]}).result(timeout=10) == {"echo": {"otter": [1, 2]}}
+
+
+@pytest.mark.amqp
+def test_kiwipy_rpc_gets_a_remote_exception_for_a_handler_error(kiwipy_world: tuple[Any, Any]) -> None:
+    kiwi, _ = kiwipy_world
+    with pytest.raises(kiwipy.RemoteException, match=r"ValueError: cannot handle 'boom'"):
+        kiwi.rpc_send("interop.fail", "boom").result(timeout=10)
+
+
+@pytest.mark.amqp
+def test_kiwipy_broadcast_reaches_the_otter_handler(kiwipy_world: tuple[Any, Any]) -> None:
+    kiwi, broadcasts = kiwipy_world
+    assert kiwi.broadcast_send({"n": 1}, sender="kiwi", subject="interop.hello", correlation_id="c-1")
+    assert broadcasts.get(timeout=10) == ({"n": 1}, "kiwi", "interop.hello", "c-1")
+
+
+@pytest.mark.amqp
+def test_kiwipy_task_on_the_default_queue_gets_its_result(kiwipy_world: tuple[Any, Any]) -> None:
+    kiwi, _ = kiwipy_world
+    assert kiwi.task_send(21).result(timeout=10) == 42
