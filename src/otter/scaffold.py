@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from .errors import ConfigurationError
+from .retry import validate_retry_options
 
 __all__ = ["ErrorHandler", "Hook", "Scaffold"]
 
@@ -41,16 +42,36 @@ class Scaffold:
 
         return decorator
 
-    def add_task(self, name: str | None = None, *, default: bool = False, **options: Any) -> Callable[[F], F]:
+    def add_task(
+        self,
+        name: str | None = None,
+        *,
+        default: bool = False,
+        max_retries: int | None = None,
+        retry_on: type[BaseException] | Iterable[type[BaseException]] | None = None,
+        backoff: float | None = None,
+        backoff_max: float | None = None,
+        jitter: bool | None = None,
+        **options: Any,
+    ) -> Callable[[F], F]:
         """Run tasks from the queue ``name``: ``handler(comm, body)``.
 
         ``default=True`` also consumes the default (nameless) task queue; an app with exactly one task handler
-        consumes it without being told.
+        consumes it without being told. A task that raises runs again up to ``max_retries`` times when the error
+        is one of ``retry_on``, waiting ``backoff`` seconds, doubling up to ``backoff_max`` (with ``jitter``),
+        then goes to the dead-letter queue; options left out come from the app's ``TASK_*`` config.
+
+        >>> @app.add_task("mail.send", max_retries=3, retry_on=(IOError,), backoff=2.0)
+        ... def send(comm, body): ...
         """
         if callable(name):
             raise ConfigurationError("use @app.add_task('queue.name'), with parentheses and a name")
         if name is not None:
             _check_name(name, "task")
+        retry = {"max_retries": max_retries, "retry_on": retry_on, "backoff": backoff, "backoff_max": backoff_max,
+                 "jitter": jitter}
+        validate_retry_options(retry)
+        options.update({option: value for option, value in retry.items() if value is not None})
 
         def decorator(handler: F) -> F:
             self._register("task", name or handler.__name__, handler, {**options, "default": default})

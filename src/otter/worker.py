@@ -13,17 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import protocol
 from .codec import JsonCodec
 from .comm import Communicator
 from .dispatch import HandlerContext, Pipeline, deadline_passed, decode, encode_error, encode_result
-from .errors import MessageError
+from .errors import MessageError, OtterError, RemoteError
+from .retry import ATTEMPTS_HEADER, RetryPolicy, read_attempts
 from .routing import BroadcastRoute, Route, RpcRoute, TaskRoute
+from .threadpool import HandlerThreadPool
 from .transports import Delivery, Subscription, Transport
 
 if TYPE_CHECKING:
@@ -46,8 +48,8 @@ class Worker:
         self.grace = float(config["SHUTDOWN_GRACE"])
         self.codec = JsonCodec(int(config["MAX_MESSAGE_SIZE"]))
         self.comm: Communicator | None = None
-        self._pools: dict[str, ThreadPoolExecutor] = {}
-        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._pools: dict[str, HandlerThreadPool] = {}
+        self._limits: dict[str, _Gate] = {}
         self._subscriptions: list[Subscription] = []
         self._running: dict[asyncio.Task[Any], Delivery] = {}
         self._idle: asyncio.Event | None = None
@@ -60,17 +62,18 @@ class Worker:
         self._idle.set()
         await self.transport.connect()
         self.comm = Communicator(
-            self.transport, self.codec, loop, rpc_timeout=float(self.config["RPC_TIMEOUT"])
+            self.transport, self.codec, loop, rpc_timeout=float(self.config["RPC_TIMEOUT"]),
+            loop_thread=threading.current_thread(),  # so .result() on the loop fails fast instead of freezing it
         )
         for kind in ("rpc", "task", "broadcast"):
-            self._pools[kind] = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"otter-{kind}")
-            self._limits[kind] = asyncio.Semaphore(self.concurrency)
+            self._pools[kind] = HandlerThreadPool(self.concurrency, thread_name_prefix=f"otter-{kind}")
+            self._limits[kind] = _Gate(self.concurrency)
         routes = self.app.routes
         for route in routes:
             if isinstance(route, RpcRoute):
                 self._subscriptions.append(await self.transport.consume_rpc(
                     route.name, self._tracked(self._rpc_consumer(route)), prefetch=self.concurrency))
-        for queue, route in self.app.task_queues().items():
+        for queue, route in self.app.task_queues(self.config["DEFAULT_TASK_QUEUE"]).items():
             self._subscriptions.append(await self.transport.consume_tasks(
                 queue, self._tracked(self._task_consumer(route)), prefetch=self.concurrency))
         broadcasts = [route for route in routes if isinstance(route, BroadcastRoute)]
@@ -81,7 +84,13 @@ class Worker:
         self.started.set()
 
     async def stop(self) -> None:
-        """Stop taking messages, let running handlers finish within the grace period, requeue the rest."""
+        """Stop taking messages, let running handlers finish within the grace period, requeue the rest.
+
+        Messages already delivered (prefetched) but whose handler has not started go back to the queue at once
+        rather than starting during the grace period.
+        """
+        for gate in self._limits.values():
+            gate.close()
         for subscription in self._subscriptions:
             await subscription.cancel()
         self._subscriptions.clear()
@@ -90,7 +99,8 @@ class Worker:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.grace)
         for task, delivery in list(self._running.items()):
-            log.warning("handler did not finish within the grace period; returning its message to the queue")
+            log.warning("a handler for %r did not finish within %gs; returning its message to the queue",
+                        delivery.queue, self.grace)
             task.cancel()
             with contextlib.suppress(Exception):
                 await delivery.requeue()
@@ -111,6 +121,9 @@ class Worker:
                 await consumer(delivery)
             except asyncio.CancelledError:
                 raise
+            except WorkerStopping:  # delivered, but the worker stopped before its handler could start
+                with contextlib.suppress(Exception):
+                    await delivery.requeue()
             except Exception:  # a bug in Otter itself must not kill the consumer
                 log.exception("unexpected error while handling a message from %r", delivery.queue)
             finally:
@@ -127,12 +140,12 @@ class Worker:
             async with self._limits["rpc"]:
                 await delivery.ack()
                 started = time.perf_counter()
-                if deadline_passed(delivery.headers, time.time()):
-                    log.warning("rpc %s %s: deadline passed before it started; not run", route.name,
-                                delivery.correlation_id)
-                    return
                 outcome = "ok"
                 try:
+                    if deadline_passed(delivery.headers, time.time()):
+                        log.warning("rpc %s %s: deadline passed before it started; not run", route.name,
+                                    delivery.correlation_id)
+                        return
                     data = decode(self.codec, delivery)
                 except MessageError as exc:
                     log.warning("rpc %s %s: bad request: %s", route.name, delivery.correlation_id, exc)
@@ -153,22 +166,57 @@ class Worker:
         return on_rpc
 
     def _task_consumer(self, route: TaskRoute) -> Callable[[Delivery], Awaitable[None]]:
+        """Run a task; on failure retry it through the broker or dead-letter it, per the route's retry policy.
+
+        Whatever the message holds, it is settled exactly once: acked, parked for a retry, or dead-lettered. If
+        the broker refuses the retry or the dead letter, the task goes back to its queue instead of being lost.
+        """
         pipeline = self.app.pipeline(route)
+        policy = RetryPolicy.for_task(route.options, self.config)
+
+        async def settle(delivery: Delivery, move: Awaitable[None]) -> bool:
+            try:
+                await move
+            except OtterError as exc:
+                log.error("task %s %s: could not retry or dead-letter it (%s); returning it to the queue",
+                          route.name, delivery.correlation_id, exc)
+                with contextlib.suppress(OtterError):
+                    await delivery.requeue()
+                return False
+            return True
 
         async def on_task(delivery: Delivery) -> None:
             started = time.perf_counter()
+            attempts = 0
             try:
+                attempts = read_attempts(delivery.headers)
                 task, no_reply = protocol.read_task(decode(self.codec, delivery))
             except MessageError as exc:
                 log.warning("task %s %s: bad message, dead-lettered: %s", route.name, delivery.correlation_id, exc)
-                await self.transport.dead_letter(delivery, _reason("bad-message", exc))
+                await settle(delivery, self.transport.dead_letter(delivery, _reason("bad-message", exc, route,
+                                                                                    attempts)))
                 return
             async with self._limits["task"]:
                 try:
                     result = await self._invoke(pipeline, "task", delivery, (task,))
                 except Exception as exc:
+                    attempts += 1
                     self._log_handler_error("task", route, delivery, exc)
-                    await self.transport.dead_letter(delivery, _reason("handler-error", exc))
+                    if policy.should_retry(exc, attempts):
+                        delay = policy.delay(attempts)
+                        retried = await settle(delivery, self.transport.retry_later(
+                            delivery, delay, {ATTEMPTS_HEADER: attempts}))
+                        log.warning("task %s %s: attempt %d failed; %s", route.name, delivery.correlation_id,
+                                    attempts, f"retrying in {delay:g}s" if retried else "back in its queue")
+                        self._log_handled("task", route.name, delivery, started, f"error {type(exc).__name__}, "
+                                          f"retry {attempts}/{policy.max_retries}")
+                        return  # a kiwipy sender waiting for the outcome hears about the last attempt only
+                    exhausted = policy.max_retries > 0 and policy.retryable(exc)
+                    reason = "retries-exhausted" if exhausted else "handler-error"
+                    await settle(delivery, self.transport.dead_letter(delivery, _reason(reason, exc, route,
+                                                                                        attempts)))
+                    log.warning("task %s %s: dead-lettered after %d attempt%s: %s", route.name,
+                                delivery.correlation_id, attempts, "" if attempts == 1 else "s", reason)
                     reply = encode_error(self.codec, exc, debug=self.debug)
                     outcome = f"error {type(exc).__name__}, dead-lettered"
                 else:
@@ -221,8 +269,9 @@ class Worker:
 
     # -- logging ------------------------------------------------------------------------------------------------
     def _log_handler_error(self, kind: str, route: Route, delivery: Delivery, exc: Exception) -> None:
+        message = exc.message if isinstance(exc, RemoteError) else exc  # str(RemoteError) repeats the type
         log.error("%s %s %s: handler raised %s: %s", kind, route.name, delivery.correlation_id,
-                  type(exc).__name__, exc, exc_info=self.debug)
+                  type(exc).__name__, message, exc_info=self.debug)
 
     def _log_handled(self, kind: str, name: str, delivery: Delivery, started: float, outcome: str) -> None:
         if self.debug:
@@ -230,10 +279,45 @@ class Worker:
                      (time.perf_counter() - started) * 1000, outcome)
 
 
-def _reason(reason: str, exc: BaseException) -> dict[str, Any]:
+class WorkerStopping(Exception):
+    """Raised instead of starting a handler once the worker is stopping; the message goes back to its queue."""
+
+
+class _Gate(asyncio.Semaphore):
+    """The concurrency limit of one message kind; once closed, a message that gets through starts nothing."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def acquire(self) -> Literal[True]:
+        await super().acquire()
+        if self.closed:
+            self.release()
+            raise WorkerStopping
+        return True
+
+
+def _reason(reason: str, exc: BaseException, route: Route, attempts: int = 0) -> dict[str, Any]:
+    """The headers that tell a dead letter's story; text is made valid UTF-8, which AMQP header tables require."""
     return {
         "x-otter-reason": reason,
         "x-otter-error-type": type(exc).__name__,
-        "x-otter-error-message": str(exc)[:1000],
-        "x-otter-attempts": 1,
+        "x-otter-error-message": _wire_text(_describe_error(exc), 1000),
+        "x-otter-task": route.name,
+        ATTEMPTS_HEADER: attempts,
     }
+
+
+def _describe_error(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # an exception whose __str__ fails still gets dead-lettered
+        return f"<{type(exc).__name__} with an unprintable message>"
+
+
+def _wire_text(text: str, limit: int) -> str:
+    return text[:limit].encode("utf-8", "replace").decode("utf-8")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import redact_url
+from ..config import DEFAULTS, redact_url
 from ..errors import ConfigurationError
 from .base import Delivery, Subscription, Topology, Transport
 
@@ -19,9 +19,20 @@ def open_transport(url: str, config: Mapping[str, Any]) -> Transport:
     topology = Topology.from_config(config)
     scheme = url.partition("://")[0].lower()
     if scheme in ("amqp", "amqps"):
+        from ..tls import client_ssl_context
         from .amqp import AmqpTransport
 
-        return AmqpTransport(url, topology, connect_timeout=float(config["CONNECT_TIMEOUT"]))
+        def setting(key: str) -> float:
+            return float(config.get(key, DEFAULTS[key]))
+
+        return AmqpTransport(
+            url,
+            topology,
+            connect_timeout=setting("CONNECT_TIMEOUT"),
+            ssl_context=client_ssl_context(url, config),
+            publish_timeout=setting("PUBLISH_TIMEOUT"),
+            reconnect_interval=setting("RECONNECT_INTERVAL"),
+        )
     if scheme == "memory":
         from .memory import MemoryTransport
 

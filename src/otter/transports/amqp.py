@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import aio_pika
 import aiormq
@@ -28,17 +29,32 @@ from kiwipy.rmq import defaults as kiwipy_defaults
 from .. import protocol
 from ..codec import CONTENT_TYPE
 from ..config import redact_url
-from ..errors import BrokerUnavailable, DeadlineExceeded, OtterError, Unroutable
-from .base import Delivery, OnDelivery, Subscription, Topology, Transport
+from ..errors import BrokerUnavailable, ConfigurationError, DeadlineExceeded, OtterError, Unroutable
+from . import pamqp_fixes
+from .base import (
+    Delivery,
+    OnDelivery,
+    ReplayRoute,
+    Snapshot,
+    Subscription,
+    Topology,
+    Transport,
+    forwarded_headers,
+    retry_queue_name,
+)
 
 __all__ = ["AmqpTransport"]
 
 log = logging.getLogger("otter.amqp")
 
+pamqp_fixes.apply()  # one foreign message must not close the connection (see pamqp_fixes)
+
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 # kiwipy declares task queues with exactly these arguments; a different set would make the broker refuse the
 # second declaration (PRECONDITION_FAILED), so Otter dead-letters by publishing, not with x-dead-letter-exchange.
 TASK_QUEUE_ARGUMENTS = {"x-message-ttl": kiwipy_defaults.TASK_MESSAGE_TTL}
+# A retry delay queue outlives its longest wait by this much, then the broker deletes it once it is unused.
+RETRY_QUEUE_SPARE_MS = 60_000
 
 
 class AmqpDelivery(Delivery):
@@ -75,7 +91,14 @@ class AmqpSubscription(Subscription):
 
 
 class AmqpTransport(Transport):
-    """``amqp://`` and ``amqps://``; ``ssl_options`` are passed to aio-pika for TLS."""
+    """``amqp://`` and ``amqps://`` (``ssl_context`` from ``otter.tls``).
+
+    Broker outages: the robust connection reconnects every ``reconnect_interval`` seconds and restores channels,
+    queues, bindings and consumers. Meanwhile a task send waits and retries until ``publish_timeout`` (at-least-once:
+    a send whose confirm was lost may be repeated), then raises ``BrokerUnavailable``; an RPC waits for the
+    connection within its own timeout, is sent at most once, and fails with ``BrokerUnavailable`` at once if the
+    connection drops while it waits for the reply (which was lost with the connection).
+    """
 
     def __init__(
         self,
@@ -84,18 +107,29 @@ class AmqpTransport(Transport):
         *,
         connect_timeout: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        publish_timeout: float = 15.0,
+        reconnect_interval: float = 1.0,
     ) -> None:
         self._raw_url = url
         self.url = redact_url(url) or url
         self.topology = topology
         self._connect_timeout = connect_timeout
         self._ssl_context = ssl_context
+        self.publish_timeout = publish_timeout
+        self._reconnect_interval = reconnect_interval
+        self._closing = False
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._confirm_channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._task_exchange: AbstractExchange | None = None
         self._pending: dict[str, asyncio.Future[Delivery]] = {}
+        # Resolved when the calling channel's connection is lost, then replaced: a publish in flight on a dead
+        # connection may never finish (aiormq can block it on the dead connection's write queue), so it is
+        # abandoned when this resolves and sent again on the next connection.
+        self._lost: asyncio.Future[None] | None = None
+        self._sending: set[asyncio.Future[Any]] = set()
+        self._calls_in_flight: set[asyncio.Task[Any]] = set()
         self._declared_task_queues: set[str] = set()
 
     async def connect(self) -> None:
@@ -105,12 +139,18 @@ class AmqpTransport(Transport):
                 timeout=self._connect_timeout,
                 ssl_context=self._ssl_context,
                 client_properties={"connection_name": "otter"},
+                **self._reconnect_options(),
             )
-        except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
-            raise BrokerUnavailable(f"cannot connect to RabbitMQ at {self.url}: {_describe(exc)}") from None
+        except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            tls = self._raw_url.lower().startswith("amqps:")
+            raise BrokerUnavailable(f"cannot connect to RabbitMQ at {self.url}: {_connect_failure(exc, tls)}") from None
+        self._lost = asyncio.get_running_loop().create_future()
         with _translated("open channels"):
             # Confirms on the calling channel are what make an unroutable RPC come back as an error at once.
             self._confirm_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            # Direct reply-to replies are bound to this channel: when it closes, replies still due are lost.
+            self._confirm_channel.close_callbacks.add(self._on_calling_channel_closed)
+            self._connection.reconnect_callbacks.add(self._on_reconnected)
             self._exchange = await self._confirm_channel.declare_exchange(
                 self.topology.message_exchange, ExchangeType.TOPIC
             )
@@ -122,10 +162,15 @@ class AmqpTransport(Transport):
             self._channel = await self._connection.channel(publisher_confirms=False)
 
     async def close(self) -> None:
+        self._closing = True
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BrokerUnavailable("the connection was closed before the reply arrived"))
         self._pending.clear()
+        for sending in list(self._sending):  # the connection goes away anyway: nothing left to desynchronise
+            sending.cancel()
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=1.0)
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
@@ -139,7 +184,9 @@ class AmqpTransport(Transport):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Delivery] = loop.create_future()
         self._pending[correlation_id] = future
-        timer = loop.call_later(timeout, _expire, future, name, timeout)
+        publishing: asyncio.Future[Any] | None = None
+        timer = loop.call_later(timeout, lambda: _expire(future, name, timeout, publishing))
+        deadline = loop.time() + timeout
         try:
             message = Message(
                 body,
@@ -151,7 +198,7 @@ class AmqpTransport(Transport):
             )
             # The confirm (or the return of an unroutable call) is awaited beside the reply, not before it.
             publishing = asyncio.ensure_future(
-                self._exchange.publish(message, protocol.rpc_routing_key(name), mandatory=True)
+                self._publish_call(message, protocol.rpc_routing_key(name), future, deadline)
             )
             publishing.add_done_callback(lambda done: _fail_on_publish_error(done, future, name))
             return await future
@@ -163,7 +210,6 @@ class AmqpTransport(Transport):
         self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None
     ) -> None:
         assert self._task_exchange is not None, "call connect() first"
-        await self._declare_task_queue(queue)
         message = Message(
             body,
             content_type=CONTENT_TYPE,
@@ -171,41 +217,149 @@ class AmqpTransport(Transport):
             delivery_mode=DeliveryMode.PERSISTENT,
             headers=dict(headers or {}),
         )
-        with _translated(f"send a task to {queue!r}"):
+
+        async def publish() -> None:
+            await self._declare_task_queue(queue)
+            assert self._task_exchange is not None
             try:
                 await self._task_exchange.publish(message, queue, mandatory=True)
-            except aio_pika.exceptions.DeliveryError as exc:
+            except aio_pika.exceptions.PublishError as exc:
                 raise Unroutable(f"the broker could not route the task to queue {queue!r}: {exc}") from None
 
+        await self._publish_confirmed(publish, f"send the task to {queue!r}")
+
     async def publish_broadcast(self, body: bytes) -> None:
-        assert self._exchange is not None, "call connect() first"
+        assert self._exchange is not None and self._confirm_channel is not None, "call connect() first"
         message = Message(body, content_type=CONTENT_TYPE, delivery_mode=DeliveryMode.NOT_PERSISTENT)
+        # At-most-once: wait for the connection if it is being re-established, but never send twice.
+        deadline = asyncio.get_running_loop().time() + self.publish_timeout
+        await self._wait_until_open(self._confirm_channel, self.publish_timeout, "broadcast")
+        exchange = self._exchange
         with _translated("broadcast"):
-            await self._exchange.publish(message, protocol.BROADCAST_ROUTING_KEY, mandatory=False)
+            try:
+                await self._on_this_connection(
+                    lambda: exchange.publish(message, protocol.BROADCAST_ROUTING_KEY, mandatory=False), deadline
+                )
+            except asyncio.TimeoutError:
+                raise BrokerUnavailable(
+                    f"could not broadcast: the broker did not confirm it within {self.publish_timeout:g} s"
+                ) from None
 
     async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
         assert self._channel is not None, "call connect() first"
         message = Message(body, content_type=CONTENT_TYPE, correlation_id=correlation_id)
-        with _translated("reply"):
-            await self._channel.default_exchange.publish(message, reply_to, mandatory=False)
+        if reply_to.startswith(DIRECT_REPLY_TO):
+            # The fast path. Not mandatory: RabbitMQ 3.10 returns a mandatory reply to amq.rabbitmq.reply-to.*
+            # even when it delivered it; a reply whose caller is gone is dropped by the broker unseen.
+            with _translated("reply"):
+                await self._channel.default_exchange.publish(message, reply_to, mandatory=False)
+            return
+        # A reply queue of its own (a kiwipy caller's): mandatory and confirmed, so a reply to a queue that is gone
+        # comes back and is logged (aiormq reports returns only on a channel with confirms).
+        assert self._confirm_channel is not None
+        try:
+            with _translated("reply"):
+                await self._confirm_channel.default_exchange.publish(message, reply_to, mandatory=True)
+        except Unroutable:
+            log.warning("reply %s to %r dropped: no such reply queue (the caller is gone)", correlation_id, reply_to)
 
     async def dead_letter(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
         assert self._confirm_channel is not None, "call connect() first"
-        dlq = self.topology.dead_letter_queue
-        if dlq not in self._declared_task_queues:
-            with _translated("declare the dead-letter queue"):
-                await self._confirm_channel.declare_queue(dlq, durable=True)
-            self._declared_task_queues.add(dlq)
+        dlq = await self._declare_dead_letter_queue()
         message = Message(
             delivery.body,
             content_type=delivery.content_type,
             correlation_id=delivery.correlation_id,
             delivery_mode=DeliveryMode.PERSISTENT,
-            headers={**_plain_headers(delivery.headers), **headers, "x-otter-queue": delivery.queue},
+            headers={**forwarded_headers(delivery.headers), **headers, "x-otter-queue": delivery.queue},
         )
         with _translated("dead-letter a task"):
             await self._confirm_channel.default_exchange.publish(message, dlq, mandatory=True)
         await delivery.ack()
+
+    async def retry_later(self, delivery: Delivery, delay: float, headers: Mapping[str, Any]) -> None:
+        """Park the copy in ``<queue>.retry.<ms>``: its queue TTL is the delay and it dead-letters into the task
+        queue through the default exchange. One queue per delay, because a TTL set per message only expires at
+        the head of a queue (a long wait would hold up a short one behind it). The queue is declared on every
+        retry, which renews its ``x-expires`` lease, so it disappears only when no retry has used it for a while.
+        """
+        assert self._confirm_channel is not None, "call connect() first"
+        delay_ms = max(0, round(delay * 1000))
+        target = delivery.queue
+        if delay_ms:
+            target = retry_queue_name(delivery.queue, delay_ms)
+            with _translated(f"declare the retry queue {target!r}"):
+                await self._confirm_channel.declare_queue(target, durable=True, arguments={
+                    "x-message-ttl": delay_ms,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": delivery.queue,
+                    "x-expires": delay_ms + RETRY_QUEUE_SPARE_MS,
+                })
+        message = Message(
+            delivery.body,
+            content_type=delivery.content_type,
+            correlation_id=delivery.correlation_id,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            headers={**forwarded_headers(delivery.headers), **headers},
+        )
+        with _translated(f"schedule a retry on {target!r}"):
+            await self._confirm_channel.default_exchange.publish(message, target, mandatory=True)
+        await delivery.ack()
+
+    # -- dead letters -------------------------------------------------------------------------------------------
+    async def peek_dead_letters(self, limit: int | None = None) -> list[Delivery]:
+        """Get without acking, then close the channel: the broker puts every message back where it was."""
+        async with self._dead_letter_reader() as queue:
+            letters: list[Delivery] = []
+            while limit is None or len(letters) < limit:
+                with _translated("read the dead-letter queue"):
+                    message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                letters.append(_snapshot(message, queue.name))
+            return letters
+
+    async def replay_dead_letters(self, route: ReplayRoute, *, limit: int | None = None) -> int:
+        """Republish each chosen letter with a confirm, then ack it; the others stay unacked until the reading
+        channel closes, which returns them to the dead-letter queue in their order."""
+        assert self._confirm_channel is not None and self._task_exchange is not None, "call connect() first"
+        moved = 0
+        async with self._dead_letter_reader() as queue:
+            # Only the letters waiting now: one replayed to a task that still fails comes back to the end of this
+            # queue while we read, and replaying it again in the same pass would go round for as long as it fails.
+            waiting = int(queue.declaration_result.message_count or 0)
+            for _ in range(waiting):
+                if limit is not None and moved >= limit:
+                    break
+                with _translated("read the dead-letter queue"):
+                    message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                target = route(_snapshot(message, queue.name))
+                if target is None:
+                    continue
+                name, headers = target
+                await self._declare_task_queue(name)
+                copy = Message(
+                    message.body,
+                    content_type=message.content_type,
+                    correlation_id=message.correlation_id,
+                    delivery_mode=DeliveryMode.PERSISTENT,
+                    headers=dict(headers),
+                )
+                with _translated(f"replay a dead letter to {name!r}"):
+                    await self._task_exchange.publish(copy, name, mandatory=True)
+                    await message.ack()
+                moved += 1
+        return moved
+
+    async def purge_dead_letters(self) -> int:
+        assert self._confirm_channel is not None, "call connect() first"
+        dlq = await self._declare_dead_letter_queue()
+        with _translated("purge the dead-letter queue"):
+            queue = await self._confirm_channel.get_queue(dlq, ensure=False)
+            purged = await queue.purge()
+        return int(purged.message_count or 0)
 
     # -- receiving ----------------------------------------------------------------------------------------------
     async def consume_rpc(self, name: str, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
@@ -249,6 +403,181 @@ class AmqpTransport(Transport):
         tag = await queue.consume(on_message)
         return AmqpSubscription(queue, tag, channel)
 
+    async def _declare_dead_letter_queue(self) -> str:
+        assert self._confirm_channel is not None, "call connect() first"
+        dlq = self.topology.dead_letter_queue
+        if dlq not in self._declared_task_queues:
+            with _translated("declare the dead-letter queue"):
+                await self._confirm_channel.declare_queue(dlq, durable=True)
+            self._declared_task_queues.add(dlq)
+        return dlq
+
+    @contextlib.asynccontextmanager
+    async def _dead_letter_reader(self) -> AsyncIterator[AbstractQueue]:
+        """The dead-letter queue on a channel of its own: closing it returns every message not acked."""
+        assert self._connection is not None, "call connect() first"
+        with _translated("open the dead-letter queue"):
+            channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            with _translated("open the dead-letter queue"):
+                queue = await channel.declare_queue(self.topology.dead_letter_queue, durable=True)
+            yield queue
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def _publish_confirmed(self, publish: Callable[[], Coroutine[Any, Any, Any]], action: str) -> None:
+        """Run ``publish`` (which awaits the broker's confirm) until it succeeds or ``publish_timeout`` passes.
+
+        Only outages are retried: a lost connection, a channel being re-opened, a confirm that did not come. A
+        refusal (unroutable: ``Unroutable``; access refused or precondition failed: ``ConfigurationError``) is raised
+        at once. At-least-once: when the connection drops after the broker took a message but before its confirm
+        arrived, it is sent again.
+        """
+        assert self._confirm_channel is not None, "call connect() first"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._attempt(publish, action, deadline)
+            except asyncio.TimeoutError:
+                problem = "no connection to the broker, or no confirm from it"
+            except BrokerUnavailable as exc:
+                problem = str(exc)
+            else:
+                if attempt > 1:
+                    log.info("%s: done after %d attempts", action, attempt)
+                return
+            if self._closing:
+                raise BrokerUnavailable(f"could not {action}: the connection was closed")
+            pause = min(0.05 * 2**attempt, 1.0)
+            if loop.time() + pause >= deadline:
+                raise BrokerUnavailable(
+                    f"could not {action} within {self.publish_timeout:g} s (PUBLISH_TIMEOUT): {problem}. The "
+                    f"broker did not confirm it; send it again once the broker at {self.url} is back"
+                )
+            if attempt == 1:
+                log.warning("%s: %s; retrying for up to %g s", action, problem, self.publish_timeout)
+            await asyncio.sleep(pause)
+
+    async def _attempt(self, publish: Callable[[], Coroutine[Any, Any, Any]], action: str, deadline: float) -> None:
+        """One try, bounded by ``deadline``: wait for the channel, then publish on it (see ``_on_this_connection``)."""
+        channel = self._confirm_channel
+        assert channel is not None
+        loop = asyncio.get_running_loop()
+        try:
+            if channel.is_closed:  # being re-opened after a lost connection: wait for it
+                await asyncio.wait_for(channel.ready(), max(deadline - loop.time(), 0.001))  # type: ignore[attr-defined]
+            await self._on_this_connection(publish, deadline)
+        except (OtterError, asyncio.TimeoutError):
+            raise
+        except _REFUSALS as exc:
+            raise ConfigurationError(f"the broker refused to {action}: {_describe(exc)}") from None
+        except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"the connection failed ({_describe(exc)})") from None
+
+    async def _on_this_connection(self, publish: Callable[[], Coroutine[Any, Any, Any]], deadline: float) -> None:
+        """Run ``publish`` on the connection open now, giving up on it when that connection is lost (then it is
+        cancelled: aiormq may block it forever on the dead connection's write queue) or when ``deadline`` passes
+        (then it is left to finish: cancelling aiormq half-way through a publish or a declare on a live channel
+        desynchronises the channel). Raises ``BrokerUnavailable`` or ``asyncio.TimeoutError`` respectively."""
+        lost = self._lost
+        assert lost is not None, "call connect() first"
+        loop = asyncio.get_running_loop()
+        sending: asyncio.Task[Any] = loop.create_task(publish())
+        self._sending.add(sending)
+        sending.add_done_callback(self._sent)
+        # What asyncio.wait({sending, lost}, timeout=...) does, at two thirds of its cost on this hot path.
+        settled = loop.create_future()
+
+        def settle(_: Any = None) -> None:
+            if not settled.done():
+                settled.set_result(None)
+
+        sending.add_done_callback(settle)
+        lost.add_done_callback(settle)
+        timer = loop.call_later(max(deadline - loop.time(), 0.001), settle)
+        try:
+            await settled
+        finally:
+            timer.cancel()
+            lost.remove_done_callback(settle)
+        if sending.done():
+            sending.result()
+        elif lost.done():
+            sending.cancel()
+            raise BrokerUnavailable("the connection was lost before the broker confirmed it")
+        else:
+            raise asyncio.TimeoutError
+
+    async def _publish_call(
+        self, message: Message, routing_key: str, reply: asyncio.Future[Delivery], deadline: float
+    ) -> None:
+        """Send an RPC request once, after waiting for the connection if it is being re-established; not at all
+        if the caller gave up meanwhile. The wait outlasts the call's deadline a little, so that ``_expire``
+        is the one to tell the caller. Runs in a task of its own, which ``_on_calling_channel_closed`` cancels
+        if the connection is lost under it (aiormq may otherwise block it forever on the dead connection)."""
+        assert self._exchange is not None and self._confirm_channel is not None
+        loop = asyncio.get_running_loop()
+        if self._confirm_channel.is_closed:
+            ready = self._confirm_channel.ready()  # type: ignore[attr-defined]
+            await asyncio.wait_for(ready, max(deadline - loop.time(), 0.0) + 0.5)
+        if reply.done():
+            return
+        message.expiration = max(deadline - loop.time(), 0.001)  # what is left of the deadline after the wait
+        this = asyncio.current_task()
+        assert this is not None
+        self._calls_in_flight.add(this)
+        try:
+            await self._exchange.publish(message, routing_key, mandatory=True)
+        finally:
+            self._calls_in_flight.discard(this)
+
+    async def _wait_until_open(self, channel: AbstractChannel, timeout: float, action: str) -> None:
+        try:
+            await asyncio.wait_for(channel.ready(), timeout)  # type: ignore[attr-defined]
+        except asyncio.TimeoutError:
+            raise BrokerUnavailable(
+                f"could not {action}: no connection to the broker at {self.url} within {timeout:g} s"
+            ) from None
+
+    def _sent(self, sending: asyncio.Future[Any]) -> None:
+        self._sending.discard(sending)
+        _retrieve_outcome(sending)
+
+    def _on_calling_channel_closed(self, _sender: Any, exc: BaseException | None) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+            self._lost = asyncio.get_running_loop().create_future()
+        for publishing in list(self._calls_in_flight):  # their replies are lost too; they are failed below
+            publishing.cancel()
+        if self._closing:
+            return
+        waiting = [future for future in self._pending.values() if not future.done()]
+        log.warning(
+            "lost the connection to %s (%s); reconnecting every %g s, sends wait for it up to %g s%s",
+            self.url, _describe(exc) if exc else "closed", self._reconnect_interval, self.publish_timeout,
+            f", {len(waiting)} RPCs waiting for replies fail" if waiting else "",
+        )
+        for future in waiting:
+            future.set_exception(BrokerUnavailable(
+                "the connection to the broker was lost while waiting for the reply; the call may or may not have run"
+            ))
+
+    def _on_reconnected(self, _sender: Any) -> None:
+        log.info("reconnected to %s", self.url)
+
+    def _reconnect_options(self) -> dict[str, Any]:
+        """aio-pika reads these from the URL only when no keyword is given, so pass the URL's along with ours."""
+        query = dict(parse_qsl(urlsplit(self._raw_url).query))
+        options: dict[str, Any] = {"reconnect_interval": query.get("reconnect_interval", self._reconnect_interval)}
+        for key in ("fail_fast", "interleave", "happy_eyeballs_delay"):
+            if key in query:
+                options[key] = query[key]
+        return options
+
     async def _declare_task_queue(self, queue: str) -> None:
         if queue in self._declared_task_queues:
             return
@@ -266,22 +595,74 @@ class AmqpTransport(Transport):
 
 
 def _fail_on_publish_error(publishing: asyncio.Future[Any], future: asyncio.Future[Delivery], name: str) -> None:
-    if publishing.cancelled() or future.done():
+    if publishing.cancelled():
         return
-    exc = publishing.exception()
-    if isinstance(exc, aio_pika.exceptions.DeliveryError):
+    exc = publishing.exception()  # always retrieved, so asyncio never reports it as lost
+    if exc is None or future.done():
+        return
+    if isinstance(exc, aio_pika.exceptions.PublishError):
         future.set_exception(Unroutable(f"nobody serves the RPC {name!r}"))
-    elif exc is not None:
+    else:
         future.set_exception(BrokerUnavailable(f"could not send the RPC {name!r}: {_describe(exc)}"))
 
 
-def _expire(future: asyncio.Future[Delivery], name: str, timeout: float) -> None:
-    if not future.done():
+def _retrieve_outcome(done: asyncio.Future[Any]) -> None:
+    """Mark a publish's failure as seen: when nobody waits for it any more, asyncio would report it as lost."""
+    if not done.cancelled():
+        done.exception()
+
+
+def _expire(
+    future: asyncio.Future[Delivery], name: str, timeout: float, publishing: asyncio.Future[Any] | None
+) -> None:
+    if future.done():
+        return
+    if publishing is not None and not publishing.done():
+        future.set_exception(BrokerUnavailable(
+            f"could not send the RPC {name!r} within its {timeout:g} s timeout: the broker connection is down"
+        ))
+    else:
         future.set_exception(DeadlineExceeded(f"no reply to the RPC {name!r} within {timeout:g} s"))
 
 
-def _plain_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in headers.items() if not key.startswith("x-otter-")}
+# Refusals are answers, not outages: retrying them cannot help. (NOT_FOUND is retried: the robust channel
+# re-declares the exchanges and queues it declared when it re-opens.)
+_REFUSALS = (
+    aiormq.exceptions.ChannelAccessRefused,
+    aiormq.exceptions.ChannelPreconditionFailed,
+    aiormq.exceptions.ChannelLockedResource,
+)
+
+
+def _connect_failure(exc: BaseException, tls: bool) -> str:
+    """Why a connection could not be made, in words that point at the fix; never includes the URL's password."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"TLS: the broker's certificate was not accepted ({cause.verify_message}); check TLS_CA_FILE "
+                f"(the CA that signed the broker's certificate) and that the URL's host name is on the certificate"
+            )
+        if isinstance(cause, ssl.SSLError):
+            return (
+                f"TLS handshake failed ({cause.reason or _describe(cause)}); check the port is the broker's TLS "
+                f"port and, if the broker verifies clients, TLS_CERT_FILE and TLS_KEY_FILE"
+            )
+        if isinstance(cause, aiormq.exceptions.ProbableAuthenticationError):
+            return "the broker refused the login: check the user name and password in the URL"
+        if tls and isinstance(cause, (ConnectionResetError, aiormq.exceptions.IncompatibleProtocolError, EOFError)):
+            # A TLS listener that verifies clients drops one without a certificate right after the handshake.
+            return (
+                f"the broker closed the TLS connection ({_describe(exc)}); if it verifies clients, set "
+                f"TLS_CERT_FILE and TLS_KEY_FILE to a client certificate its CA signed"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return _describe(exc)
+
+
+def _snapshot(message: AbstractIncomingMessage, queue: str) -> Snapshot:
+    return Snapshot(message.body, queue=queue, content_type=message.content_type, headers=dict(message.headers),
+                    correlation_id=message.correlation_id, reply_to=message.reply_to)
 
 
 def _describe(exc: BaseException) -> str:

@@ -12,7 +12,21 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Delivery", "OnDelivery", "Subscription", "Topology", "Transport"]
+__all__ = [
+    "Delivery",
+    "OnDelivery",
+    "ReplayRoute",
+    "Snapshot",
+    "Subscription",
+    "Topology",
+    "Transport",
+    "forwarded_headers",
+    "retry_queue_name",
+]
+
+# Headers a copy of a message does not carry over: Otter's own bookkeeping (set afresh by whoever copies) and
+# the broker's dead-lettering history.
+_NOT_FORWARDED_PREFIXES = ("x-otter-", "x-death", "x-first-death-", "x-last-death-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +85,32 @@ class Delivery(abc.ABC):
     async def requeue(self) -> None: ...
 
 
+class Snapshot(Delivery):
+    """A message read for inspection and left on its queue: settling it does nothing."""
+
+    __slots__ = ()
+
+    async def ack(self) -> None:
+        return None
+
+    async def requeue(self) -> None:
+        return None
+
+
 OnDelivery = Callable[[Delivery], Awaitable[None]]
+# Where a replayed dead letter goes: ``(queue, headers)``, or ``None`` to leave it in the dead-letter queue.
+ReplayRoute = Callable[[Delivery], "tuple[str, Mapping[str, Any]] | None"]
+
+
+def forwarded_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The headers a copy of a message keeps: the sender's own, without Otter's or the broker's bookkeeping."""
+    return {key: value for key, value in headers.items()
+            if not (isinstance(key, str) and key.startswith(_NOT_FORWARDED_PREFIXES))}
+
+
+def retry_queue_name(queue: str, delay_ms: int) -> str:
+    """The delay queue where retries of ``queue`` wait ``delay_ms`` before going back to it."""
+    return f"{queue}.retry.{delay_ms}"
 
 
 class Subscription(abc.ABC):
@@ -115,6 +154,26 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def dead_letter(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
         """Move a task to the dead-letter queue with ``headers`` saying why, then ack the original."""
+
+    @abc.abstractmethod
+    async def retry_later(self, delivery: Delivery, delay: float, headers: Mapping[str, Any]) -> None:
+        """Put a copy of a task back on its queue after ``delay`` seconds, with ``headers`` replacing Otter's own,
+        then ack the original. The copy waits in the broker, never in a worker, and is confirmed before the ack,
+        so a crash in between can duplicate the task but never lose it."""
+
+    # -- dead letters -------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def peek_dead_letters(self, limit: int | None = None) -> list[Delivery]:
+        """The first ``limit`` (default: all) messages of the dead-letter queue, left where they are."""
+
+    @abc.abstractmethod
+    async def replay_dead_letters(self, route: ReplayRoute, *, limit: int | None = None) -> int:
+        """Move up to ``limit`` dead letters back to the queues ``route`` picks (each confirmed before it leaves
+        the dead-letter queue); the ones it returns ``None`` for stay. Returns how many moved."""
+
+    @abc.abstractmethod
+    async def purge_dead_letters(self) -> int:
+        """Delete every dead letter; returns how many there were."""
 
     # -- receiving ----------------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -9,7 +9,10 @@ deliveries run on the loop of the consumer that receives them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import itertools
+import logging
 import threading
 import time
 import uuid
@@ -19,9 +22,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BrokerUnavailable, DeadlineExceeded, Unroutable
-from .base import Delivery, OnDelivery, Subscription, Topology, Transport
+from .base import (
+    Delivery,
+    OnDelivery,
+    ReplayRoute,
+    Snapshot,
+    Subscription,
+    Topology,
+    Transport,
+    forwarded_headers,
+)
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
+
+log = logging.getLogger("otter.memory")
 
 
 @dataclass
@@ -64,6 +78,11 @@ class MemoryBroker:
         self.queues: dict[str, _Queue] = {}
         self.broadcast_consumers: list[_Consumer] = []
         self.reply_targets: dict[str, tuple[asyncio.AbstractEventLoop, Any]] = {}
+        # Messages waiting out a retry delay: (due, order, queue, message), served by one thread while non-empty.
+        self._delayed: list[tuple[float, int, str, _Message]] = []
+        self._delay_order = itertools.count()
+        self._delay_due = threading.Condition(self._lock)
+        self._delay_thread: threading.Thread | None = None
 
     @classmethod
     def named(cls, name: str) -> MemoryBroker:
@@ -99,6 +118,64 @@ class MemoryBroker:
                 raise Unroutable(f"no queue {name!r} to route to")
             queue.messages.append(message)
             self._pump(queue)
+
+    def publish_raw(
+        self,
+        queue: str | None,
+        body: bytes,
+        *,
+        content_type: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> None:
+        """Put bytes with any properties on ``queue`` (``None``: to every broadcast consumer), as a raw AMQP client
+        could: for tests and tools that must send what Otter itself never would."""
+        message = _Message(body, content_type, dict(headers or {}), correlation_id, reply_to)
+        if queue is None:
+            self.broadcast(message)
+        else:
+            self.publish(queue, message)
+
+    def publish_later(self, name: str, message: _Message, delay: float) -> None:
+        """Publish to ``name`` after ``delay`` seconds, as RabbitMQ's delay queues do: from the broker, whatever
+        happens to the event loop or the worker that asked."""
+        with self._lock:
+            heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._delay_order), name, message))
+            if self._delay_thread is None:
+                self._delay_thread = threading.Thread(target=self._publish_when_due, name="otter-memory-delays",
+                                                      daemon=True)
+                self._delay_thread.start()
+            self._delay_due.notify()
+
+    def _publish_when_due(self) -> None:
+        with self._lock:
+            while self._delayed:
+                now = time.monotonic()
+                while self._delayed and self._delayed[0][0] <= now:
+                    _, _, name, message = heapq.heappop(self._delayed)
+                    self.declare(name)
+                    try:
+                        self.publish(name, message)
+                    except Exception:  # a consumer's loop died under it; the message stays queued
+                        log.exception("delivering a delayed message to %r failed", name)
+                if self._delayed:
+                    self._delay_due.wait(self._delayed[0][0] - now)
+            self._delay_thread = None
+
+    def delayed(self, name: str) -> int:
+        """How many messages are waiting out a retry delay before going to ``name``."""
+        with self._lock:
+            return sum(1 for item in self._delayed if item[2] == name)
+
+    def take(self, name: str, limit: int | None = None) -> list[_Message]:
+        """Remove and return up to ``limit`` messages from the head of ``name``."""
+        with self._lock:
+            queue = self.queues.get(name)
+            if queue is None:
+                return []
+            count = len(queue.messages) if limit is None else min(limit, len(queue.messages))
+            return [queue.messages.popleft() for _ in range(count)]
 
     def add_consumer(self, name: str, consumer: _Consumer, *, auto_delete: bool = False) -> _Queue:
         with self._lock:
@@ -150,8 +227,12 @@ class MemoryBroker:
     def reply(self, reply_to: str, message: _Message) -> None:
         with self._lock:
             target = self.reply_targets.get(reply_to)
-        if target is not None:  # a reply to nobody is dropped, as RabbitMQ drops it
-            loop, callback = target
+        if target is None:  # a reply to nobody is dropped, as RabbitMQ drops it
+            log.warning("reply %s to %r dropped: no such reply queue (the caller is gone)",
+                        message.correlation_id, reply_to)
+            return
+        loop, callback = target
+        with contextlib.suppress(RuntimeError):  # the caller's loop closed: it is gone too
             loop.call_soon_threadsafe(callback, message)
 
 
@@ -269,9 +350,47 @@ class MemoryTransport(Transport):
         self.broker.declare(dlq)
         self.broker.publish(dlq, _Message(
             delivery.body, delivery.content_type,
-            {**dict(delivery.headers), **headers, "x-otter-queue": delivery.queue}, delivery.correlation_id,
+            {**forwarded_headers(delivery.headers), **headers, "x-otter-queue": delivery.queue},
+            delivery.correlation_id,
         ))
         await delivery.ack()
+
+    async def retry_later(self, delivery: Delivery, delay: float, headers: Mapping[str, Any]) -> None:
+        self._check()
+        copy = _Message(delivery.body, delivery.content_type, {**forwarded_headers(delivery.headers), **headers},
+                        delivery.correlation_id)
+        self.broker.publish_later(delivery.queue, copy, max(0.0, delay))
+        await delivery.ack()
+
+    # -- dead letters -------------------------------------------------------------------------------------------
+    async def peek_dead_letters(self, limit: int | None = None) -> list[Delivery]:
+        messages = self.broker.messages_in(self.topology.dead_letter_queue)
+        return [_snapshot(message, self.topology.dead_letter_queue) for message in messages[:limit]]
+
+    async def replay_dead_letters(self, route: ReplayRoute, *, limit: int | None = None) -> int:
+        dlq = self.topology.dead_letter_queue
+        moved = 0
+        with self.broker._lock:
+            queue = self.broker.queues.get(dlq)
+            if queue is None:
+                return 0
+            kept: list[_Message] = []
+            while queue.messages and (limit is None or moved < limit):
+                message = queue.messages.popleft()
+                target = route(_snapshot(message, dlq))
+                if target is None:
+                    kept.append(message)
+                    continue
+                name, headers = target
+                self.broker.declare(name)
+                self.broker.publish(name, _Message(message.body, message.content_type, dict(headers),
+                                                   message.correlation_id))
+                moved += 1
+            queue.messages.extendleft(reversed(kept))
+        return moved
+
+    async def purge_dead_letters(self) -> int:
+        return len(self.broker.take(self.topology.dead_letter_queue))
 
     def _on_reply(self, message: _Message) -> None:
         future = self._pending.pop(message.correlation_id or "", None)
@@ -301,6 +420,11 @@ class MemoryTransport(Transport):
         subscription = MemorySubscription(self.broker, queue, consumer)
         self._subscriptions.append(subscription)
         return subscription
+
+
+def _snapshot(message: _Message, queue: str) -> Snapshot:
+    return Snapshot(message.body, queue=queue, content_type=message.content_type, headers=dict(message.headers),
+                    correlation_id=message.correlation_id, reply_to=message.reply_to)
 
 
 async def _never(_: Delivery) -> None:  # pragma: no cover - replies are never delivered to a consumer

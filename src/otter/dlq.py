@@ -1,0 +1,181 @@
+"""See and act on dead letters: the tasks that failed for good, or could not be read at all.
+
+The API (the ``otter dlq list|replay|purge`` commands call these)::
+
+    list_dead_letters(url: str, config: Mapping[str, Any] | None = None, limit: int | None = None)
+        -> list[DeadLetter]
+    replay(url: str, config: Mapping[str, Any] | None = None, task: str | None = None, limit: int | None = None)
+        -> int
+    purge(url: str, config: Mapping[str, Any] | None = None) -> int
+
+    async def list_dead_letters_async(url, config=None, limit=None) -> list[DeadLetter]
+    async def replay_async(url, config=None, task=None, limit=None) -> int
+    async def purge_async(url, config=None) -> int
+
+``config`` holds the app's UPPERCASE config keys (the queue and exchange names; defaults from ``config.DEFAULTS``).
+The plain functions run their own event loop, so call the ``_async`` ones from inside a coroutine.
+
+A dead letter keeps the task's original body and headers, plus ``x-otter-reason`` (``bad-message``,
+``handler-error`` or ``retries-exhausted``), ``x-otter-error-type``, ``x-otter-error-message``,
+``x-otter-attempts``, ``x-otter-task`` and ``x-otter-queue``. ``replay`` sends it back to the queue it came from as a
+fresh task (Otter's headers dropped, so its attempts start again); ``task=`` picks only the dead letters of that task
+name (or queue). ``list_dead_letters`` leaves the queue as it was.
+
+>>> for letter in list_dead_letters("amqp://guest:guest@127.0.0.1/"):
+...     print(letter.queue, letter.reason, letter.error_type, letter.attempts)
+>>> replay("amqp://guest:guest@127.0.0.1/", task="mail.send")
+3
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .config import Config
+from .transports import Delivery, Transport, open_transport
+from .transports.base import forwarded_headers
+
+__all__ = [
+    "DeadLetter",
+    "list_dead_letters",
+    "list_dead_letters_async",
+    "purge",
+    "purge_async",
+    "replay",
+    "replay_async",
+]
+
+PREVIEW_CHARS = 200
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead letter, as ``otter dlq list`` shows it; ``body`` is the original bytes."""
+
+    queue: str | None
+    task: str | None
+    reason: str | None
+    error_type: str | None
+    error_message: str | None
+    attempts: int | None
+    correlation_id: str | None
+    size: int
+    body_preview: str
+    body: bytes = field(repr=False)
+    headers: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_delivery(cls, delivery: Delivery) -> DeadLetter:
+        headers = delivery.headers
+        attempts = headers.get("x-otter-attempts")
+        return cls(
+            queue=_text(headers.get("x-otter-queue")),
+            task=_text(headers.get("x-otter-task")),
+            reason=_text(headers.get("x-otter-reason")),
+            error_type=_text(headers.get("x-otter-error-type")),
+            error_message=_text(headers.get("x-otter-error-message")),
+            attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else None,
+            correlation_id=delivery.correlation_id,
+            size=len(delivery.body),
+            body_preview=_preview(delivery.body),
+            body=delivery.body,
+            headers=dict(headers),
+        )
+
+    def matches(self, task: str) -> bool:
+        """Whether this letter belongs to the task ``task``, by task name or by queue name."""
+        return task in (self.task, self.queue)
+
+
+# -- coroutines ------------------------------------------------------------------------------------------------
+async def list_dead_letters_async(
+    url: str, config: Mapping[str, Any] | None = None, limit: int | None = None
+) -> list[DeadLetter]:
+    """The first ``limit`` dead letters (default: all), oldest first; the queue is left as it was."""
+    _check_limit(limit)
+    async with _connected(url, config) as transport:
+        return [DeadLetter.from_delivery(letter) for letter in await transport.peek_dead_letters(limit)]
+
+
+async def replay_async(
+    url: str, config: Mapping[str, Any] | None = None, task: str | None = None, limit: int | None = None
+) -> int:
+    """Send up to ``limit`` dead letters (only those of ``task`` when given) back to their queues; the count."""
+    _check_limit(limit)
+
+    def route(delivery: Delivery) -> tuple[str, Mapping[str, Any]] | None:
+        letter = DeadLetter.from_delivery(delivery)
+        if letter.queue is None or (task is not None and not letter.matches(task)):
+            return None
+        return letter.queue, forwarded_headers(delivery.headers)
+
+    async with _connected(url, config) as transport:
+        return await transport.replay_dead_letters(route, limit=limit)
+
+
+async def purge_async(url: str, config: Mapping[str, Any] | None = None) -> int:
+    """Delete every dead letter; the count."""
+    async with _connected(url, config) as transport:
+        return await transport.purge_dead_letters()
+
+
+# -- plain functions ---------------------------------------------------------------------------------------------
+def list_dead_letters(url: str, config: Mapping[str, Any] | None = None, limit: int | None = None) -> list[DeadLetter]:
+    """``list_dead_letters_async`` on a loop of its own."""
+    return _run(list_dead_letters_async(url, config, limit))
+
+
+def replay(url: str, config: Mapping[str, Any] | None = None, task: str | None = None, limit: int | None = None) -> int:
+    """``replay_async`` on a loop of its own."""
+    return _run(replay_async(url, config, task, limit))
+
+
+def purge(url: str, config: Mapping[str, Any] | None = None) -> int:
+    """``purge_async`` on a loop of its own."""
+    return _run(purge_async(url, config))
+
+
+# -- internals ---------------------------------------------------------------------------------------------------
+class _connected:
+    """A transport opened for one operation and always closed after it."""
+
+    def __init__(self, url: str, config: Mapping[str, Any] | None) -> None:
+        merged = Config()
+        merged.from_mapping(config or {})
+        self.transport: Transport = open_transport(url, merged)
+
+    async def __aenter__(self) -> Transport:
+        await self.transport.connect()
+        return self.transport
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.transport.close()
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a whole number >= 0, or None for all; got {limit!r}")
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _preview(body: bytes) -> str:
+    text = body[: PREVIEW_CHARS * 4].decode("utf-8", "replace")
+    return text if len(text) <= PREVIEW_CHARS and len(body) <= PREVIEW_CHARS * 4 else text[:PREVIEW_CHARS] + "..."
