@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -90,8 +91,12 @@ class Otter(Scaffold):
             raise ConfigurationError(f"cannot {what}: the app is already running; register handlers before run()")
 
     # -- what the worker asks ------------------------------------------------------------------------------------
-    def task_queues(self) -> dict[str, TaskRoute]:
-        """Every task queue this app consumes, with its handler; the default queue when it has a clear owner."""
+    def task_queues(self, default_queue: str | None = None) -> dict[str, TaskRoute]:
+        """Every task queue this app consumes, with its handler; the default queue when it has a clear owner.
+
+        ``default_queue`` is the effective ``DEFAULT_TASK_QUEUE`` (from ``resolve_config``), which may differ from
+        ``app.config``'s when the name comes from an argument or ``OTTER_DEFAULT_TASK_QUEUE``.
+        """
         tasks = [route for route in self.routes if isinstance(route, TaskRoute)]
         queues = {route.name: route for route in tasks}
         defaults = [route for route in tasks if route.is_default]
@@ -100,7 +105,7 @@ class Otter(Scaffold):
             raise ConfigurationError(f"only one task handler may be the default, got: {names}")
         owner = defaults[0] if defaults else (tasks[0] if len(tasks) == 1 else None)
         if owner is not None:
-            queues[self.config["DEFAULT_TASK_QUEUE"]] = owner
+            queues[default_queue or self.config["DEFAULT_TASK_QUEUE"]] = owner
         return queues
 
     def pipeline(self, route: Route) -> Pipeline:
@@ -135,8 +140,8 @@ class Otter(Scaffold):
             log.debug("app.run() ignored: the otter command line is serving this app")
             return
         config = self.resolve_config(url, debug=debug, **options)
-        _configure_logging(bool(config["DEBUG"]))
-        _run_loop(self.serve(config))
+        configure_logging(config.get("LOG_LEVEL") or "INFO")
+        run_loop(self.serve(config))
 
     async def serve(self, config: dict[str, Any], stop: asyncio.Event | None = None) -> None:
         """Serve on the running loop until ``stop`` is set (or SIGINT/SIGTERM when in the main thread)."""
@@ -179,18 +184,31 @@ def _describe(handler: Callable[..., Any]) -> str:
     return f"{getattr(handler, '__module__', '?')}.{getattr(handler, '__qualname__', handler)!s}"
 
 
-def _configure_logging(debug: bool) -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.DEBUG if debug else logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-    logging.getLogger("otter").setLevel(logging.INFO)
+class RedactingFormatter(logging.Formatter):
+    """Masks the password of any URL in a log line, whoever logged it (ours are redacted already; a library's
+    message or traceback may not be)."""
+
+    _CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._CREDENTIALS.sub(r"\1:***@", super().format(record))
+
+
+def configure_logging(level: str | int = "INFO") -> None:
+    """Log to stderr at ``level`` unless the program configured logging itself; aio-pika's chatter only at DEBUG."""
+    level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(level)
+    logging.getLogger("otter").setLevel(level)
     for noisy in ("aio_pika", "aiormq"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if level <= logging.DEBUG else max(level, logging.WARNING))
 
 
-def _run_loop(main: Any) -> None:
+def run_loop(main: Any) -> None:
     try:
         import uvloop
     except ImportError:

@@ -20,7 +20,7 @@ from kiwipy.rmq import defaults as kiwipy_defaults
 
 from .codec import DEFAULT_MAX_MESSAGE_SIZE
 
-__all__ = ["DEFAULTS", "Config", "redact_url"]
+__all__ = ["DEFAULTS", "Config", "redact_url", "redacted"]
 
 DEFAULTS: dict[str, Any] = {
     "BROKER_URL": None,  # None: OTTER_BROKER_URL, else the embedded memory:// broker
@@ -30,6 +30,27 @@ DEFAULTS: dict[str, Any] = {
     "CONNECT_TIMEOUT": 5.0,
     "SHUTDOWN_GRACE": 30.0,  # seconds running handlers get to finish on SIGTERM/Ctrl-C
     "MAX_MESSAGE_SIZE": DEFAULT_MAX_MESSAGE_SIZE,
+    # Broker outages: sends wait for the connection to come back; a task send retries until PUBLISH_TIMEOUT,
+    # then raises BrokerUnavailable (never drops silently). RECONNECT_INTERVAL is the pause between attempts.
+    "PUBLISH_TIMEOUT": 15.0,
+    "RECONNECT_INTERVAL": 1.0,
+    # TLS for amqps:// URLs (the URL's cafile/certfile/keyfile/no_verify_ssl parameters work too); see otter.tls.
+    "TLS_CA_FILE": None,  # PEM bundle of the CAs that may sign the broker's certificate; None: the system's
+    "TLS_CERT_FILE": None,  # client certificate (PEM), for brokers that verify their peers
+    "TLS_KEY_FILE": None,  # its private key (PEM); None: in TLS_CERT_FILE
+    "TLS_KEY_PASSWORD": None,
+    "TLS_VERIFY": True,  # check the broker's certificate and host name; False only for throwaway setups
+    # Task retries (see otter.retry); a task's own add_task options win. Retrying is opt-in because a task that
+    # failed half-way may not be safe to run twice; by default a failed task goes straight to the dead letters.
+    "TASK_MAX_RETRIES": 0,  # runs after the first
+    "TASK_RETRY_ON": None,  # exception classes (or dotted names); None: any Exception but ValidationError
+    "TASK_RETRY_BACKOFF": 1.0,  # seconds before the first retry, doubling each time
+    "TASK_RETRY_BACKOFF_MAX": 300.0,
+    "TASK_RETRY_JITTER": True,
+    # Read by the otter command line (otter run), see docs/cli.md.
+    "WORKERS": 1,  # worker processes; more than one runs them under a supervisor that restarts any that dies
+    "RELOAD": False,  # restart the worker when a .py file changes (development only)
+    "LOG_LEVEL": "INFO",  # of the otter loggers; DEBUG=True logs one line per message at INFO
     # Names on the wire; the defaults are kiwipy's so kiwipy programs interoperate.
     "MESSAGE_EXCHANGE": kiwipy_defaults.MESSAGE_EXCHANGE,
     "TASK_EXCHANGE": kiwipy_defaults.TASK_EXCHANGE,
@@ -37,6 +58,10 @@ DEFAULTS: dict[str, Any] = {
     "RPC_QUEUE_PREFIX": "otter.rpc.",
     "DEAD_LETTER_QUEUE": "otter.dead-letter",
 }
+
+
+# OTTER_* variables that steer the command line rather than configure an app.
+NOT_CONFIG = frozenset({"APP", "RUN_FROM_CLI", "WORKER_NUMBER"})
 
 
 class Config(dict[str, Any]):
@@ -52,10 +77,7 @@ class Config(dict[str, Any]):
 
     def from_object(self, obj: object | str) -> None:
         if isinstance(obj, str):
-            from importlib import import_module
-
-            module_name, _, attr = obj.rpartition(".") if ":" not in obj else obj.partition(":")[::2]
-            obj = getattr(import_module(module_name), attr) if attr else import_module(obj)
+            obj = _import_string(obj)
         for key in dir(obj):
             if key.isupper():
                 self[key] = getattr(obj, key)
@@ -65,7 +87,7 @@ class Config(dict[str, Any]):
         environ = os.environ if environ is None else environ
         start = f"{prefix}_"
         for name, raw in environ.items():
-            if not name.startswith(start) or name == f"{prefix}_APP":
+            if not name.startswith(start) or name[len(start):] in NOT_CONFIG:
                 continue
             try:
                 value: Any = json.loads(raw)
@@ -75,18 +97,48 @@ class Config(dict[str, Any]):
         return True
 
     def __repr__(self) -> str:
-        shown = {key: redact_url(value) if key.endswith("URL") and isinstance(value, str) else value
-                 for key, value in self.items()}
-        return f"<Config {shown!r}>"
+        return f"<Config {redacted(self)!r}>"
+
+
+def _import_string(path: str) -> object:
+    """``"pkg.settings"``, ``"pkg.settings:Config"`` or ``"pkg.settings.Config"``."""
+    from importlib import import_module
+
+    if ":" in path:
+        module_name, _, attr = path.partition(":")
+        return getattr(import_module(module_name), attr)
+    try:
+        return import_module(path)
+    except ImportError:
+        module_name, _, attr = path.rpartition(".")
+        if not module_name:
+            raise
+        return getattr(import_module(module_name), attr)
+
+
+def redacted(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` safe to show: passwords in URLs and ``*PASSWORD*``/``*SECRET*`` values masked."""
+    shown: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, str) and key.endswith("URL"):
+            shown[key] = redact_url(value)
+        elif value is not None and ("PASSWORD" in key or "SECRET" in key):
+            shown[key] = "***"
+        else:
+            shown[key] = value
+    return shown
 
 
 def redact_url(url: str | None) -> str | None:
     """The URL with its password replaced by ``***``, safe for logs and reprs."""
     if not url:
         return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+    except (ValueError, IndexError):  # too malformed to take apart safely: show no credentials at all
+        return f"{url.partition('://')[0]}://***"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

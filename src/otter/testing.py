@@ -5,13 +5,24 @@ and the client is the same ``Client`` users ship with.
 
 >>> with app.test_client() as client:
 ...     assert client.rpc("example.hash", "otter").result() == {"result": "..."}
+
+It is also a pytest plugin (registered by the ``pytest11`` entry point, so installing otter is enough). Define a
+fixture named ``app`` that returns your app, then ask for:
+
+- ``otter_client``: a client for your app served in this process on a private in-memory broker;
+- ``otter_worker``: a client for your app served on the real broker ``OTTER_TEST_BROKER_URL`` (default
+  ``amqp://guest:guest@127.0.0.1:5672/``) under exchange names unique to the test;
+- ``otter_app`` (your ``app``) and ``otter_broker_url``, to build on. See docs/cli.md for an example.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 import uuid
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .client import Client
@@ -21,7 +32,7 @@ from .transports import MEMORY_URL
 if TYPE_CHECKING:
     from .app import Otter
 
-__all__ = ["ServedApp", "TestClient", "serve_in_thread"]
+__all__ = ["TEST_BROKER_ENV", "ServedApp", "TestClient", "serve_in_thread", "unique_names"]
 
 
 class ServedApp:
@@ -103,3 +114,98 @@ def _names(config: dict[str, Any]) -> dict[str, Any]:
     keys = ("MESSAGE_EXCHANGE", "TASK_EXCHANGE", "DEFAULT_TASK_QUEUE", "RPC_QUEUE_PREFIX", "DEAD_LETTER_QUEUE",
             "RPC_TIMEOUT", "MAX_MESSAGE_SIZE")
     return {key: config[key] for key in keys}
+
+
+# -- the pytest plugin ----------------------------------------------------------------------------------------------
+TEST_BROKER_ENV = "OTTER_TEST_BROKER_URL"
+DEFAULT_TEST_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def unique_names(prefix: str = "test") -> dict[str, str]:
+    """Exchange and queue names no other test uses, so tests can share one broker and run in parallel.
+
+    Task queues are named after their tasks, so two tests serving the same task at the same time on one broker
+    still share its queue.
+    """
+    tag = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    return {
+        "MESSAGE_EXCHANGE": f"{tag}.messages",
+        "TASK_EXCHANGE": f"{tag}.tasks",
+        "DEFAULT_TASK_QUEUE": f"{tag}.tasks.default",
+        "RPC_QUEUE_PREFIX": f"{tag}.rpc.",
+        "DEAD_LETTER_QUEUE": f"{tag}.dead-letter",
+    }
+
+
+def _delete_names(url: str, names: Mapping[str, str]) -> None:
+    """Remove a test's exchanges and its own durable queues from the broker (RPC and broadcast queues go away
+    by themselves)."""
+    if not url.startswith(("amqp://", "amqps://")):
+        return
+    import aio_pika
+
+    async def delete() -> None:
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            for queue in (names["DEFAULT_TASK_QUEUE"], names["DEAD_LETTER_QUEUE"]):
+                await channel.queue_delete(queue)
+            for exchange in (names["MESSAGE_EXCHANGE"], names["TASK_EXCHANGE"]):
+                await channel.exchange_delete(exchange)
+
+    with contextlib.suppress(Exception):  # tidying up must not turn a passing test into an error
+        asyncio.run(delete())
+
+
+try:
+    import pytest
+except ImportError:  # the helpers above work without pytest; only the fixtures need it
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture
+    def otter_app(request: pytest.FixtureRequest) -> Otter:
+        """The app under test: the value of your ``app`` fixture (or override ``otter_app`` itself)."""
+        from .app import Otter
+
+        try:
+            app = request.getfixturevalue("app")
+        except pytest.FixtureLookupError:
+            pytest.fail(
+                "otter's fixtures need your app: define a fixture named 'app' that returns it, e.g.\n\n"
+                "    @pytest.fixture\n    def app():\n        return create_app()\n",
+                pytrace=False,
+            )
+        if not isinstance(app, Otter):
+            pytest.fail(f"the 'app' fixture returned {app!r}, not an otter.Otter app", pytrace=False)
+        return app
+
+    @pytest.fixture(scope="session")
+    def otter_broker_url() -> str:
+        """The real broker ``otter_worker`` uses: ``OTTER_TEST_BROKER_URL``, else RabbitMQ on localhost."""
+        return os.environ.get(TEST_BROKER_ENV) or DEFAULT_TEST_BROKER_URL
+
+    @pytest.fixture
+    def otter_client(otter_app: Otter) -> Iterator[TestClient]:
+        """A client for your app, served in this process on an in-memory broker of its own."""
+        from .transports.memory import MemoryBroker
+
+        name = f"pytest-{uuid.uuid4().hex}"
+        client = serve_in_thread(otter_app, f"{MEMORY_URL}{name}")
+        try:
+            yield client
+        finally:
+            client.close()
+            MemoryBroker.reset(name)
+
+    @pytest.fixture
+    def otter_worker(otter_app: Otter, otter_broker_url: str) -> Iterator[TestClient]:
+        """A client for your app, served on the real broker under exchange names unique to this test."""
+        names = unique_names()
+        client = serve_in_thread(otter_app, otter_broker_url, **names)
+        try:
+            yield client
+        finally:
+            client.close()
+            _delete_names(otter_broker_url, names)
