@@ -1,0 +1,57 @@
+"""The benchmark harness runs end to end: ``benchmarks/run.py --smoke`` on the real broker, Otter and the aio-pika
+baseline in separate processes. Not a timing assertion: it checks that every workload produced a result for both
+systems, that the table shows them and that the JSON file is complete."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.amqp
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKLOADS = ("rpc_seq", "rpc_conc", "task", "bcast")
+SYSTEMS = {"aiopika": "aio-pika (hand-written)", "otter": "Otter"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict]:
+    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
+        capture_output=True, text=True, timeout=110, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc, json.loads(out.read_text())
+
+
+def test_table_has_every_workload_for_both_systems(smoke: tuple[subprocess.CompletedProcess[str], dict]) -> None:
+    proc, _ = smoke
+    rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
+    for label in SYSTEMS.values():
+        cells = [cell.strip() for cell in rows[label].strip("|").split("|")[1:]]
+        assert len(cells) == len(WORKLOADS), rows[label]
+        assert all("/s" in cell for cell in cells), rows[label]  # a ratio and a rate, not "failed" or "-"
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| system |"))
+    for title in ("A. RPC one at a time", "B. RPC, 64 in flight", "C. tasks", "D. broadcast to 3 subscribers"):
+        assert title in header
+
+
+def test_json_records_every_run_with_rates_and_cpu(smoke: tuple[subprocess.CompletedProcess[str], dict]) -> None:
+    _, data = smoke
+    assert data["meta"]["mode"] == "smoke"
+    assert data["meta"]["versions"]["aio-pika"]
+    runs = {(run["system"], run["wl"]): run for run in data["runs"]}
+    for system in SYSTEMS:
+        for wl in WORKLOADS:
+            run = runs[(system, wl)]
+            assert run["ok"], run.get("error")
+            assert run["rate"] > 0 and run["client_cpu_s"] >= 0 and run["server_cpu_s"] >= 0
+            summary = data["summary"][wl][system]
+            assert summary["runs"] == 1 and summary["ratio"] > 0
+    assert data["summary"]["rpc_seq"]["aiopika"]["ratio"] == 1.0
+    assert data["summary"]["rpc_seq"]["otter"]["p99_us"] >= data["summary"]["rpc_seq"]["otter"]["p50_us"] > 0
