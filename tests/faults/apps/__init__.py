@@ -1,0 +1,1 @@
+"""Small Otter services that the fault tests run as real worker processes."""
