@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import eventloop
 from .blueprints import Blueprint
 from .config import Config, redact_url
 from .dispatch import Pipeline
@@ -209,9 +210,4 @@ def configure_logging(level: str | int = "INFO") -> None:
 
 
 def run_loop(main: Any) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+    eventloop.run(main)

@@ -12,6 +12,7 @@ import logging
 import threading
 from typing import Any
 
+from . import eventloop
 from .codec import JsonCodec
 from .comm import Communicator
 from .config import Config, redact_url
@@ -53,7 +54,7 @@ class Client:
         self.url = redact_url(self.config["BROKER_URL"])
         self.comm: Communicator | None = None
         self.error: OtterError | None = None
-        self._loop = asyncio.new_event_loop()
+        self._loop = eventloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="otter-client", daemon=True)
         self._thread.start()
         self._transport: Transport | None = None

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import eventloop
 from .client import Client
 from .errors import OtterError
 from .transports import MEMORY_URL
@@ -42,7 +43,7 @@ class ServedApp:
         self.app = app
         self.config = app.resolve_config(url or f"{MEMORY_URL}test-{uuid.uuid4().hex}", **config)
         self.url: str = self.config["BROKER_URL"]
-        self._loop = asyncio.new_event_loop()
+        self._loop = eventloop.new_event_loop()
         self._stop = asyncio.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None

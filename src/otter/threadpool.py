@@ -8,6 +8,8 @@ once the worker has stopped, the process exits and an abandoned handler goes wit
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -16,7 +18,49 @@ from typing import Any
 
 __all__ = ["HandlerThreadPool"]
 
-_Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class _LoopOutcome:
+    """The part of ``concurrent.futures.Future`` the pool uses, delivering into an asyncio future on its loop."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        self.loop, self.future = loop, future
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return not self.future.done()
+
+    def set_result(self, result: Any) -> None:
+        self._deliver(_set_result, result)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._deliver(_set_exception, error)
+
+    def cancel(self) -> bool:
+        self._deliver(_cancel, None)
+        return True
+
+    def _deliver(self, setter: Callable[[asyncio.Future[Any], Any], None], value: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
+            self.loop.call_soon_threadsafe(setter, self.future, value)
+
+
+def _set_result(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _cancel(future: asyncio.Future[Any], _: Any) -> None:
+    future.cancel()
+
+
+_Work = tuple[Future[Any] | _LoopOutcome, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
 class HandlerThreadPool(Executor):
@@ -34,18 +78,28 @@ class HandlerThreadPool(Executor):
         self._shut_down = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._put((future, fn, args, kwargs))
+        return future
+
+    def run(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], /, *args: Any) -> asyncio.Future[Any]:
+        """Run ``fn(*args)`` in the pool; the outcome lands in an asyncio future on ``loop`` with one thread hop
+        (``run_in_executor`` chains a concurrent future to an asyncio one, which costs a second)."""
+        outcome: asyncio.Future[Any] = loop.create_future()
+        self._put((_LoopOutcome(loop, outcome), fn, args, {}))
+        return outcome
+
+    def _put(self, work: _Work) -> None:
         with self._lock:
             if self._shut_down:
                 raise RuntimeError("cannot run a handler after the pool was shut down")
-            future: Future[Any] = Future()
-            self._work.put((future, fn, args, kwargs))
+            self._work.put(work)
             if not self._idle.acquire(blocking=False) and len(self._threads) < self.max_workers:
                 thread = threading.Thread(
                     target=self._run, name=f"{self.thread_name_prefix}_{len(self._threads)}", daemon=True
                 )
                 thread.start()
                 self._threads.append(thread)
-            return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:

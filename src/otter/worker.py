@@ -264,8 +264,7 @@ class Worker:
                              delivery.headers, subject)
         if pipeline.is_async:
             return await pipeline.call_async(ctx, args)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pools[kind], pipeline.call_sync, ctx, args)
+        return await self._pools[kind].run(asyncio.get_running_loop(), pipeline.call_sync, ctx, args)
 
     # -- logging ------------------------------------------------------------------------------------------------
     def _log_handler_error(self, kind: str, route: Route, delivery: Delivery, exc: Exception) -> None:
