@@ -17,7 +17,7 @@ import kiwipy.rmq
 import pytest
 
 from helpers_process import delete_names
-from otter import Otter
+from otter import Client, Otter
 from otter.testing import ServedApp
 
 
@@ -94,3 +94,24 @@ def test_kiwipy_broadcast_reaches_the_otter_handler(kiwipy_world: tuple[Any, Any
 def test_kiwipy_task_on_the_default_queue_gets_its_result(kiwipy_world: tuple[Any, Any]) -> None:
     kiwi, _ = kiwipy_world
     assert kiwi.task_send(21).result(timeout=10) == 42
+
+
+@pytest.mark.amqp
+def test_an_otter_client_calls_a_kiwipy_rpc_subscriber(kiwipy_world: tuple[Any, Any], amqp_url: str,
+                                                       names: dict[str, Any]) -> None:
+    """kiwipy replies on its message exchange, not the default one: Otter's reply queue is bound there too."""
+    kiwi, _ = kiwipy_world
+    kiwi.add_rpc_subscriber(lambda comm, msg: {"kiwi": msg}, "kiwi.echo")
+    with Client(amqp_url, **names) as client:
+        assert client.rpc("kiwi.echo", [1, "two"], timeout=10).result() == {"kiwi": [1, "two"]}
+
+
+@pytest.mark.amqp
+def test_an_otter_broadcast_reaches_a_kiwipy_subscriber(kiwipy_world: tuple[Any, Any], amqp_url: str,
+                                                        names: dict[str, Any]) -> None:
+    kiwi, _ = kiwipy_world
+    heard: queue.Queue[tuple[Any, ...]] = queue.Queue()
+    kiwi.add_broadcast_subscriber(lambda comm, body, sender, subject, cid: heard.put((body, sender, subject, cid)))
+    with Client(amqp_url, **names) as client:
+        client.broadcast({"n": 2}, subject="kiwi.hello", sender="otter", correlation_id="c-2")
+    assert heard.get(timeout=10) == ({"n": 2}, "otter", "kiwi.hello", "c-2")

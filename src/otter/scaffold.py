@@ -80,7 +80,7 @@ class Scaffold:
         return decorator
 
     def add_broadcast(self, filters: str | Iterable[str], **options: Any) -> Callable[[F], F]:
-        """Receive broadcasts whose subject matches any filter: ``handler(comm, body, sender, subject, correlation_id)``.
+        """Receive broadcasts whose subject matches a filter: ``handler(comm, body, sender, subject, correlation_id)``.
 
         >>> @app.add_broadcast(["message.*"])
         ... def on_message(comm, body, sender, subject, correlation_id): ...

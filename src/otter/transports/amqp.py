@@ -1,13 +1,17 @@
 """RabbitMQ through aio-pika's robust connection, on kiwipy's exchanges and routing keys.
 
 Why aio-pika directly rather than kiwipy's ``RmqCommunicator``: kiwipy gives every RPC subscriber an exclusive
-queue (every replica runs every call), acks before decoding and replies on a private queue per publisher. We keep
-its wire format and fix those: one shared queue per RPC name, direct reply-to for our own calls, replies through
-the default exchange (which also reaches a kiwipy caller's reply queue).
+queue (every replica runs every call), acks before decoding and cannot stop a blocking handler from stalling the
+connection. We keep its wire format and fix those: one shared queue per RPC name, replies through the default
+exchange (which reaches any caller's reply queue by its name).
 
-Channels: one without publisher confirms for RPC requests, replies and broadcasts (the fast path; an unroutable
-RPC comes back as a basic.return), one with confirms for tasks and dead letters, and one per consumer so each has
-its own prefetch. The robust connection re-opens all of them and their consumers after a broker restart.
+Replies come back to one exclusive reply queue per connection, named and bound to the message exchange the way
+kiwipy binds its own: an Otter server replies through the default exchange, a kiwipy server through the message
+exchange, and both reach it. (RabbitMQ's direct reply-to would only hear the first.)
+
+Channels: one with publisher confirms for RPC requests (so an unroutable call comes back at once as a return),
+broadcasts, tasks and dead letters; one without for replies (the fast path); one per consumer so each has its own
+prefetch. The robust connection re-opens all of them, their queues and their consumers after a broker restart.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -49,7 +54,6 @@ log = logging.getLogger("otter.amqp")
 
 pamqp_fixes.apply()  # one foreign message must not close the connection (see pamqp_fixes)
 
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 # kiwipy declares task queues with exactly these arguments; a different set would make the broker refuse the
 # second declaration (PRECONDITION_FAILED), so Otter dead-letters by publishing, not with x-dead-letter-exchange.
 TASK_QUEUE_ARGUMENTS = {"x-message-ttl": kiwipy_defaults.TASK_MESSAGE_TTL}
@@ -131,6 +135,7 @@ class AmqpTransport(Transport):
         self._sending: set[asyncio.Future[Any]] = set()
         self._calls_in_flight: set[asyncio.Task[Any]] = set()
         self._declared_task_queues: set[str] = set()
+        self._reply_to = f"{topology.message_exchange}.reply.{uuid.uuid4().hex}"
 
     async def connect(self) -> None:
         try:
@@ -157,7 +162,9 @@ class AmqpTransport(Transport):
             self._task_exchange = await self._confirm_channel.declare_exchange(
                 self.topology.task_exchange, ExchangeType.TOPIC
             )
-            reply_queue = await self._confirm_channel.declare_queue(DIRECT_REPLY_TO, passive=True)
+            # A name of our own, not the broker's: the robust channel re-declares the same queue after a restart.
+            reply_queue = await self._confirm_channel.declare_queue(self._reply_to, exclusive=True)
+            await reply_queue.bind(self._exchange, self._reply_to)
             await reply_queue.consume(self._on_reply, no_ack=True)
             self._channel = await self._connection.channel(publisher_confirms=False)
 
@@ -192,7 +199,7 @@ class AmqpTransport(Transport):
                 body,
                 content_type=CONTENT_TYPE,
                 correlation_id=correlation_id,
-                reply_to=DIRECT_REPLY_TO,
+                reply_to=self._reply_to,
                 expiration=timeout,
                 headers=dict(headers),
             )
@@ -246,22 +253,13 @@ class AmqpTransport(Transport):
                 ) from None
 
     async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
+        """At-most-once, like the call it answers: not mandatory and not confirmed, so a reply whose caller has
+        gone is dropped by the broker (a return would only be reported on a confirming channel, at a round trip
+        per reply)."""
         assert self._channel is not None, "call connect() first"
         message = Message(body, content_type=CONTENT_TYPE, correlation_id=correlation_id)
-        if reply_to.startswith(DIRECT_REPLY_TO):
-            # The fast path. Not mandatory: RabbitMQ 3.10 returns a mandatory reply to amq.rabbitmq.reply-to.*
-            # even when it delivered it; a reply whose caller is gone is dropped by the broker unseen.
-            with _translated("reply"):
-                await self._channel.default_exchange.publish(message, reply_to, mandatory=False)
-            return
-        # A reply queue of its own (a kiwipy caller's): mandatory and confirmed, so a reply to a queue that is gone
-        # comes back and is logged (aiormq reports returns only on a channel with confirms).
-        assert self._confirm_channel is not None
-        try:
-            with _translated("reply"):
-                await self._confirm_channel.default_exchange.publish(message, reply_to, mandatory=True)
-        except Unroutable:
-            log.warning("reply %s to %r dropped: no such reply queue (the caller is gone)", correlation_id, reply_to)
+        with _translated("reply"):
+            await self._channel.default_exchange.publish(message, reply_to, mandatory=False)
 
     async def dead_letter(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
         assert self._confirm_channel is not None, "call connect() first"
@@ -363,11 +361,29 @@ class AmqpTransport(Transport):
 
     # -- receiving ----------------------------------------------------------------------------------------------
     async def consume_rpc(self, name: str, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
+        """Consume the shared, auto-delete queue of an RPC name (so an unserved name is unroutable at once).
+
+        If another replica's last consumer leaves between our declare and our consume, the broker deletes the queue
+        under us (NOT_FOUND): declare it again on a fresh channel.
+        """
+        for _ in range(5):
+            try:
+                return await self._consume_rpc_once(name, on_delivery, prefetch)
+            except _QueueVanished:
+                log.info("the queue of RPC %r was deleted as we subscribed; declaring it again", name)
+        raise BrokerUnavailable(f"could not keep the queue of RPC {name!r}: it was deleted five times in a row")
+
+    async def _consume_rpc_once(self, name: str, on_delivery: OnDelivery, prefetch: int) -> Subscription:
         async with self._consumer_channel(prefetch) as channel:
-            exchange = await channel.declare_exchange(self.topology.message_exchange, ExchangeType.TOPIC)
-            queue = await channel.declare_queue(self.topology.rpc_queue(name), auto_delete=True)
-            await queue.bind(exchange, protocol.rpc_routing_key(name))
-            return await self._consume(channel, queue, on_delivery)
+            try:
+                exchange = await channel.declare_exchange(self.topology.message_exchange, ExchangeType.TOPIC)
+                queue = await channel.declare_queue(self.topology.rpc_queue(name), auto_delete=True)
+                await queue.bind(exchange, protocol.rpc_routing_key(name))
+                return await self._consume(channel, queue, on_delivery)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                raise _QueueVanished from None
 
     async def consume_tasks(self, queue: str, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
         async with self._consumer_channel(prefetch) as channel:
@@ -590,8 +606,12 @@ class AmqpTransport(Transport):
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._pending.pop(message.correlation_id or "", None)
         if future is not None and not future.done():
-            future.set_result(AmqpDelivery(message, DIRECT_REPLY_TO))
+            future.set_result(AmqpDelivery(message, self._reply_to))
 
+
+
+class _QueueVanished(BrokerUnavailable):
+    """An auto-delete queue was deleted between its declaration and the consume."""
 
 
 def _fail_on_publish_error(publishing: asyncio.Future[Any], future: asyncio.Future[Delivery], name: str) -> None:
