@@ -9,21 +9,15 @@ from typing import Any
 
 import pytest
 
+from otter.testing import unique_names as _unique_names
 from otter.transports.memory import MemoryBroker
 
 AMQP_URL = os.environ.get("OTTER_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
 def unique_names(prefix: str = "t") -> dict[str, Any]:
-    """Config keys that put every exchange and queue of one test under its own prefix."""
-    tag = f"{prefix}-{uuid.uuid4().hex[:10]}"
-    return {
-        "MESSAGE_EXCHANGE": f"{tag}.messages",
-        "TASK_EXCHANGE": f"{tag}.tasks",
-        "DEFAULT_TASK_QUEUE": f"{tag}.tasks.default",
-        "RPC_QUEUE_PREFIX": f"{tag}.rpc.",
-        "DEAD_LETTER_QUEUE": f"{tag}.dead-letter",
-    }
+    """Config keys that put every exchange and queue of one test under its own prefix (the plugin's helper)."""
+    return dict(_unique_names(prefix))
 
 
 @pytest.fixture
