@@ -1,0 +1,72 @@
+"""The Client's own contract: the seed's ``if client.comm:`` pattern, clear connection errors, argument forms."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from otter import AsyncClient, BrokerUnavailable, Client
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_broker_gives_a_falsy_comm_and_a_clear_error() -> None:
+    url = f"amqp://guest:s3cret-pw@127.0.0.1:{closed_port()}/"
+    started = time.monotonic()
+    client = Client(url)
+    try:
+        assert not client.comm
+        assert time.monotonic() - started < 5
+        assert isinstance(client.error, BrokerUnavailable)
+        assert "cannot connect to RabbitMQ" in str(client.error)
+        assert "s3cret-pw" not in str(client.error) and "s3cret-pw" not in repr(client)
+        with pytest.raises(BrokerUnavailable, match="cannot connect"):
+            client.rpc("example.hash", "otter")
+        with pytest.raises(BrokerUnavailable):
+            client.task(5)
+        with pytest.raises(BrokerUnavailable):
+            client.broadcast("otter", subject="message.send")
+    finally:
+        client.close()
+
+
+def test_wrong_password_is_reported_without_the_password(amqp_url: str) -> None:
+    url = amqp_url.replace("guest:guest@", "guest:not-the-password@")
+    with Client(url) as client:
+        assert not client.comm
+        assert "refused the login" in str(client.error) or "ACCESS_REFUSED" in str(client.error)
+        assert "not-the-password" not in str(client.error)
+
+
+def test_task_takes_a_body_or_a_name_and_a_body() -> None:
+    with Client("memory://client-args") as client:
+        client.task({"any": "body"})  # the seed's form: the default queue
+        client.task("named.task", [1, 2])
+        with pytest.raises(TypeError, match=r"client.task\(name, body\)"):
+            client.task(1, 2)
+        with pytest.raises(TypeError):
+            client.task()
+
+
+def test_close_is_idempotent_and_the_client_is_a_context_manager() -> None:
+    with Client("memory://client-close") as client:
+        assert client.comm
+    client.close()
+    assert "memory://client-close" in repr(client)
+
+
+def test_async_client_says_how_to_connect() -> None:
+    async def main() -> None:
+        client = AsyncClient("memory://async-client")
+        with pytest.raises(BrokerUnavailable, match="async with AsyncClient"):
+            await client.rpc("x", 1)
+
+    asyncio.run(main())
