@@ -29,11 +29,11 @@ name (or queue). ``list_dead_letters`` leaves the queue as it was.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from . import eventloop
 from .config import Config
 from .transports import Delivery, Transport, open_transport
 from .transports.base import forwarded_headers
@@ -160,7 +160,7 @@ def _run(coro: Awaitable[T]) -> T:
     async def main() -> T:
         return await coro
 
-    return asyncio.run(main())
+    return eventloop.run(main())
 
 
 def _check_limit(limit: int | None) -> None:

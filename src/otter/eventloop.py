@@ -1,8 +1,8 @@
 """Which event loop Otter runs on: uvloop when installed (``pip install otter[fast]``), else asyncio's.
 
 The Python client, not the broker, is the bottleneck of a RabbitMQ service; uvloop's C loop takes a large share of
-that cost away, so every loop Otter creates (the worker's, the ``Client``'s I/O thread, the test server's) comes
-from here.
+that cost away, so every loop that carries Otter's messages (the worker's, the ``Client``'s I/O thread, the test
+server's, the dead-letter commands') comes from here. (The ``--workers`` supervisor only watches processes.)
 """
 
 from __future__ import annotations
