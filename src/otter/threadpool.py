@@ -72,7 +72,9 @@ class HandlerThreadPool(Executor):
         self.max_workers = max_workers
         self.thread_name_prefix = thread_name_prefix
         self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
+        # Threads waiting for work, counted under ``_lock`` (a ``threading.Semaphore`` is a Python-level Condition:
+        # its acquire and release cost more than the rest of a submit together).
+        self._idle = 0
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._shut_down = False
@@ -94,7 +96,9 @@ class HandlerThreadPool(Executor):
             if self._shut_down:
                 raise RuntimeError("cannot run a handler after the pool was shut down")
             self._work.put(work)
-            if not self._idle.acquire(blocking=False) and len(self._threads) < self.max_workers:
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self.max_workers:
                 thread = threading.Thread(
                     target=self._run, name=f"{self.thread_name_prefix}_{len(self._threads)}", daemon=True
                 )
@@ -118,12 +122,16 @@ class HandlerThreadPool(Executor):
             for thread in self._threads:
                 thread.join()
 
+    def _became_idle(self) -> None:
+        with self._lock:
+            self._idle += 1
+
     def _run(self) -> None:
         while (work := self._work.get()) is not None:
             future, fn, args, kwargs = work
             del work
             if not future.set_running_or_notify_cancel():
-                self._idle.release()
+                self._became_idle()
                 continue
             error: BaseException | None = None
             try:
@@ -132,7 +140,7 @@ class HandlerThreadPool(Executor):
                 error, result = exc, None
             del fn, args, kwargs  # drop references before idling
             # Idle before the outcome is published, so work submitted by whoever waited on it reuses this thread.
-            self._idle.release()
+            self._became_idle()
             if error is None:
                 future.set_result(result)
             else:

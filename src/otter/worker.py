@@ -139,7 +139,7 @@ class Worker:
         async def on_rpc(delivery: Delivery) -> None:
             async with self._limits["rpc"]:
                 await delivery.ack()
-                started = time.perf_counter()
+                started = time.perf_counter() if self.debug else 0.0
                 outcome = "ok"
                 try:
                     if deadline_passed(delivery.headers, time.time()):
@@ -186,7 +186,7 @@ class Worker:
             return True
 
         async def on_task(delivery: Delivery) -> None:
-            started = time.perf_counter()
+            started = time.perf_counter() if self.debug else 0.0
             attempts = 0
             try:
                 attempts = read_attempts(delivery.headers)
@@ -245,7 +245,7 @@ class Worker:
                     route = pipeline.route
                     if not route.matches(message.subject):  # type: ignore[attr-defined]
                         continue
-                    started = time.perf_counter()
+                    started = time.perf_counter() if self.debug else 0.0
                     try:
                         await self._invoke(pipeline, "broadcast", delivery, args, subject=message.subject)
                     except Exception as exc:
@@ -259,8 +259,13 @@ class Worker:
     async def _invoke(
         self, pipeline: Pipeline, kind: str, delivery: Delivery, args: tuple[Any, ...], subject: str | None = None
     ) -> Any:
-        assert self.comm is not None
-        ctx = HandlerContext(kind, pipeline.route.name, pipeline.route, self.comm, delivery.correlation_id,
+        comm = self.comm
+        assert comm is not None
+        if pipeline.plain:  # no hooks to tell about the message: no HandlerContext to build
+            if pipeline.is_async:
+                return await pipeline.handler(comm, *args)
+            return await self._pools[kind].run(asyncio.get_running_loop(), pipeline.handler, comm, *args)
+        ctx = HandlerContext(kind, pipeline.route.name, pipeline.route, comm, delivery.correlation_id,
                              delivery.headers, subject)
         if pipeline.is_async:
             return await pipeline.call_async(ctx, args)

@@ -22,7 +22,7 @@ import logging
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import aio_pika
@@ -128,11 +128,12 @@ class AmqpTransport(Transport):
         self._exchange: AbstractExchange | None = None
         self._task_exchange: AbstractExchange | None = None
         self._pending: dict[str, asyncio.Future[Delivery]] = {}
-        # Resolved when the calling channel's connection is lost, then replaced: a publish in flight on a dead
-        # connection may never finish (aiormq can block it on the dead connection's write queue), so it is
-        # abandoned when this resolves and sent again on the next connection.
-        self._lost: asyncio.Future[None] | None = None
-        self._sending: set[asyncio.Future[Any]] = set()
+        # Every confirmed publish in flight, with the future its sender waits on. When the calling channel's
+        # connection is lost they are all woken and cancelled at once: a publish on a dead connection may never
+        # finish (aiormq can block it on the dead connection's write queue), so it is abandoned and sent again on
+        # the next connection. (One registry rather than a callback per send on a "lost" future: removing a
+        # callback is linear in the number registered, ~13 µs per send with 1,000 tasks in flight.)
+        self._sending: dict[asyncio.Task[Any], asyncio.Future[object]] = {}
         self._calls_in_flight: set[asyncio.Task[Any]] = set()
         self._declared_task_queues: set[str] = set()
         self._reply_to = f"{topology.message_exchange}.reply.{uuid.uuid4().hex}"
@@ -149,7 +150,6 @@ class AmqpTransport(Transport):
         except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             tls = self._raw_url.lower().startswith("amqps:")
             raise BrokerUnavailable(f"cannot connect to RabbitMQ at {self.url}: {_connect_failure(exc, tls)}") from None
-        self._lost = asyncio.get_running_loop().create_future()
         with _translated("open channels"):
             # Confirms on the calling channel are what make an unroutable RPC come back as an error at once.
             self._confirm_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -177,7 +177,7 @@ class AmqpTransport(Transport):
         for sending in list(self._sending):  # the connection goes away anyway: nothing left to desynchronise
             sending.cancel()
         if self._sending:
-            await asyncio.wait(self._sending, timeout=1.0)
+            await asyncio.wait(set(self._sending), timeout=1.0)
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
@@ -499,34 +499,23 @@ class AmqpTransport(Transport):
         cancelled: aiormq may block it forever on the dead connection's write queue) or when ``deadline`` passes
         (then it is left to finish: cancelling aiormq half-way through a publish or a declare on a live channel
         desynchronises the channel). Raises ``BrokerUnavailable`` or ``asyncio.TimeoutError`` respectively."""
-        lost = self._lost
-        assert lost is not None, "call connect() first"
         loop = asyncio.get_running_loop()
         sending: asyncio.Task[Any] = loop.create_task(publish())
-        self._sending.add(sending)
+        # Resolved by whichever comes first: the publish (``_sent``), the loss of the connection
+        # (``_on_calling_channel_closed``) or the deadline (the timer).
+        settled: asyncio.Future[object] = loop.create_future()
+        self._sending[sending] = settled
         sending.add_done_callback(self._sent)
-        # What asyncio.wait({sending, lost}, timeout=...) does, at two thirds of its cost on this hot path.
-        settled = loop.create_future()
-
-        def settle(_: Any = None) -> None:
-            if not settled.done():
-                settled.set_result(None)
-
-        sending.add_done_callback(settle)
-        lost.add_done_callback(settle)
-        timer = loop.call_later(max(deadline - loop.time(), 0.001), settle)
+        timer = loop.call_later(max(deadline - loop.time(), 0.001), _settle, settled, _EXPIRED)
         try:
-            await settled
+            why = await settled
         finally:
             timer.cancel()
-            lost.remove_done_callback(settle)
-        if sending.done():
-            sending.result()
-        elif lost.done():
-            sending.cancel()
+        if why is _LOST:
             raise BrokerUnavailable("the connection was lost before the broker confirmed it")
-        else:
+        if why is _EXPIRED:
             raise asyncio.TimeoutError
+        sending.result()
 
     async def _publish_call(
         self, message: Message, routing_key: str, reply: asyncio.Future[Delivery], deadline: float
@@ -559,14 +548,16 @@ class AmqpTransport(Transport):
                 f"could not {action}: no connection to the broker at {self.url} within {timeout:g} s"
             ) from None
 
-    def _sent(self, sending: asyncio.Future[Any]) -> None:
-        self._sending.discard(sending)
+    def _sent(self, sending: asyncio.Task[Any]) -> None:
+        settled = self._sending.pop(sending, None)
         _retrieve_outcome(sending)
+        if settled is not None:
+            _settle(settled, _SENT)
 
     def _on_calling_channel_closed(self, _sender: Any, exc: BaseException | None) -> None:
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
-            self._lost = asyncio.get_running_loop().create_future()
+        for sending, settled in list(self._sending.items()):  # on the dead connection: abandon, send again
+            _settle(settled, _LOST)
+            sending.cancel()
         for publishing in list(self._calls_in_flight):  # their replies are lost too; they are failed below
             publishing.cancel()
         if self._closing:
@@ -624,6 +615,15 @@ def _fail_on_publish_error(publishing: asyncio.Future[Any], future: asyncio.Futu
         future.set_exception(Unroutable(f"nobody serves the RPC {name!r}"))
     else:
         future.set_exception(BrokerUnavailable(f"could not send the RPC {name!r}: {_describe(exc)}"))
+
+
+# How a publish in flight ended for the sender waiting on it (see ``_on_this_connection``).
+_SENT, _LOST, _EXPIRED = object(), object(), object()
+
+
+def _settle(settled: asyncio.Future[object], why: object) -> None:
+    if not settled.done():
+        settled.set_result(why)
 
 
 def _retrieve_outcome(done: asyncio.Future[Any]) -> None:
@@ -690,20 +690,38 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
-@contextlib.contextmanager
-def _translated(action: str) -> Any:
-    """Turn aio-pika and aiormq errors into Otter's tree, saying what we were doing."""
-    try:
-        yield
-    except OtterError:
-        raise
-    except aio_pika.exceptions.DeliveryError as exc:
-        raise Unroutable(f"could not {action}: the broker returned the message ({_describe(exc)})") from None
-    except (
-        aiormq.exceptions.AMQPError,
-        aio_pika.exceptions.AMQPException,
-        ConnectionError,
-        OSError,
-        RuntimeError,
-    ) as exc:
-        raise BrokerUnavailable(f"could not {action}: the broker connection failed ({_describe(exc)})") from None
+class _translated:
+    """Turn aio-pika and aiormq errors into Otter's tree, saying what we were doing.
+
+    A class rather than ``@contextlib.contextmanager``: it wraps every ack and reply, and a generator-based
+    context manager costs a few µs per use (a generator and two resumptions), this one a fraction of that."""
+
+    __slots__ = ("action",)
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> Literal[False]:
+        if exc is None or isinstance(exc, OtterError):
+            return False
+        if isinstance(exc, aio_pika.exceptions.DeliveryError):
+            raise Unroutable(
+                f"could not {self.action}: the broker returned the message ({_describe(exc)})"
+            ) from None
+        if isinstance(exc, _CONNECTION_ERRORS):
+            raise BrokerUnavailable(
+                f"could not {self.action}: the broker connection failed ({_describe(exc)})"
+            ) from None
+        return False
+
+
+_CONNECTION_ERRORS = (
+    aiormq.exceptions.AMQPError,
+    aio_pika.exceptions.AMQPException,
+    ConnectionError,
+    OSError,
+    RuntimeError,
+)
