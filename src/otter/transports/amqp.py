@@ -9,9 +9,10 @@ Replies come back to one exclusive reply queue per connection, named and bound t
 kiwipy binds its own: an Otter server replies through the default exchange, a kiwipy server through the message
 exchange, and both reach it. (RabbitMQ's direct reply-to would only hear the first.)
 
-Channels: one with publisher confirms for RPC requests (so an unroutable call comes back at once as a return),
-broadcasts, tasks and dead letters; one without for replies (the fast path); one per consumer so each has its own
-prefetch. The robust connection re-opens all of them, their queues and their consumers after a broker restart.
+Channels: one with publisher confirms for tasks, retries and dead letters (which also consumes the reply queue);
+one without for RPC requests (``mandatory``: an unroutable call comes back at once as a return, see
+``aiormq_fixes``), replies and broadcasts, the fast path; one per consumer so each has its own prefetch. The robust
+connection re-opens all of them, their queues and their consumers after a broker restart.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .. import protocol
 from ..codec import CONTENT_TYPE
 from ..config import redact_url
 from ..errors import BrokerUnavailable, ConfigurationError, DeadlineExceeded, OtterError, Unroutable
-from . import pamqp_fixes
+from . import aiormq_fixes, pamqp_fixes
 from .base import (
     Delivery,
     OnDelivery,
@@ -53,6 +54,7 @@ __all__ = ["AmqpTransport"]
 log = logging.getLogger("otter.amqp")
 
 pamqp_fixes.apply()  # one foreign message must not close the connection (see pamqp_fixes)
+aiormq_fixes.apply()  # an unroutable RPC comes back as a return on the unconfirmed channel (see aiormq_fixes)
 
 # kiwipy declares task queues with exactly these arguments; a different set would make the broker refuse the
 # second declaration (PRECONDITION_FAILED), so Otter dead-letters by publishing, not with x-dead-letter-exchange.
@@ -126,6 +128,7 @@ class AmqpTransport(Transport):
         self._channel: AbstractChannel | None = None
         self._confirm_channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._fast_exchange: AbstractExchange | None = None  # the message exchange on the unconfirmed channel
         self._task_exchange: AbstractExchange | None = None
         self._pending: dict[str, asyncio.Future[Delivery]] = {}
         # Every confirmed publish in flight, with the future its sender waits on. When the calling channel's
@@ -167,6 +170,10 @@ class AmqpTransport(Transport):
             await reply_queue.bind(self._exchange, self._reply_to)
             await reply_queue.consume(self._on_reply, no_ack=True)
             self._channel = await self._connection.channel(publisher_confirms=False)
+            self._channel.return_callbacks.add(self._on_return)
+            self._fast_exchange = await self._channel.declare_exchange(
+                self.topology.message_exchange, ExchangeType.TOPIC
+            )
 
     async def close(self) -> None:
         self._closing = True
@@ -203,7 +210,8 @@ class AmqpTransport(Transport):
                 expiration=timeout,
                 headers=dict(headers),
             )
-            # The confirm (or the return of an unroutable call) is awaited beside the reply, not before it.
+            # Sent in a task of its own: the caller waits for whichever comes first, the reply, the broker's return
+            # of an unroutable call (``_on_return``), a lost connection or the deadline.
             publishing = asyncio.ensure_future(
                 self._publish_call(message, protocol.rpc_routing_key(name), future, deadline)
             )
@@ -236,12 +244,14 @@ class AmqpTransport(Transport):
         await self._publish_confirmed(publish, f"send the task to {queue!r}")
 
     async def publish_broadcast(self, body: bytes) -> None:
-        assert self._exchange is not None and self._confirm_channel is not None, "call connect() first"
+        """At-most-once, as kiwipy's broadcasts are: sent once on the unconfirmed channel, after waiting for the
+        connection if it is being re-established (a confirm would cost a round trip per broadcast and promise
+        nothing a fan-out to whoever listens now can keep)."""
+        assert self._fast_exchange is not None and self._channel is not None, "call connect() first"
         message = Message(body, content_type=CONTENT_TYPE, delivery_mode=DeliveryMode.NOT_PERSISTENT)
-        # At-most-once: wait for the connection if it is being re-established, but never send twice.
         deadline = asyncio.get_running_loop().time() + self.publish_timeout
-        await self._wait_until_open(self._confirm_channel, self.publish_timeout, "broadcast")
-        exchange = self._exchange
+        await self._wait_until_open(self._channel, self.publish_timeout, "broadcast")
+        exchange = self._fast_exchange
         with _translated("broadcast"):
             try:
                 await self._on_this_connection(
@@ -249,7 +259,7 @@ class AmqpTransport(Transport):
                 )
             except asyncio.TimeoutError:
                 raise BrokerUnavailable(
-                    f"could not broadcast: the broker did not confirm it within {self.publish_timeout:g} s"
+                    f"could not broadcast: the broker did not take it within {self.publish_timeout:g} s"
                 ) from None
 
     async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
@@ -524,10 +534,10 @@ class AmqpTransport(Transport):
         if the caller gave up meanwhile. The wait outlasts the call's deadline a little, so that ``_expire``
         is the one to tell the caller. Runs in a task of its own, which ``_on_calling_channel_closed`` cancels
         if the connection is lost under it (aiormq may otherwise block it forever on the dead connection)."""
-        assert self._exchange is not None and self._confirm_channel is not None
+        assert self._fast_exchange is not None and self._channel is not None
         loop = asyncio.get_running_loop()
-        if self._confirm_channel.is_closed:
-            ready = self._confirm_channel.ready()  # type: ignore[attr-defined]
+        if self._channel.is_closed:
+            ready = self._channel.ready()  # type: ignore[attr-defined]
             await asyncio.wait_for(ready, max(deadline - loop.time(), 0.0) + 0.5)
         if reply.done():
             return
@@ -536,7 +546,7 @@ class AmqpTransport(Transport):
         assert this is not None
         self._calls_in_flight.add(this)
         try:
-            await self._exchange.publish(message, routing_key, mandatory=True)
+            await self._fast_exchange.publish(message, routing_key, mandatory=True)
         finally:
             self._calls_in_flight.discard(this)
 
@@ -593,6 +603,13 @@ class AmqpTransport(Transport):
             declared = await self._confirm_channel.declare_queue(queue, durable=True, arguments=TASK_QUEUE_ARGUMENTS)
             await declared.bind(self._task_exchange, queue)
         self._declared_task_queues.add(queue)
+
+    def _on_return(self, _channel: Any, message: AbstractIncomingMessage) -> None:
+        """The broker returned a ``mandatory`` RPC request: no queue is bound to its name."""
+        future = self._pending.get(message.correlation_id or "")
+        if future is not None and not future.done():
+            name = (message.routing_key or "").removeprefix(protocol.RPC_PREFIX + ".")
+            future.set_exception(Unroutable(f"nobody serves the RPC {name!r}"))
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._pending.pop(message.correlation_id or "", None)
