@@ -23,7 +23,7 @@ import logging
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import aio_pika
@@ -37,6 +37,7 @@ from ..codec import CONTENT_TYPE
 from ..config import redact_url
 from ..errors import BrokerUnavailable, ConfigurationError, DeadlineExceeded, OtterError, Unroutable
 from . import aiormq_fixes, pamqp_fixes
+from .amqp_errors import REFUSALS, connect_failure, describe, translated
 from .base import (
     Delivery,
     OnDelivery,
@@ -79,11 +80,11 @@ class AmqpDelivery(Delivery):
         self._message = message
 
     async def ack(self) -> None:
-        with _translated("ack"):
+        with translated("ack"):
             await self._message.ack()
 
     async def requeue(self) -> None:
-        with _translated("requeue"):
+        with translated("requeue"):
             await self._message.nack(requeue=True)
 
 
@@ -152,8 +153,8 @@ class AmqpTransport(Transport):
             )
         except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             tls = self._raw_url.lower().startswith("amqps:")
-            raise BrokerUnavailable(f"cannot connect to RabbitMQ at {self.url}: {_connect_failure(exc, tls)}") from None
-        with _translated("open channels"):
+            raise BrokerUnavailable(f"cannot connect to RabbitMQ at {self.url}: {connect_failure(exc, tls)}") from None
+        with translated("open channels"):
             # Confirms on the calling channel are what make an unroutable RPC come back as an error at once.
             self._confirm_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
             # Direct reply-to replies are bound to this channel: when it closes, replies still due are lost.
@@ -252,7 +253,7 @@ class AmqpTransport(Transport):
         deadline = asyncio.get_running_loop().time() + self.publish_timeout
         await self._wait_until_open(self._channel, self.publish_timeout, "broadcast")
         exchange = self._fast_exchange
-        with _translated("broadcast"):
+        with translated("broadcast"):
             try:
                 await self._on_this_connection(
                     lambda: exchange.publish(message, protocol.BROADCAST_ROUTING_KEY, mandatory=False), deadline
@@ -268,7 +269,7 @@ class AmqpTransport(Transport):
         per reply)."""
         assert self._channel is not None, "call connect() first"
         message = Message(body, content_type=CONTENT_TYPE, correlation_id=correlation_id)
-        with _translated("reply"):
+        with translated("reply"):
             await self._channel.default_exchange.publish(message, reply_to, mandatory=False)
 
     async def dead_letter(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
@@ -281,7 +282,7 @@ class AmqpTransport(Transport):
             delivery_mode=DeliveryMode.PERSISTENT,
             headers={**forwarded_headers(delivery.headers), **headers, "x-otter-queue": delivery.queue},
         )
-        with _translated("dead-letter a task"):
+        with translated("dead-letter a task"):
             await self._confirm_channel.default_exchange.publish(message, dlq, mandatory=True)
         await delivery.ack()
 
@@ -296,7 +297,7 @@ class AmqpTransport(Transport):
         target = delivery.queue
         if delay_ms:
             target = retry_queue_name(delivery.queue, delay_ms)
-            with _translated(f"declare the retry queue {target!r}"):
+            with translated(f"declare the retry queue {target!r}"):
                 await self._confirm_channel.declare_queue(target, durable=True, arguments={
                     "x-message-ttl": delay_ms,
                     "x-dead-letter-exchange": "",
@@ -310,7 +311,7 @@ class AmqpTransport(Transport):
             delivery_mode=DeliveryMode.PERSISTENT,
             headers={**forwarded_headers(delivery.headers), **headers},
         )
-        with _translated(f"schedule a retry on {target!r}"):
+        with translated(f"schedule a retry on {target!r}"):
             await self._confirm_channel.default_exchange.publish(message, target, mandatory=True)
         await delivery.ack()
 
@@ -320,7 +321,7 @@ class AmqpTransport(Transport):
         async with self._dead_letter_reader() as queue:
             letters: list[Delivery] = []
             while limit is None or len(letters) < limit:
-                with _translated("read the dead-letter queue"):
+                with translated("read the dead-letter queue"):
                     message = await queue.get(no_ack=False, fail=False)
                 if message is None:
                     break
@@ -339,7 +340,7 @@ class AmqpTransport(Transport):
             for _ in range(waiting):
                 if limit is not None and moved >= limit:
                     break
-                with _translated("read the dead-letter queue"):
+                with translated("read the dead-letter queue"):
                     message = await queue.get(no_ack=False, fail=False)
                 if message is None:
                     break
@@ -355,7 +356,7 @@ class AmqpTransport(Transport):
                     delivery_mode=DeliveryMode.PERSISTENT,
                     headers=dict(headers),
                 )
-                with _translated(f"replay a dead letter to {name!r}"):
+                with translated(f"replay a dead letter to {name!r}"):
                     await self._task_exchange.publish(copy, name, mandatory=True)
                     await message.ack()
                 moved += 1
@@ -364,7 +365,7 @@ class AmqpTransport(Transport):
     async def purge_dead_letters(self) -> int:
         assert self._confirm_channel is not None, "call connect() first"
         dlq = await self._declare_dead_letter_queue()
-        with _translated("purge the dead-letter queue"):
+        with translated("purge the dead-letter queue"):
             queue = await self._confirm_channel.get_queue(dlq, ensure=False)
             purged = await queue.purge()
         return int(purged.message_count or 0)
@@ -415,7 +416,7 @@ class AmqpTransport(Transport):
     @contextlib.asynccontextmanager
     async def _consumer_channel(self, prefetch: int) -> AsyncIterator[AbstractChannel]:
         assert self._connection is not None, "call connect() first"
-        with _translated("start a consumer"):
+        with translated("start a consumer"):
             channel = await self._connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=prefetch)
             yield channel
@@ -433,7 +434,7 @@ class AmqpTransport(Transport):
         assert self._confirm_channel is not None, "call connect() first"
         dlq = self.topology.dead_letter_queue
         if dlq not in self._declared_task_queues:
-            with _translated("declare the dead-letter queue"):
+            with translated("declare the dead-letter queue"):
                 await self._confirm_channel.declare_queue(dlq, durable=True)
             self._declared_task_queues.add(dlq)
         return dlq
@@ -442,10 +443,10 @@ class AmqpTransport(Transport):
     async def _dead_letter_reader(self) -> AsyncIterator[AbstractQueue]:
         """The dead-letter queue on a channel of its own: closing it returns every message not acked."""
         assert self._connection is not None, "call connect() first"
-        with _translated("open the dead-letter queue"):
+        with translated("open the dead-letter queue"):
             channel = await self._connection.channel(publisher_confirms=False)
         try:
-            with _translated("open the dead-letter queue"):
+            with translated("open the dead-letter queue"):
                 queue = await channel.declare_queue(self.topology.dead_letter_queue, durable=True)
             yield queue
         finally:
@@ -499,10 +500,10 @@ class AmqpTransport(Transport):
             await self._on_this_connection(publish, deadline)
         except (OtterError, asyncio.TimeoutError):
             raise
-        except _REFUSALS as exc:
-            raise ConfigurationError(f"the broker refused to {action}: {_describe(exc)}") from None
+        except REFUSALS as exc:
+            raise ConfigurationError(f"the broker refused to {action}: {describe(exc)}") from None
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError) as exc:
-            raise BrokerUnavailable(f"the connection failed ({_describe(exc)})") from None
+            raise BrokerUnavailable(f"the connection failed ({describe(exc)})") from None
 
     async def _on_this_connection(self, publish: Callable[[], Coroutine[Any, Any, Any]], deadline: float) -> None:
         """Run ``publish`` on the connection open now, giving up on it when that connection is lost (then it is
@@ -575,7 +576,7 @@ class AmqpTransport(Transport):
         waiting = [future for future in self._pending.values() if not future.done()]
         log.warning(
             "lost the connection to %s (%s); reconnecting every %g s, sends wait for it up to %g s%s",
-            self.url, _describe(exc) if exc else "closed", self._reconnect_interval, self.publish_timeout,
+            self.url, describe(exc) if exc else "closed", self._reconnect_interval, self.publish_timeout,
             f", {len(waiting)} RPCs waiting for replies fail" if waiting else "",
         )
         for future in waiting:
@@ -599,7 +600,7 @@ class AmqpTransport(Transport):
         if queue in self._declared_task_queues:
             return
         assert self._confirm_channel is not None and self._task_exchange is not None
-        with _translated(f"declare the task queue {queue!r}"):
+        with translated(f"declare the task queue {queue!r}"):
             declared = await self._confirm_channel.declare_queue(queue, durable=True, arguments=TASK_QUEUE_ARGUMENTS)
             await declared.bind(self._task_exchange, queue)
         self._declared_task_queues.add(queue)
@@ -631,7 +632,7 @@ def _fail_on_publish_error(publishing: asyncio.Future[Any], future: asyncio.Futu
     if isinstance(exc, aio_pika.exceptions.PublishError):
         future.set_exception(Unroutable(f"nobody serves the RPC {name!r}"))
     else:
-        future.set_exception(BrokerUnavailable(f"could not send the RPC {name!r}: {_describe(exc)}"))
+        future.set_exception(BrokerUnavailable(f"could not send the RPC {name!r}: {describe(exc)}"))
 
 
 # How a publish in flight ended for the sender waiting on it (see ``_on_this_connection``).
@@ -662,83 +663,6 @@ def _expire(
         future.set_exception(DeadlineExceeded(f"no reply to the RPC {name!r} within {timeout:g} s"))
 
 
-# Refusals are answers, not outages: retrying them cannot help. (NOT_FOUND is retried: the robust channel
-# re-declares the exchanges and queues it declared when it re-opens.)
-_REFUSALS = (
-    aiormq.exceptions.ChannelAccessRefused,
-    aiormq.exceptions.ChannelPreconditionFailed,
-    aiormq.exceptions.ChannelLockedResource,
-)
-
-
-def _connect_failure(exc: BaseException, tls: bool) -> str:
-    """Why a connection could not be made, in words that point at the fix; never includes the URL's password."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return (
-                f"TLS: the broker's certificate was not accepted ({cause.verify_message}); check TLS_CA_FILE "
-                f"(the CA that signed the broker's certificate) and that the URL's host name is on the certificate"
-            )
-        if isinstance(cause, ssl.SSLError):
-            return (
-                f"TLS handshake failed ({cause.reason or _describe(cause)}); check the port is the broker's TLS "
-                f"port and, if the broker verifies clients, TLS_CERT_FILE and TLS_KEY_FILE"
-            )
-        if isinstance(cause, aiormq.exceptions.ProbableAuthenticationError):
-            return "the broker refused the login: check the user name and password in the URL"
-        if tls and isinstance(cause, (ConnectionResetError, aiormq.exceptions.IncompatibleProtocolError, EOFError)):
-            # A TLS listener that verifies clients drops one without a certificate right after the handshake.
-            return (
-                f"the broker closed the TLS connection ({_describe(exc)}); if it verifies clients, set "
-                f"TLS_CERT_FILE and TLS_KEY_FILE to a client certificate its CA signed"
-            )
-        cause = cause.__cause__ or cause.__context__
-    return _describe(exc)
-
-
 def _snapshot(message: AbstractIncomingMessage, queue: str) -> Snapshot:
     return Snapshot(message.body, queue=queue, content_type=message.content_type, headers=dict(message.headers),
                     correlation_id=message.correlation_id, reply_to=message.reply_to)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) < 300 else text[:300] + "..."
-
-
-class _translated:
-    """Turn aio-pika and aiormq errors into Otter's tree, saying what we were doing.
-
-    A class rather than ``@contextlib.contextmanager``: it wraps every ack and reply, and a generator-based
-    context manager costs a few µs per use (a generator and two resumptions), this one a fraction of that."""
-
-    __slots__ = ("action",)
-
-    def __init__(self, action: str) -> None:
-        self.action = action
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> Literal[False]:
-        if exc is None or isinstance(exc, OtterError):
-            return False
-        if isinstance(exc, aio_pika.exceptions.DeliveryError):
-            raise Unroutable(
-                f"could not {self.action}: the broker returned the message ({_describe(exc)})"
-            ) from None
-        if isinstance(exc, _CONNECTION_ERRORS):
-            raise BrokerUnavailable(
-                f"could not {self.action}: the broker connection failed ({_describe(exc)})"
-            ) from None
-        return False
-
-
-_CONNECTION_ERRORS = (
-    aiormq.exceptions.AMQPError,
-    aio_pika.exceptions.AMQPException,
-    ConnectionError,
-    OSError,
-    RuntimeError,
-)
