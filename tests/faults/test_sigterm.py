@@ -25,8 +25,11 @@ def test_sigterm_under_load_finishes_running_tasks_and_leaves_the_rest_queued(ri
         client.task(f"{rig.prefix}.slow", {"id": task_id, "seconds": 0.2})
 
     stopping = rig.spawn(CONCURRENCY=4, SHUTDOWN_GRACE=10)
-    wait_until(lambda: len(rig.ledger.ids("done", stopping.pid)) >= 8, 30, "the first worker to be busy")
-    running = in_flight(rig, stopping.pid)
+    # Busy: some tasks done and some running right now (between two batches, all four slots can be empty).
+    running: set[str] = wait_until(
+        lambda: len(rig.ledger.ids("done", stopping.pid)) >= 8 and in_flight(rig, stopping.pid), 30,
+        "the first worker to be busy",
+    )
     signalled = time.monotonic()
     stopping.send(signal.SIGTERM)
     assert stopping.wait(15) == 0, stopping.output()
