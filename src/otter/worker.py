@@ -3,8 +3,8 @@
 - ``async def`` handlers run on the event loop; plain handlers run in a bounded thread pool per message kind, so a
   task that sleeps never delays RPCs, broadcasts or the connection's heartbeats.
 - Prefetch equals the concurrency, so a busy worker never hoards messages another could run.
-- RPCs and broadcasts are acked when their handler starts (at-most-once); tasks when their handler returns
-  (at-least-once). Bad input never reaches a handler: an RPC gets an error reply, a task is dead-lettered with the
+- RPCs and broadcasts are acked as soon as a concurrency slot is free for them, before decoding (at-most-once: a
+  worker that dies mid-call does not run it twice); tasks when their handler returns (at-least-once). Bad input never reaches a handler: an RPC gets an error reply, a task is dead-lettered with the
   reason, a broadcast is logged and dropped.
 """
 
