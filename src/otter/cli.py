@@ -338,8 +338,10 @@ def routes(app_text: str | None, as_json: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    any_required = any(field["required"] for row in rows for field in row["fields"])
     table = Table(
-        "Kind", "Name / filters", "Handler", "Blueprint", "Schema", title=f"{app!r}", caption="* required field"
+        "Kind", "Name / filters", "Handler", "Blueprint", "Schema", title=f"{app!r}",
+        caption="* required field" if any_required else None,
     )
     for row in rows:
         kind = row["kind"] + (" (default queue)" if row["default_queue"] else "")
