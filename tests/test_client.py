@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 
 import pytest
 
+from helpers_process import delete_names
 from otter import AsyncClient, BrokerUnavailable, Client
+from otter.testing import unique_names
 
 
 def closed_port() -> int:
@@ -70,3 +73,38 @@ def test_async_client_says_how_to_connect() -> None:
             await client.rpc("x", 1)
 
     asyncio.run(main())
+
+
+def test_closing_while_tasks_are_being_sent_fails_them_with_broker_unavailable(amqp_url: str) -> None:
+    """Never a bare CancelledError: each send either completed or says the connection went away."""
+    names = unique_names("close")
+    task = f"{names['TASK_EXCHANGE']}.job"
+    client = Client(amqp_url, **names)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    go = threading.Event()
+
+    def send() -> None:
+        go.wait(5)
+        for n in range(200):
+            try:
+                client.task(task, n)
+                outcome = "ok"
+            except BaseException as exc:
+                outcome = type(exc).__name__
+            with lock:
+                outcomes.append(outcome)
+            if outcome != "ok":
+                return
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    go.set()
+    time.sleep(0.05)  # let sends be in flight; any moment will do, the assertion holds at every one
+    client.close()
+    for thread in threads:
+        thread.join(10)
+    assert set(outcomes) <= {"ok", "BrokerUnavailable"}, outcomes
+    assert "BrokerUnavailable" in outcomes
+    delete_names(amqp_url, names, queues=[task])

@@ -99,4 +99,4 @@ def test_a_handler_longer_than_the_grace_period_returns_its_task_to_the_queue(
     assert stopped_after < 10, f"took {stopped_after:.1f}s to stop: it waited for the handler"
     assert records(record)["done"] == {}
     assert queue_depth(amqp_url, queue) == 1
-    assert "did not finish within 0.3s; returning its message to the queue" in process.output
+    assert "did not finish within 0.3s; returning it to the queue" in process.output

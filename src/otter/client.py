@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from typing import Any
@@ -60,9 +61,12 @@ class Client:
         self._transport: Transport | None = None
         try:
             self._transport = open_transport(self.config["BROKER_URL"], self.config)
-            asyncio.run_coroutine_threadsafe(self._transport.connect(), self._loop).result(
-                float(self.config["CONNECT_TIMEOUT"]) + 5
-            )
+            connecting = asyncio.run_coroutine_threadsafe(self._transport.connect(), self._loop)
+            try:
+                connecting.result(float(self.config["CONNECT_TIMEOUT"]) + 5)
+            except concurrent.futures.TimeoutError:
+                connecting.cancel()  # no connection may open behind a client that reported failure
+                raise BrokerUnavailable(f"cannot connect to {self.url}: no answer within the connect timeout") from None
         except OtterError as exc:
             self.error = exc
             log.error("%s", exc)

@@ -21,6 +21,7 @@ from . import protocol
 from .codec import JsonCodec
 from .errors import BrokerUnavailable, ConfigurationError
 from .futures import CallFuture
+from .routing import check_name
 from .transports import Transport
 
 __all__ = ["Communicator"]
@@ -65,6 +66,7 @@ class Communicator(kiwipy.Communicator):
     async def call(self, name: str, data: Any = None, *, timeout: float | None = None) -> Any:
         """Call the RPC ``name`` and return its result, or raise the typed error it replied with."""
         self._check_open()
+        check_name(name, "RPC")
         timeout = self.rpc_timeout if timeout is None else float(timeout)
         body = self.codec.encode(data)
         headers = {protocol.DEADLINE_HEADER: protocol.deadline_ms(time.time() + timeout)}
@@ -76,6 +78,8 @@ class Communicator(kiwipy.Communicator):
     async def send_task(self, name: str | None, body: Any = None) -> None:
         """Queue a task (``name=None``: the default queue) and return once the broker has it."""
         self._check_open()
+        if name is not None:
+            check_name(name, "task")
         queue = name or self.transport.topology.default_task_queue  # type: ignore[attr-defined]
         payload = self.codec.encode(protocol.task_body(body, no_reply=True))
         await self.transport.publish_task(queue, payload, correlation_id=self._next_id())
@@ -168,9 +172,8 @@ class Communicator(kiwipy.Communicator):
 def _copy_outcome(task: asyncio.Task[Any], future: CallFuture) -> None:
     if future.done():
         return
-    if task.cancelled():
-        future.cancel()
-        future.set_running_or_notify_cancel()
+    if task.cancelled():  # the communicator's loop or connection went away under the call
+        future.set_exception(BrokerUnavailable("the connection was closed before the call completed"))
     elif (exc := task.exception()) is not None:
         future.set_exception(exc)
     else:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 from .errors import ConfigurationError
 
-__all__ = ["BroadcastRoute", "Route", "RpcRoute", "SubjectFilter", "TaskRoute"]
+__all__ = ["BroadcastRoute", "Route", "RpcRoute", "SubjectFilter", "TaskRoute", "check_name"]
 
 Handler = Callable[..., Any]
 Kind = Literal["rpc", "task", "broadcast"]
@@ -68,7 +68,9 @@ class Route:
 
     @property
     def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.handler)
+        """An ``async def`` function, or an object whose ``__call__`` is one (a class-based handler)."""
+        handler = self.handler
+        return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)
 
     @property
     def schema(self) -> Any:
@@ -96,6 +98,21 @@ class BroadcastRoute(Route):
 
     def matches(self, subject: str | None) -> bool:
         return any(f.matches(subject) for f in self.filters)
+
+
+# What an AMQP queue name may hold (pamqp's rule, less ' ' and '#', which mean something to topic bindings), with
+# room left within AMQP's 255 bytes for the RPC queue prefix.
+_NAME = re.compile(r"[A-Za-z0-9_.:@,/-]+")
+MAX_NAME_LENGTH = 200
+
+
+def check_name(name: Any, what: str) -> None:
+    """Refuse an RPC or task name the broker could not use, before it gets there (same on every transport)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+        raise ConfigurationError(
+            f"{what} name must be 1 to {MAX_NAME_LENGTH} letters, digits or '-_.:@,/' "
+            f"(it names an AMQP queue; no spaces, '*' or '#'): {name!r:.80}"
+        )
 
 
 def make_filters(patterns: str | Iterable[str]) -> tuple[SubjectFilter, ...]:

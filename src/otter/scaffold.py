@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigurationError
 from .retry import validate_retry_options
+from .routing import check_name
 
 __all__ = ["ErrorHandler", "Hook", "Scaffold"]
 
@@ -125,5 +126,4 @@ class Scaffold:
 
 
 def _check_name(name: Any, what: str) -> None:
-    if not isinstance(name, str) or not name or name != name.strip() or "#" in name or "*" in name:
-        raise ConfigurationError(f"{what} name must be a non-empty string without spaces, '*' or '#': {name!r}")
+    check_name(name, what)

@@ -52,15 +52,21 @@ class ServedApp:
     def start(self, timeout: float = 15.0) -> ServedApp:
         self._thread.start()
         if not self._ready.wait(timeout):
+            self.stop()
             raise OtterError(f"the app did not start within {timeout:g} s")
         if self._error is not None:
             raise self._error
         return self
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop serving; waits for the app's graceful stop (``SHUTDOWN_GRACE`` and a margin by default)."""
+        if not self._thread.is_alive():
+            return
+        self._loop.call_soon_threadsafe(self._stop.set)
+        wait = float(self.config["SHUTDOWN_GRACE"]) + 15.0 if timeout is None else timeout
+        self._thread.join(wait)
         if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(timeout)
+            raise OtterError(f"the app did not stop within {wait:g} s")
 
     def __enter__(self) -> ServedApp:
         return self.start()

@@ -1,11 +1,13 @@
 """The runtime of one worker process: consume, run handlers, settle, reply, shut down gracefully.
 
-- ``async def`` handlers run on the event loop; plain handlers run in a bounded thread pool per message kind, so a
-  task that sleeps never delays RPCs, broadcasts or the connection's heartbeats.
+- ``async def`` handlers run on the event loop; plain handlers run in bounded thread pools (one per RPC name, one
+  for tasks, one for broadcasts), so a task that sleeps never delays RPCs, broadcasts or the connection's heartbeats,
+  and a handler waiting on a nested call to another RPC name never takes that name's slots.
 - Prefetch equals the concurrency, so a busy worker never hoards messages another could run.
 - RPCs and broadcasts are acked as soon as a concurrency slot is free for them, before decoding (at-most-once: a
-  worker that dies mid-call does not run it twice); tasks when their handler returns (at-least-once). Bad input never reaches a handler: an RPC gets an error reply, a task is dead-lettered with the
-  reason, a broadcast is logged and dropped.
+  worker that dies mid-call does not run it twice); tasks when their handler returns (at-least-once).
+- Bad input never reaches a handler: an RPC gets an error reply, a task is dead-lettered with the reason, a
+  broadcast is logged and dropped.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from . import protocol
 from .codec import JsonCodec
 from .comm import Communicator
 from .dispatch import HandlerContext, Pipeline, deadline_passed, decode, encode_error, encode_result
-from .errors import MessageError, OtterError, RemoteError
+from .errors import BrokerUnavailable, MessageError, OtterError, RemoteError
 from .retry import ATTEMPTS_HEADER, RetryPolicy, read_attempts
 from .routing import BroadcastRoute, Route, RpcRoute, TaskRoute
 from .threadpool import HandlerThreadPool
@@ -51,7 +53,7 @@ class Worker:
         self._pools: dict[str, HandlerThreadPool] = {}
         self._limits: dict[str, _Gate] = {}
         self._subscriptions: list[Subscription] = []
-        self._running: dict[asyncio.Task[Any], Delivery] = {}
+        self._running: dict[asyncio.Task[Any], tuple[Delivery, str]] = {}  # what runs, and its kind
         self._idle: asyncio.Event | None = None
         self.started = asyncio.Event()
 
@@ -65,21 +67,24 @@ class Worker:
             self.transport, self.codec, loop, rpc_timeout=float(self.config["RPC_TIMEOUT"]),
             loop_thread=threading.current_thread(),  # so .result() on the loop fails fast instead of freezing it
         )
-        for kind in ("rpc", "task", "broadcast"):
-            self._pools[kind] = HandlerThreadPool(self.concurrency, thread_name_prefix=f"otter-{kind}")
-            self._limits[kind] = _Gate(self.concurrency)
         routes = self.app.routes
+        # Each RPC name gets its own slots and threads, so a handler waiting on a nested call to another name never
+        # starves it; tasks and broadcasts share one pool per kind.
+        limited = ["task", "broadcast"] + [_rpc_slots(route) for route in routes if isinstance(route, RpcRoute)]
+        for key in limited:
+            self._pools[key] = HandlerThreadPool(self.concurrency, thread_name_prefix=f"otter-{key}")
+            self._limits[key] = _Gate(self.concurrency)
         for route in routes:
             if isinstance(route, RpcRoute):
                 self._subscriptions.append(await self.transport.consume_rpc(
-                    route.name, self._tracked(self._rpc_consumer(route)), prefetch=self.concurrency))
+                    route.name, self._tracked(self._rpc_consumer(route), "rpc"), prefetch=self.concurrency))
         for queue, route in self.app.task_queues(self.config["DEFAULT_TASK_QUEUE"]).items():
             self._subscriptions.append(await self.transport.consume_tasks(
-                queue, self._tracked(self._task_consumer(route)), prefetch=self.concurrency))
+                queue, self._tracked(self._task_consumer(route), "task"), prefetch=self.concurrency))
         broadcasts = [route for route in routes if isinstance(route, BroadcastRoute)]
         if broadcasts:
             self._subscriptions.append(await self.transport.consume_broadcasts(
-                self._tracked(self._broadcast_consumer(broadcasts)), prefetch=self.concurrency))
+                self._tracked(self._broadcast_consumer(broadcasts), "broadcast"), prefetch=self.concurrency))
         log.info("serving %d handlers on %s", len(routes), self.transport.url)
         self.started.set()
 
@@ -98,12 +103,20 @@ class Worker:
             log.info("waiting up to %gs for %d running handlers", self.grace, len(self._running))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.grace)
-        for task, delivery in list(self._running.items()):
-            log.warning("a handler for %r did not finish within %gs; returning its message to the queue",
-                        delivery.queue, self.grace)
+        for task, (delivery, kind) in list(self._running.items()):
             task.cancel()
-            with contextlib.suppress(Exception):
-                await delivery.requeue()
+            if kind == "task":
+                log.warning("a task from %r did not finish within %gs; returning it to the queue",
+                            delivery.queue, self.grace)
+                with contextlib.suppress(Exception):
+                    await delivery.requeue()
+            elif kind == "rpc" and delivery.reply_to:  # acked already: tell the caller rather than let it wait
+                log.warning("rpc %s did not finish within %gs; replying with an error", delivery.correlation_id,
+                            self.grace)
+                stopped = BrokerUnavailable("the service stopped before the call finished; it may have partly run")
+                with contextlib.suppress(Exception):
+                    await self.transport.reply(delivery.reply_to, encode_error(self.codec, stopped, debug=False),
+                                               correlation_id=delivery.correlation_id)
         for pool in self._pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
         if self.comm is not None:
@@ -111,11 +124,13 @@ class Worker:
         await self.transport.close()
 
     # -- consumers ----------------------------------------------------------------------------------------------
-    def _tracked(self, consumer: Callable[[Delivery], Awaitable[None]]) -> Callable[[Delivery], Awaitable[None]]:
+    def _tracked(
+        self, consumer: Callable[[Delivery], Awaitable[None]], kind: str
+    ) -> Callable[[Delivery], Awaitable[None]]:
         async def run(delivery: Delivery) -> None:
             task = asyncio.current_task()
             assert task is not None and self._idle is not None
-            self._running[task] = delivery
+            self._running[task] = (delivery, kind)
             self._idle.clear()
             try:
                 await consumer(delivery)
@@ -136,8 +151,10 @@ class Worker:
     def _rpc_consumer(self, route: RpcRoute) -> Callable[[Delivery], Awaitable[None]]:
         pipeline = self.app.pipeline(route)
 
+        slots = _rpc_slots(route)
+
         async def on_rpc(delivery: Delivery) -> None:
-            async with self._limits["rpc"]:
+            async with self._limits[slots]:
                 await delivery.ack()
                 started = time.perf_counter() if self.debug else 0.0
                 outcome = "ok"
@@ -152,7 +169,7 @@ class Worker:
                     reply, outcome = encode_error(self.codec, exc, debug=self.debug), "bad request"
                 else:
                     try:
-                        result = await self._invoke(pipeline, "rpc", delivery, (data,))
+                        result = await self._invoke(pipeline, "rpc", delivery, (data,), pool=slots)
                     except Exception as exc:
                         outcome = f"error {type(exc).__name__}"
                         self._log_handler_error("rpc", route, delivery, exc)
@@ -257,19 +274,21 @@ class Worker:
         return on_broadcast
 
     async def _invoke(
-        self, pipeline: Pipeline, kind: str, delivery: Delivery, args: tuple[Any, ...], subject: str | None = None
+        self, pipeline: Pipeline, kind: str, delivery: Delivery, args: tuple[Any, ...], subject: str | None = None,
+        pool: str | None = None,
     ) -> Any:
         comm = self.comm
         assert comm is not None
+        threads = self._pools[pool or kind]
         if pipeline.plain:  # no hooks to tell about the message: no HandlerContext to build
             if pipeline.is_async:
                 return await pipeline.handler(comm, *args)
-            return await self._pools[kind].run(asyncio.get_running_loop(), pipeline.handler, comm, *args)
+            return await threads.run(asyncio.get_running_loop(), pipeline.handler, comm, *args)
         ctx = HandlerContext(kind, pipeline.route.name, pipeline.route, comm, delivery.correlation_id,
                              delivery.headers, subject)
         if pipeline.is_async:
             return await pipeline.call_async(ctx, args)
-        return await self._pools[kind].run(asyncio.get_running_loop(), pipeline.call_sync, ctx, args)
+        return await threads.run(asyncio.get_running_loop(), pipeline.call_sync, ctx, args)
 
     # -- logging ------------------------------------------------------------------------------------------------
     def _log_handler_error(self, kind: str, route: Route, delivery: Delivery, exc: Exception) -> None:
@@ -281,6 +300,11 @@ class Worker:
         if self.debug:
             log.info("%s %s %s %.1fms %s", kind, name, delivery.correlation_id or "-",
                      (time.perf_counter() - started) * 1000, outcome)
+
+
+def _rpc_slots(route: RpcRoute) -> str:
+    """The key of an RPC name's own concurrency limit and thread pool."""
+    return f"rpc:{route.name}"
 
 
 class WorkerStopping(Exception):

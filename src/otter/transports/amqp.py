@@ -182,7 +182,8 @@ class AmqpTransport(Transport):
             if not future.done():
                 future.set_exception(BrokerUnavailable("the connection was closed before the reply arrived"))
         self._pending.clear()
-        for sending in list(self._sending):  # the connection goes away anyway: nothing left to desynchronise
+        for sending, settled in list(self._sending.items()):  # the connection goes: nothing left to desynchronise
+            _settle(settled, _LOST)
             sending.cancel()
         if self._sending:
             await asyncio.wait(set(self._sending), timeout=1.0)

@@ -56,6 +56,7 @@ class _Consumer:
     prefetch: int
     unacked: int = 0
     active: bool = True
+    exchange: str = ""  # a broadcast consumer hears only broadcasts sent to its message exchange
 
 
 @dataclass
@@ -213,9 +214,11 @@ class MemoryBroker:
             self._send(consumer, MemoryDelivery(self, queue, consumer, message))
 
     # -- broadcasts and replies ---------------------------------------------------------------------------------
-    def broadcast(self, message: _Message) -> None:
+    def broadcast(self, message: _Message, exchange: str | None = None) -> None:
+        """Deliver to the broadcast consumers of ``exchange`` (``None``: all of them, for raw test messages)."""
         with self._lock:
-            consumers = list(self.broadcast_consumers)
+            consumers = [consumer for consumer in self.broadcast_consumers
+                         if exchange is None or consumer.exchange == exchange]
         for consumer in consumers:
             self._send(consumer, MemoryDelivery(self, None, consumer, message))
 
@@ -340,7 +343,7 @@ class MemoryTransport(Transport):
 
     async def publish_broadcast(self, body: bytes) -> None:
         self._check()
-        self.broker.broadcast(_Message(body, "application/json", {}, None))
+        self.broker.broadcast(_Message(body, "application/json", {}, None), self.topology.message_exchange)
 
     async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
         self.broker.reply(reply_to, _Message(body, "application/json", {}, correlation_id))
@@ -406,7 +409,7 @@ class MemoryTransport(Transport):
 
     async def consume_broadcasts(self, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
         self._check()
-        consumer = _Consumer(asyncio.get_running_loop(), on_delivery, prefetch)
+        consumer = _Consumer(asyncio.get_running_loop(), on_delivery, prefetch, exchange=self.topology.message_exchange)
         with self.broker._lock:
             self.broker.broadcast_consumers.append(consumer)
         subscription = MemorySubscription(self.broker, None, consumer)
