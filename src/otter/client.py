@@ -26,14 +26,29 @@ __all__ = ["AsyncClient", "Client"]
 log = logging.getLogger("otter.client")
 
 
-def _client_config(url: str | None, config: dict[str, Any]) -> dict[str, Any]:
+def _client_config(url: str | None, config: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """Arguments > ``OTTER_*`` environment > defaults, as for an app; ``timeout`` is the default RPC deadline."""
     merged = Config()
     merged.from_mapping(config)
     env = Config({})
     env.from_prefixed_env("OTTER")
     merged.update({key: value for key, value in env.items() if key not in config})
     merged["BROKER_URL"] = url or merged.get("BROKER_URL") or MEMORY_URL
+    if timeout is not None:
+        merged["RPC_TIMEOUT"] = float(timeout)
     return dict(merged)
+
+
+def _communicator(
+    transport: Transport, config: dict[str, Any], loop: asyncio.AbstractEventLoop, loop_thread: threading.Thread
+) -> Communicator:
+    return Communicator(
+        transport,
+        JsonCodec(int(config["MAX_MESSAGE_SIZE"])),
+        loop,
+        rpc_timeout=float(config["RPC_TIMEOUT"]),
+        loop_thread=loop_thread,
+    )
 
 
 def _split_task_args(args: tuple[Any, ...]) -> tuple[str | None, Any]:
@@ -49,9 +64,7 @@ class Client:
     (``error`` then says why, and every call raises ``BrokerUnavailable`` with that message)."""
 
     def __init__(self, url: str | None = None, *, timeout: float | None = None, **config: Any) -> None:
-        self.config = _client_config(url, config)
-        if timeout is not None:
-            self.config["RPC_TIMEOUT"] = float(timeout)
+        self.config = _client_config(url, config, timeout)
         self.url = redact_url(self.config["BROKER_URL"])
         self.comm: Communicator | None = None
         self.error: OtterError | None = None
@@ -74,13 +87,7 @@ class Client:
             self.error = BrokerUnavailable(f"cannot connect to {self.url}: {type(exc).__name__}: {exc}")
             log.error("%s", self.error)
         else:
-            self.comm = Communicator(
-                self._transport,
-                JsonCodec(int(self.config["MAX_MESSAGE_SIZE"])),
-                self._loop,
-                rpc_timeout=float(self.config["RPC_TIMEOUT"]),
-                loop_thread=self._thread,
-            )
+            self.comm = _communicator(self._transport, self.config, self._loop, self._thread)
 
     def __repr__(self) -> str:
         state = "connected" if self.comm else "not connected"
@@ -133,9 +140,7 @@ class AsyncClient:
     """
 
     def __init__(self, url: str | None = None, *, timeout: float | None = None, **config: Any) -> None:
-        self.config = _client_config(url, config)
-        if timeout is not None:
-            self.config["RPC_TIMEOUT"] = float(timeout)
+        self.config = _client_config(url, config, timeout)
         self.url = redact_url(self.config["BROKER_URL"])
         self.comm: Communicator | None = None
         self._transport: Transport | None = None
@@ -143,13 +148,7 @@ class AsyncClient:
     async def connect(self) -> AsyncClient:
         self._transport = open_transport(self.config["BROKER_URL"], self.config)
         await self._transport.connect()
-        self.comm = Communicator(
-            self._transport,
-            JsonCodec(int(self.config["MAX_MESSAGE_SIZE"])),
-            asyncio.get_running_loop(),
-            rpc_timeout=float(self.config["RPC_TIMEOUT"]),
-            loop_thread=threading.current_thread(),
-        )
+        self.comm = _communicator(self._transport, self.config, asyncio.get_running_loop(), threading.current_thread())
         return self
 
     async def __aenter__(self) -> AsyncClient:
