@@ -155,6 +155,10 @@ async def client(args: argparse.Namespace) -> dict[str, Any]:
         async def send() -> None:
             await exchange.publish(Message(body), routing_key=key)
     result = await common.run_sends(args, send)
+    if args.wl != "task":
+        # Unconfirmed publishes may still sit in the client's buffers: a synchronous round trip on the same
+        # channel (AMQP keeps a channel's order) makes sure the broker has them before the connection closes.
+        await ch.declare_exchange(fanout(args.ns), ExchangeType.FANOUT, passive=True)
     await conn.close()
     return result
 

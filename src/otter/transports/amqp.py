@@ -9,9 +9,9 @@ Replies come back to one exclusive reply queue per connection, named and bound t
 kiwipy binds its own: an Otter server replies through the default exchange, a kiwipy server through the message
 exchange, and both reach it. (RabbitMQ's direct reply-to would only hear the first.)
 
-Channels: one with publisher confirms for tasks, retries and dead letters (which also consumes the reply queue);
-one without for RPC requests (``mandatory``: an unroutable call comes back at once as a return, see
-``aiormq_fixes``), replies and broadcasts, the fast path; one per consumer so each has its own prefetch. The robust
+Channels: one with publisher confirms for tasks, retries, dead letters and broadcasts (which also consumes the
+reply queue); one without for RPC requests (``mandatory``: an unroutable call comes back at once as a return, see
+``aiormq_fixes``) and replies, the fast path; one per consumer so each has its own prefetch. The robust
 connection re-opens all of them, their queues and their consumers after a broker restart.
 """
 
@@ -80,8 +80,11 @@ class AmqpDelivery(Delivery):
         self._message = message
 
     async def ack(self) -> None:
+        """Queue the ack frame without waiting for it to drain to the socket (an ack needs no answer, and a lost
+        one only means a redelivery); this saves a future and a wake-up per message."""
+        message = self._message
         with translated("ack"):
-            await self._message.ack()
+            await message.channel.basic_ack(delivery_tag=message.delivery_tag, wait=False)  # type: ignore[arg-type]
 
     async def requeue(self) -> None:
         with translated("requeue"):
@@ -246,14 +249,14 @@ class AmqpTransport(Transport):
         await self._publish_confirmed(publish, f"send the task to {queue!r}")
 
     async def publish_broadcast(self, body: bytes) -> None:
-        """At-most-once, as kiwipy's broadcasts are: sent once on the unconfirmed channel, after waiting for the
-        connection if it is being re-established (a confirm would cost a round trip per broadcast and promise
-        nothing a fan-out to whoever listens now can keep)."""
-        assert self._fast_exchange is not None and self._channel is not None, "call connect() first"
+        """Sent once (at-most-once, as kiwipy's broadcasts are), after waiting for the connection if it is being
+        re-established, and confirmed: ``client.broadcast()`` returns once the broker has routed it, so a
+        broadcast followed at once by ``close()`` is not lost on the way (unconfirmed, it could be)."""
+        assert self._exchange is not None and self._confirm_channel is not None, "call connect() first"
         message = Message(body, content_type=CONTENT_TYPE, delivery_mode=DeliveryMode.NOT_PERSISTENT)
         deadline = asyncio.get_running_loop().time() + self.publish_timeout
-        await self._wait_until_open(self._channel, self.publish_timeout, "broadcast")
-        exchange = self._fast_exchange
+        await self._wait_until_open(self._confirm_channel, self.publish_timeout, "broadcast")
+        exchange = self._exchange
         with translated("broadcast"):
             try:
                 await self._on_this_connection(
@@ -261,7 +264,7 @@ class AmqpTransport(Transport):
                 )
             except asyncio.TimeoutError:
                 raise BrokerUnavailable(
-                    f"could not broadcast: the broker did not take it within {self.publish_timeout:g} s"
+                    f"could not broadcast: the broker did not confirm it within {self.publish_timeout:g} s"
                 ) from None
 
     async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
