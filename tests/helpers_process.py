@@ -137,13 +137,19 @@ class AppProcess:
         return "".join(self.lines[-lines:])
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "the condition") -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+def wait_until(
+    condition: Callable[[], Any], timeout: float = 20.0, what: str = "the condition", interval: float = 0.02
+) -> Any:
+    """Poll ``condition`` until it returns something truthy, and return that; fail after ``timeout`` seconds
+    saying ``what`` was awaited. The one polling helper of the test suite."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        value = condition()
+        if value:
+            return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout:g} s")
-        time.sleep(0.02)
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from conftest import AMQP_URL, unique_names
+from helpers_process import wait_until
 from otter import Client, Otter, protocol
 from otter.codec import JsonCodec
 from otter.dlq import DeadLetter, list_dead_letters
@@ -33,7 +34,6 @@ from reliability_support import (
     raw_key,
     raw_text,
     unique,
-    wait_until,
 )
 
 LIMIT = 64 * 1024

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from conftest import unique_names
-from helpers_process import REPO_ROOT, app_env, delete_names
+from helpers_process import REPO_ROOT, app_env, delete_names, wait_until
 from otter import Client, Otter
 from otter.dlq import list_dead_letters
 from otter.testing import ServedApp
-from reliability_support import RawBroker, wait_until
+from reliability_support import RawBroker
 
 
 def otter(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:

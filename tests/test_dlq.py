@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from helpers_process import wait_until
 from otter import Client, Otter
 from otter.dlq import DeadLetter, list_dead_letters, list_dead_letters_async, purge, replay
 from otter.testing import ServedApp
-from reliability_support import RawBroker, delete_amqp_queues, unique, wait_until
+from reliability_support import RawBroker, delete_amqp_queues, unique
 
 
 class Service:

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from helpers_process import wait_until
 from otter import Client, Otter, protocol
 from otter.dlq import DeadLetter, list_dead_letters
 from otter.errors import ConfigurationError, MessageError, ValidationError
@@ -23,7 +24,7 @@ from otter.retry import ATTEMPTS_HEADER, RetryPolicy, read_attempts
 from otter.testing import ServedApp
 from otter.transports.amqp import TASK_QUEUE_ARGUMENTS
 from otter.transports.base import retry_queue_name
-from reliability_support import amqp_queue_state, delete_amqp_queues, unique, wait_until
+from reliability_support import amqp_queue_state, delete_amqp_queues, unique
 
 
 # -- the policy, without a broker ------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from faults.processes import wait_until
 from faults.rabbitmq_node import PrivateRabbitMQ, private_broker_fixture  # noqa: F401  (the private node)
 from faults.socket_leaks import LEAKED_SOCKET_FILTER, collect_leaked_sockets  # noqa: F401
+from helpers_process import wait_until
 from otter import BrokerUnavailable, Client, ConfigurationError, Otter
 from otter.config import Config
 from otter.testing import ServedApp

@@ -7,32 +7,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers_process import wait_until
 from otter import Client
 
 from .rabbitmq_node import PrivateRabbitMQ
 
-__all__ = ["FaultRig", "Ledger", "WorkerProcess", "rig_for", "wait_until"]
+__all__ = ["FaultRig", "Ledger", "WorkerProcess", "rig_for"]
 
 APPS = Path(__file__).parent / "apps"
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail saying ``what`` was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 class WorkerProcess:

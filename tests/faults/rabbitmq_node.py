@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from .certificates import CertificateSet, generate_certificates
+from .node_watchdog import alive
 
 __all__ = ["PrivateRabbitMQ", "private_broker_fixture", "rabbitmq_installed"]
 
@@ -101,7 +102,7 @@ class PrivateRabbitMQ:
             self.ctl("stop", timeout=60)
         if pid is not None:
             deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -219,16 +220,6 @@ class PrivateRabbitMQ:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s") from None
                 time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _free_ports(count: int) -> list[int]:

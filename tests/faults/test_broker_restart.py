@@ -23,9 +23,10 @@ import time
 
 import pytest
 
+from helpers_process import wait_until
 from otter import BrokerUnavailable, DeadlineExceeded, Unroutable
 
-from .processes import FaultRig, wait_until
+from .processes import FaultRig
 from .socket_leaks import LEAKED_SOCKET_FILTER
 
 pytestmark = [pytest.mark.faults, LEAKED_SOCKET_FILTER]

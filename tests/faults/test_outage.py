@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from helpers_process import wait_until
 from otter import BrokerUnavailable, Client, DeadlineExceeded, Otter
 from otter.testing import ServedApp
 
-from .processes import wait_until
 from .rabbitmq_node import PrivateRabbitMQ
 from .socket_leaks import LEAKED_SOCKET_FILTER
 

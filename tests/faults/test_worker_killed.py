@@ -10,7 +10,9 @@ import signal
 
 import pytest
 
-from .processes import FaultRig, wait_until
+from helpers_process import wait_until
+
+from .processes import FaultRig
 from .socket_leaks import LEAKED_SOCKET_FILTER
 
 pytestmark = [pytest.mark.faults, LEAKED_SOCKET_FILTER]
