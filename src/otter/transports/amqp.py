@@ -158,9 +158,9 @@ class AmqpTransport(Transport):
             tls = self._raw_url.lower().startswith("amqps:")
             raise BrokerUnavailable(f"cannot connect to RabbitMQ at {self.url}: {connect_failure(exc, tls)}") from None
         with translated("open channels"):
-            # Confirms on the calling channel are what make an unroutable RPC come back as an error at once.
             self._confirm_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-            # Direct reply-to replies are bound to this channel: when it closes, replies still due are lost.
+            # The reply queue is consumed on this channel: when it closes (the connection is lost), replies still
+            # due are lost and the publishes in flight are abandoned (``_on_calling_channel_closed``).
             self._confirm_channel.close_callbacks.add(self._on_calling_channel_closed)
             self._connection.reconnect_callbacks.add(self._on_reconnected)
             self._exchange = await self._confirm_channel.declare_exchange(
@@ -631,11 +631,7 @@ def _fail_on_publish_error(publishing: asyncio.Future[Any], future: asyncio.Futu
     if publishing.cancelled():
         return
     exc = publishing.exception()  # always retrieved, so asyncio never reports it as lost
-    if exc is None or future.done():
-        return
-    if isinstance(exc, aio_pika.exceptions.PublishError):
-        future.set_exception(Unroutable(f"nobody serves the RPC {name!r}"))
-    else:
+    if exc is not None and not future.done():  # (an unroutable call comes back as a return: ``_on_return``)
         future.set_exception(BrokerUnavailable(f"could not send the RPC {name!r}: {describe(exc)}"))
 
 

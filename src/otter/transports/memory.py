@@ -51,7 +51,7 @@ class _Message:
 
 @dataclass(eq=False)
 class _Consumer:
-    loop: asyncio.AbstractEventLoop | None
+    loop: asyncio.AbstractEventLoop
     on_delivery: OnDelivery
     prefetch: int
     unacked: int = 0
@@ -224,7 +224,6 @@ class MemoryBroker:
 
     @staticmethod
     def _send(consumer: _Consumer, delivery: Delivery) -> None:
-        assert consumer.loop is not None
         asyncio.run_coroutine_threadsafe(_deliver(consumer.on_delivery, delivery), consumer.loop)
 
     def reply(self, reply_to: str, message: _Message) -> None:
@@ -246,7 +245,9 @@ async def _deliver(on_delivery: OnDelivery, delivery: Delivery) -> None:
 class MemoryDelivery(Delivery):
     __slots__ = ("_broker", "_consumer", "_message", "_queue", "_settled")
 
-    def __init__(self, broker: MemoryBroker, queue: _Queue | None, consumer: _Consumer, message: _Message) -> None:
+    def __init__(
+        self, broker: MemoryBroker, queue: _Queue | None, consumer: _Consumer | None, message: _Message
+    ) -> None:
         super().__init__(
             message.body,
             queue=queue.name if queue else "",
@@ -266,7 +267,7 @@ class MemoryDelivery(Delivery):
         self._settle(requeue=True)
 
     def _settle(self, *, requeue: bool) -> None:
-        if self._settled or self._queue is None:
+        if self._settled or self._queue is None or self._consumer is None:  # replies and broadcasts: nothing to settle
             return
         self._settled = True
         self._broker.settle(self._queue, self._consumer, self._message, requeue=requeue)
@@ -398,7 +399,7 @@ class MemoryTransport(Transport):
     def _on_reply(self, message: _Message) -> None:
         future = self._pending.pop(message.correlation_id or "", None)
         if future is not None and not future.done():
-            future.set_result(MemoryDelivery(self.broker, None, _NO_CONSUMER, message))
+            future.set_result(MemoryDelivery(self.broker, None, None, message))
 
     # -- receiving ----------------------------------------------------------------------------------------------
     async def consume_rpc(self, name: str, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
@@ -429,9 +430,3 @@ def _snapshot(message: _Message, queue: str) -> Snapshot:
     return Snapshot(message.body, queue=queue, content_type=message.content_type, headers=dict(message.headers),
                     correlation_id=message.correlation_id, reply_to=message.reply_to)
 
-
-async def _never(_: Delivery) -> None:  # pragma: no cover - replies are never delivered to a consumer
-    return None
-
-
-_NO_CONSUMER = _Consumer(None, _never, 0)
