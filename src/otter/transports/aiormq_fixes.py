@@ -1,19 +1,31 @@
-"""Let aiormq (6.9) report a returned message on a channel without publisher confirms.
+"""Two changes to aiormq (6.9): returns on a channel without confirms, and one socket write for many frames.
 
-aiormq matches a ``basic.return`` to the confirm of the publish it belongs to, so on a channel without confirms it
-finds none, logs "Unhandled message ... returning" and drops it: the return callbacks never run. Otter sends RPC
-requests ``mandatory`` on such a channel (a confirm per call would cost a round trip of broker work) and needs the
-return to fail the call with ``Unroutable`` at once. ``apply()`` hands such returns to the channel's return
-callbacks; on a confirming channel aiormq's own handling is unchanged.
+Returns: aiormq matches a ``basic.return`` to the confirm of the publish it belongs to, so on a channel without
+confirms it finds none, logs "Unhandled message ... returning" and drops it: the return callbacks never run. Otter
+sends RPC requests ``mandatory`` on such a channel (a confirm per call would cost a round trip of broker work) and
+needs the return to fail the call with ``Unroutable`` at once. Such returns go to the channel's return callbacks; on
+a confirming channel aiormq's own handling is unchanged.
+
+Writes: aiormq's writer task takes one frame at a time from the connection's write queue and writes it, a ``send``
+system call (and a TCP segment: asyncio sets ``TCP_NODELAY``) per ack, reply or publish. Frames queued while the
+writer waited are the norm under load (a burst of deliveries ends in a burst of acks), so the writer now takes
+every frame already queued, up to ``BATCH_BYTES``, and writes them with one call. Order is kept, each frame's drain
+future is resolved once the batch is drained, and a closing frame ends a batch (nothing after it is written, as
+before).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from aiormq import connection
+from aiormq.abc import ChannelFrame
 from aiormq.channel import Channel
 
-__all__ = ["apply"]
+__all__ = ["BATCH_BYTES", "apply"]
+
+BATCH_BYTES = 256 * 1024
 
 _original_on_return_frame = Channel._on_return_frame
 
@@ -28,7 +40,46 @@ async def _on_return_frame(self: Channel, frame: Any) -> None:
         callback(message)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Batch(ChannelFrame):
+    """Several queued frames written as one payload; draining it drains each of them."""
+
+    parts: tuple[ChannelFrame, ...] = ()
+
+    def drain(self) -> None:
+        for part in self.parts:
+            part.drain()
+
+    @property
+    def should_drain(self) -> bool:
+        return any(part.should_drain for part in self.parts)
+
+
+async def _next_frames(self: connection.FrameGenerator) -> ChannelFrame:
+    if self.close_event.is_set():
+        raise StopAsyncIteration
+    queue = self.queue
+    frame: ChannelFrame = await queue.get()
+    queue.task_done()
+    if queue.empty() or frame.should_close:
+        return frame
+    parts = [frame]
+    size = len(frame.payload)
+    while size < BATCH_BYTES and not queue.empty():
+        frame = queue.get_nowait()
+        queue.task_done()
+        parts.append(frame)
+        size += len(frame.payload)
+        if frame.should_close:
+            break
+    return _Batch(
+        payload=b"".join([part.payload for part in parts]), should_close=frame.should_close, parts=tuple(parts)
+    )
+
+
 def apply() -> None:
-    """Install the fix (once); channels opened afterwards use it."""
+    """Install both changes (once); channels and connections opened afterwards use them."""
     if Channel._on_return_frame is not _on_return_frame:
         Channel._on_return_frame = _on_return_frame  # type: ignore[method-assign]
+    if connection.FrameGenerator.__anext__ is not _next_frames:
+        connection.FrameGenerator.__anext__ = _next_frames  # type: ignore[method-assign]
