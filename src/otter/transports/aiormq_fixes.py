@@ -1,4 +1,5 @@
-"""Two changes to aiormq (6.9): returns on a channel without confirms, and one socket write for many frames.
+"""Three changes to aiormq (6.9): returns on a channel without confirms, one socket write for many frames, and
+confirms in time proportional to what they confirm.
 
 Returns: aiormq matches a ``basic.return`` to the confirm of the publish it belongs to, so on a channel without
 confirms it finds none, logs "Unhandled message ... returning" and drops it: the return callbacks never run. Otter
@@ -12,6 +13,12 @@ writer waited are the norm under load (a burst of deliveries ends in a burst of 
 every frame already queued, up to ``BATCH_BYTES``, and writes them with one call. Order is kept, each frame's drain
 future is resolved once the batch is drained, and a closing frame ends a batch (nothing after it is written, as
 before).
+
+Confirms: for a ``basic.ack`` with ``multiple`` set, aiormq walks every unconfirmed publish and schedules a callback
+for each one covered; with 1,000 publishes in flight that is 1,000 comparisons per confirm frame. The unconfirmed
+publishes are kept in the order of their delivery tags, so the walk now stops at the first one not covered, and
+each covered one is settled at once. (A returned publish is marked again at the end of that order; it is settled by
+a later confirm, and it has nobody waiting on it.)
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 from aiormq import connection
 from aiormq.abc import ChannelFrame
 from aiormq.channel import Channel
+from aiormq.channel import log as channel_log
 
 __all__ = ["BATCH_BYTES", "apply"]
 
@@ -77,9 +85,30 @@ async def _next_frames(self: connection.FrameGenerator) -> ChannelFrame:
     )
 
 
+async def _on_confirm_frame(self: Channel, frame: Any) -> None:
+    if not self.publisher_confirms:
+        return
+    confirmations, tag = self.confirmations, frame.delivery_tag
+    if tag not in confirmations:
+        channel_log.error("Unexpected confirmation frame %r from broker", frame)
+        return
+    if not getattr(frame, "multiple", False):
+        self._confirm_delivery(tag, frame)
+        return
+    covered = []
+    for pending in confirmations:
+        if pending > tag:
+            break
+        covered.append(pending)
+    for pending in covered:
+        self._confirm_delivery(pending, frame)
+
+
 def apply() -> None:
-    """Install both changes (once); channels and connections opened afterwards use them."""
+    """Install the changes (once); channels and connections opened afterwards use them."""
     if Channel._on_return_frame is not _on_return_frame:
         Channel._on_return_frame = _on_return_frame  # type: ignore[method-assign]
+    if Channel._on_confirm_frame is not _on_confirm_frame:
+        Channel._on_confirm_frame = _on_confirm_frame  # type: ignore[method-assign]
     if connection.FrameGenerator.__anext__ is not _next_frames:
         connection.FrameGenerator.__anext__ = _next_frames  # type: ignore[method-assign]
