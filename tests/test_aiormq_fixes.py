@@ -110,3 +110,11 @@ async def test_a_batch_stops_growing_at_its_size_limit(monkeypatch: pytest.Monke
         queue.put_nowait(frame(part))
     assert (await FrameGenerator(queue).__anext__()).payload == b"abcd"
     assert (await FrameGenerator(queue).__anext__()).payload == b"ef"
+
+
+@on_a_loop
+async def test_a_frame_whose_sender_does_not_wait_is_still_drained_so_senders_meet_back_pressure() -> None:
+    queue: asyncio.Queue[ChannelFrame] = asyncio.Queue()
+    queue.put_nowait(frame(b"ack"))  # no drain future: the sender did not wait
+    batch = await FrameGenerator(queue).__anext__()
+    assert batch.payload == b"ack" and batch.should_drain

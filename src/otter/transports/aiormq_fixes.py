@@ -10,9 +10,10 @@ a confirming channel aiormq's own handling is unchanged.
 Writes: aiormq's writer task takes one frame at a time from the connection's write queue and writes it, a ``send``
 system call (and a TCP segment: asyncio sets ``TCP_NODELAY``) per ack, reply or publish. Frames queued while the
 writer waited are the norm under load (a burst of deliveries ends in a burst of acks), so the writer now takes
-every frame already queued, up to ``BATCH_BYTES``, and writes them with one call. Order is kept, each frame's drain
-future is resolved once the batch is drained, and a closing frame ends a batch (nothing after it is written, as
-before).
+every frame already queued, up to ``BATCH_BYTES``, and writes them with one call. Order is kept, a closing frame
+ends a batch (nothing after it is written, as before), and every batch is drained: the writer waits while the
+socket's buffer is full, so senders that do not wait for their own frame to drain (Otter's publishes and acks)
+still meet back-pressure through the bounded write queue instead of growing the buffer without limit.
 
 Confirms: for a ``basic.ack`` with ``multiple`` set, aiormq walks every unconfirmed publish and schedules a callback
 for each one covered; with 1,000 publishes in flight that is 1,000 comparisons per confirm frame. The unconfirmed
@@ -50,7 +51,7 @@ async def _on_return_frame(self: Channel, frame: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class _Batch(ChannelFrame):
-    """Several queued frames written as one payload; draining it drains each of them."""
+    """Queued frames written as one payload, then drained; draining it resolves each frame's drain future."""
 
     parts: tuple[ChannelFrame, ...] = ()
 
@@ -60,7 +61,7 @@ class _Batch(ChannelFrame):
 
     @property
     def should_drain(self) -> bool:
-        return any(part.should_drain for part in self.parts)
+        return True
 
 
 async def _next_frames(self: connection.FrameGenerator) -> ChannelFrame:
@@ -69,7 +70,7 @@ async def _next_frames(self: connection.FrameGenerator) -> ChannelFrame:
     queue = self.queue
     frame: ChannelFrame = await queue.get()
     queue.task_done()
-    if queue.empty() or frame.should_close:
+    if frame.should_close:
         return frame
     parts = [frame]
     size = len(frame.payload)
