@@ -133,7 +133,8 @@ def _run_settings(command: Callable[..., Any]) -> Callable[..., Any]:
             "-c",
             key="CONCURRENCY",
             type=click.IntRange(min=1),
-            help="Handlers running at once per message kind in each worker, and the prefetch.",
+            help="Handlers running at once per message kind in each worker (the prefetch is this times "
+            "PREFETCH_MULTIPLIER).",
         ),
         _setting(
             "--grace",

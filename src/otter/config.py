@@ -25,7 +25,11 @@ __all__ = ["DEFAULTS", "Config", "redact_url", "redacted"]
 DEFAULTS: dict[str, Any] = {
     "BROKER_URL": None,  # None: OTTER_BROKER_URL, else the embedded memory:// broker
     "DEBUG": False,
-    "CONCURRENCY": 8,  # handlers running at once per kind, and the prefetch of each consumer
+    "CONCURRENCY": 8,  # handlers running at once per kind
+    # Each consumer's prefetch is CONCURRENCY x this (Celery's default, 4): the next messages are already here when
+    # a handler finishes. 1 for long-running handlers and several replicas, so a busy worker holds nothing an idle
+    # one could run.
+    "PREFETCH_MULTIPLIER": 4,
     "RPC_TIMEOUT": 30.0,  # seconds; every call has a deadline, sent as the message expiration
     "CONNECT_TIMEOUT": 5.0,
     "SHUTDOWN_GRACE": 30.0,  # seconds running handlers get to finish on SIGTERM/Ctrl-C

@@ -3,7 +3,9 @@
 - ``async def`` handlers run on the event loop; plain handlers run in bounded thread pools (one per RPC name, one
   for tasks, one for broadcasts), so a task that sleeps never delays RPCs, broadcasts or the connection's heartbeats,
   and a handler waiting on a nested call to another RPC name never takes that name's slots.
-- Prefetch equals the concurrency, so a busy worker never hoards messages another could run.
+- Each consumer's prefetch is ``CONCURRENCY x PREFETCH_MULTIPLIER`` (4, as Celery's): the next messages wait here
+  while handlers run, so none waits for an ack's round trip; messages beyond the running handlers are not acked
+  until they start, and a stopping worker returns them to their queue.
 - RPCs and broadcasts are acked as soon as a concurrency slot is free for them, before decoding (at-most-once: a
   worker that dies mid-call does not run it twice); tasks when their handler returns (at-least-once).
 - Bad input never reaches a handler: an RPC gets an error reply, a task is dead-lettered with the reason, a
@@ -47,6 +49,7 @@ class Worker:
         self.config = config
         self.debug = bool(config["DEBUG"])
         self.concurrency = max(1, int(config["CONCURRENCY"]))
+        self.prefetch = self.concurrency * max(1, int(config["PREFETCH_MULTIPLIER"]))
         self.grace = float(config["SHUTDOWN_GRACE"])
         self.codec = JsonCodec(int(config["MAX_MESSAGE_SIZE"]))
         self.comm: Communicator | None = None
@@ -77,14 +80,14 @@ class Worker:
         for route in routes:
             if isinstance(route, RpcRoute):
                 self._subscriptions.append(await self.transport.consume_rpc(
-                    route.name, self._tracked(self._rpc_consumer(route), "rpc"), prefetch=self.concurrency))
+                    route.name, self._tracked(self._rpc_consumer(route), "rpc"), prefetch=self.prefetch))
         for queue, route in self.app.task_queues(self.config["DEFAULT_TASK_QUEUE"]).items():
             self._subscriptions.append(await self.transport.consume_tasks(
-                queue, self._tracked(self._task_consumer(route), "task"), prefetch=self.concurrency))
+                queue, self._tracked(self._task_consumer(route), "task"), prefetch=self.prefetch))
         broadcasts = [route for route in routes if isinstance(route, BroadcastRoute)]
         if broadcasts:
             self._subscriptions.append(await self.transport.consume_broadcasts(
-                self._tracked(self._broadcast_consumer(broadcasts), "broadcast"), prefetch=self.concurrency))
+                self._tracked(self._broadcast_consumer(broadcasts), "broadcast"), prefetch=self.prefetch))
         log.info("serving %d handlers on %s", len(routes), self.transport.url)
         self.started.set()
 

@@ -76,3 +76,35 @@ def test_async_handlers_run_concurrently(serve: Serve, names: dict[str, Any]) ->
     first = client.rpc("svc.meet", "first")
     assert client.rpc("svc.meet", "second").result(timeout=5) == "released the first"
     assert first.result(timeout=5) == "released"
+
+
+def test_a_worker_holds_concurrency_times_prefetch_multiplier_messages_and_no_more(
+    serve: Serve, names: dict[str, Any], queue_name: Callable[[str], str]
+) -> None:
+    """One slot and a multiplier of 2: a blocked worker holds the task it runs and one more; the rest of the queue
+    goes to a second worker, and the held one runs once the first is free again."""
+    work = queue_name("work")
+    handled: queue.Queue[tuple[str, int]] = queue.Queue()
+    release = threading.Event()
+    busy, idle = otter.Otter(**names), otter.Otter(**names)
+
+    @busy.add_task(work)
+    def slow(comm: Any, n: int) -> None:
+        if n == 1:
+            release.wait(BLOCK_AT_MOST)
+        handled.put(("busy", n))
+
+    @idle.add_task(work)
+    def quick(comm: Any, n: int) -> None:
+        handled.put(("idle", n))
+
+    client = serve(busy, CONCURRENCY=1, PREFETCH_MULTIPLIER=2)
+    for n in range(1, 5):
+        client.task(work, n)
+    serve(idle, CONCURRENCY=1, PREFETCH_MULTIPLIER=1)
+    try:
+        assert sorted(handled.get(timeout=5) for _ in range(2)) == [("idle", 3), ("idle", 4)]
+        assert handled.empty(), "task 2 waits in the busy worker, not in the queue"
+    finally:
+        release.set()
+    assert sorted(handled.get(timeout=5) for _ in range(2)) == [("busy", 1), ("busy", 2)]
