@@ -110,7 +110,8 @@ def test_run_help_names_every_option_its_config_key_and_env_var() -> None:
     for key in RUN_SETTINGS.values():
         assert key in DEFAULTS, f"{key} has no default in otter.config.DEFAULTS"
         assert f"OTTER_{key}" in text
-    for option in ("--broker", "--workers", "--concurrency", "--grace", "--reload", "--log-level", "--debug"):
+    for option in ("--broker", "--workers", "--concurrency", "--prefetch-multiplier", "--grace", "--reload",
+                   "--log-level", "--debug"):
         assert option in text
     assert "each of them receives every broadcast" in text
 
@@ -265,8 +266,9 @@ def test_config_precedence_is_option_then_env_then_app_config_then_default() -> 
     assert "RUN_FROM_CLI" not in from_app
     from_env = effective(env={"OTTER_CONCURRENCY": "5"})
     assert from_env["CONCURRENCY"] == {"value": 5, "source": "env OTTER_CONCURRENCY"}
-    from_option = effective("--concurrency", "9", env={"OTTER_CONCURRENCY": "5"})
+    from_option = effective("--concurrency", "9", "--prefetch-multiplier", "1", env={"OTTER_CONCURRENCY": "5"})
     assert from_option["CONCURRENCY"] == {"value": 9, "source": "option"}
+    assert from_option["PREFETCH_MULTIPLIER"] == {"value": 1, "source": "option"}
 
 
 def test_every_run_option_has_an_env_var() -> None:
@@ -274,6 +276,7 @@ def test_every_run_option_has_an_env_var() -> None:
         "OTTER_BROKER_URL": "amqp://u:pw@h/",
         "OTTER_WORKERS": "2",
         "OTTER_CONCURRENCY": "4",
+        "OTTER_PREFETCH_MULTIPLIER": "2",
         "OTTER_SHUTDOWN_GRACE": "1.5",
         "OTTER_RELOAD": "true",
         "OTTER_LOG_LEVEL": "warning",

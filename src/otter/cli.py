@@ -61,6 +61,7 @@ RUN_SETTINGS = {
     "broker_url": "BROKER_URL",
     "workers": "WORKERS",
     "concurrency": "CONCURRENCY",
+    "prefetch_multiplier": "PREFETCH_MULTIPLIER",
     "grace": "SHUTDOWN_GRACE",
     "reload": "RELOAD",
     "log_level": "LOG_LEVEL",
@@ -135,6 +136,13 @@ def _run_settings(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(min=1),
             help="Handlers running at once per message kind in each worker (the prefetch is this times "
             "PREFETCH_MULTIPLIER).",
+        ),
+        _setting(
+            "--prefetch-multiplier",
+            key="PREFETCH_MULTIPLIER",
+            type=click.IntRange(min=1),
+            help="Each consumer's prefetch is the concurrency times this (default 4); 1 for long-running handlers "
+            "with several replicas.",
         ),
         _setting(
             "--grace",
