@@ -10,6 +10,7 @@ confirming channel registered for the broker's confirm (and for a return, by mes
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +19,7 @@ import pamqp.encode
 from aiormq.abc import ChannelFrame
 from aiormq.channel import Channel
 
-__all__ = ["encode", "publish"]
+__all__ = ["encode", "publish", "publish_now"]
 
 _FRAME_HEAD = struct.Struct(">BHI")  # frame type, channel number, payload size
 _PUBLISH_HEAD = struct.Struct(">HHH").pack(60, 40, 0)  # Basic.Publish, then the reserved ticket
@@ -81,16 +82,35 @@ async def publish(channel: Channel, payload: bytes, message_id: str) -> Any:
     async with channel.lock:  # one delivery tag per publish, in the order the frames reach the broker
         channel.delivery_tag += 1
         if channel.publisher_confirms:
-            tag = channel.delivery_tag
-            confirmation = channel.create_future()  # failed by aiormq if the channel closes first
-            channel.confirmations[tag] = confirmation
-            by_message_id = channel.message_id_delivery_tag
-            by_message_id[message_id] = tag
-            confirmation.add_done_callback(lambda _: by_message_id.pop(message_id, None))
+            confirmation = _expect_confirm(channel, message_id)
         await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
     if confirmation is None:
         return None
     return await confirmation
+
+
+def publish_now(channel: Channel, payload: bytes, message_id: str) -> asyncio.Future[Any] | None:
+    """``publish`` on a confirming channel without waiting: if nobody holds the channel's lock (so no publish is
+    between taking its delivery tag and queueing its frames) and the write queue has room, queue the frames now
+    and return the future of the broker's confirm; otherwise None, and the caller uses ``publish``."""
+    assert channel.publisher_confirms, "publish_now is for confirming channels"
+    if channel.lock.locked() or channel.write_queue.full():
+        return None
+    channel.delivery_tag += 1
+    confirmation = _expect_confirm(channel, message_id)
+    channel.write_queue.put_nowait(ChannelFrame(payload=payload, should_close=False))
+    return confirmation
+
+
+def _expect_confirm(channel: Channel, message_id: str) -> asyncio.Future[Any]:
+    """Register the publish numbered ``channel.delivery_tag`` for its confirm, and for a return by message id."""
+    tag = channel.delivery_tag
+    confirmation = channel.create_future()  # failed by aiormq if the channel closes first
+    channel.confirmations[tag] = confirmation
+    by_message_id = channel.message_id_delivery_tag
+    by_message_id[message_id] = tag
+    confirmation.add_done_callback(lambda _: by_message_id.pop(message_id, None))
+    return confirmation
 
 
 def _short_str(value: str) -> bytes:
