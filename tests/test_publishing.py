@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import aiormq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -62,3 +64,28 @@ def test_an_empty_body_sends_no_body_frame() -> None:
 def test_a_short_string_over_255_bytes_is_refused_with_its_length() -> None:
     with pytest.raises(ValueError, match="at most 255 bytes, this one has 256"):
         publishing.encode(1, 100, "", "k" * 256, b"{}")
+
+
+def test_publish_now_queues_at_once_or_leaves_the_publish_to_wait(amqp_url: str, names: dict[str, Any]) -> None:
+    """On a real confirming channel: queued at once, the broker confirms it; while another publish holds the
+    channel's lock, publish_now declines (None) and the delivery tags stay in step."""
+
+    async def scenario() -> None:
+        connection = await aiormq.connect(amqp_url)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            queue = f"{names['MESSAGE_EXCHANGE']}.publish-now"
+            await channel.queue_declare(queue, auto_delete=True)
+            encoded = publishing.encode(channel.number, channel.max_content_size, "", queue, b"{}", message_id="m1")
+            confirmation = publishing.publish_now(channel, encoded, "m1")
+            assert confirmation is not None
+            assert isinstance(await asyncio.wait_for(confirmation, 5), Basic.Ack)
+            async with channel.lock:
+                assert publishing.publish_now(channel, encoded, "m2") is None
+            assert channel.delivery_tag == 1
+            assert isinstance(await asyncio.wait_for(publishing.publish(channel, encoded, "m3"), 5), Basic.Ack)
+            assert (await channel.queue_declare(queue, passive=True)).message_count == 2
+        finally:
+            await connection.close()
+
+    asyncio.run(scenario())
