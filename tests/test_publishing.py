@@ -75,7 +75,7 @@ def test_publish_now_queues_at_once_or_leaves_the_publish_to_wait(amqp_url: str,
         try:
             channel = await connection.channel(publisher_confirms=True)
             queue = f"{names['MESSAGE_EXCHANGE']}.publish-now"
-            await channel.queue_declare(queue, auto_delete=True)
+            await channel.queue_declare(queue)
             encoded = publishing.encode(channel.number, channel.max_content_size, "", queue, b"{}", message_id="m1")
             confirmation = publishing.publish_now(channel, encoded, "m1")
             assert confirmation is not None
@@ -85,6 +85,7 @@ def test_publish_now_queues_at_once_or_leaves_the_publish_to_wait(amqp_url: str,
             assert channel.delivery_tag == 1
             assert isinstance(await asyncio.wait_for(publishing.publish(channel, encoded, "m3"), 5), Basic.Ack)
             assert (await channel.queue_declare(queue, passive=True)).message_count == 2
+            await channel.queue_delete(queue)
         finally:
             await connection.close()
 
