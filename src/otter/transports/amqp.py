@@ -252,12 +252,13 @@ class AmqpTransport(Transport):
         try:
             properties = {"correlation_id": correlation_id, "reply_to": self._reply_to, "headers": headers,
                           "message_id": correlation_id}
-            # Sent in a task of its own: the caller waits for whichever comes first, the reply, the broker's return
-            # of an unroutable call (``_on_return``), a lost connection or the deadline.
-            sending = asyncio.ensure_future(
-                self._publish_call(body, properties, protocol.rpc_routing_key(name), future, deadline)
-            )
-            sending.add_done_callback(lambda done: _fail_on_publish_error(done, future, name))
+            routing_key = protocol.rpc_routing_key(name)
+            # Queued at once when the connection is open and nothing waits ahead; else sent in a task of its own.
+            # Either way the caller waits for whichever comes first: the reply, the broker's return of an
+            # unroutable call (``_on_return``), a lost connection or the deadline.
+            if not self._send_call_now(body, properties, routing_key, deadline):
+                sending = asyncio.ensure_future(self._publish_call(body, properties, routing_key, future, deadline))
+                sending.add_done_callback(lambda done: _fail_on_publish_error(done, future, name))
             return await future
         finally:
             timer.cancel()
@@ -318,9 +319,12 @@ class AmqpTransport(Transport):
         gone is dropped by the broker (a return would only be reported on a confirming channel, at a round trip
         per reply)."""
         assert self._channel is not None, "call connect() first"
+        fields: dict[str, Any] = {
+            "mandatory": False, "message_id": self._next_message_id(), "correlation_id": correlation_id,
+        }
         with translated("reply"):
-            await _publish(self._channel, "", reply_to, body, mandatory=False, message_id=self._next_message_id(),
-                           correlation_id=correlation_id)
+            if not _send_now(self._channel, "", reply_to, body, **fields):
+                await _publish(self._channel, "", reply_to, body, **fields)
 
     async def dead_letter(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
         assert self._confirm_channel is not None, "call connect() first"
@@ -594,6 +598,12 @@ class AmqpTransport(Transport):
             raise asyncio.TimeoutError
         sending.result()
 
+    def _send_call_now(self, body: bytes, properties: dict[str, Any], routing_key: str, deadline: float) -> bool:
+        assert self._channel is not None
+        expiration = str(max(int((deadline - asyncio.get_running_loop().time()) * 1000), 1))
+        return _send_now(self._channel, self.topology.message_exchange, routing_key, body, mandatory=True,
+                         expiration=expiration, **properties)
+
     async def _publish_call(
         self, body: bytes, properties: dict[str, Any], routing_key: str, reply: asyncio.Future[Delivery],
         deadline: float,
@@ -740,6 +750,21 @@ def _publish_now(
         mandatory=mandatory, content_type=CONTENT_TYPE, message_id=message_id, **properties,
     )
     return publishing.publish_now(underlay, payload, message_id)
+
+
+def _send_now(
+    channel: AbstractChannel, exchange: str, routing_key: str, body: bytes, *, mandatory: bool, message_id: str,
+    **properties: Any,
+) -> bool:
+    """``_publish`` on a channel without confirms, without awaiting anything: True if the frames are queued."""
+    underlay = _underlays.get(channel)
+    if underlay is None or underlay.is_closed or channel.is_closed:
+        return False
+    payload = publishing.encode(
+        underlay.number, underlay.max_content_size, exchange, routing_key, body,
+        mandatory=mandatory, content_type=CONTENT_TYPE, message_id=message_id, **properties,
+    )
+    return publishing.queue_now(underlay, payload)
 
 
 def _abandon(sending: asyncio.Future[Any]) -> None:

@@ -19,7 +19,7 @@ import pamqp.encode
 from aiormq.abc import ChannelFrame
 from aiormq.channel import Channel
 
-__all__ = ["encode", "publish", "publish_now"]
+__all__ = ["encode", "publish", "publish_now", "queue_now"]
 
 _FRAME_HEAD = struct.Struct(">BHI")  # frame type, channel number, payload size
 _PUBLISH_HEAD = struct.Struct(">HHH").pack(60, 40, 0)  # Basic.Publish, then the reserved ticket
@@ -89,17 +89,23 @@ async def publish(channel: Channel, payload: bytes, message_id: str) -> Any:
     return await confirmation
 
 
-def publish_now(channel: Channel, payload: bytes, message_id: str) -> asyncio.Future[Any] | None:
-    """``publish`` on a confirming channel without waiting: if nobody holds the channel's lock (so no publish is
-    between taking its delivery tag and queueing its frames) and the write queue has room, queue the frames now
-    and return the future of the broker's confirm; otherwise None, and the caller uses ``publish``."""
-    assert channel.publisher_confirms, "publish_now is for confirming channels"
+def queue_now(channel: Channel, payload: bytes) -> bool:
+    """``publish`` without waiting: if nobody holds the channel's lock (so no publish is between taking its
+    delivery tag and queueing its frames) and the write queue has room, take the next delivery tag and queue the
+    frames now (True); otherwise False, and the caller uses ``publish``."""
     if channel.lock.locked() or channel.write_queue.full():
-        return None
+        return False
     channel.delivery_tag += 1
-    confirmation = _expect_confirm(channel, message_id)
     channel.write_queue.put_nowait(ChannelFrame(payload=payload, should_close=False))
-    return confirmation
+    return True
+
+
+def publish_now(channel: Channel, payload: bytes, message_id: str) -> asyncio.Future[Any] | None:
+    """``queue_now`` on a confirming channel: the future of the broker's confirm, or None if not queued."""
+    assert channel.publisher_confirms, "publish_now is for confirming channels; use queue_now"
+    if not queue_now(channel, payload):
+        return None
+    return _expect_confirm(channel, message_id)  # before any confirm can arrive: nothing was awaited
 
 
 def _expect_confirm(channel: Channel, message_id: str) -> asyncio.Future[Any]:
