@@ -717,11 +717,14 @@ async def _publish(
     confirmed. The frames are queued for the connection's writer without waiting for them to drain."""
     underlay = await channel.get_underlay_channel()
     _underlays[channel] = underlay
-    payload = publishing.encode(
-        underlay.number, underlay.max_content_size, exchange, routing_key, body,  # type: ignore[attr-defined]
-        mandatory=mandatory, content_type=CONTENT_TYPE, message_id=message_id, **properties,
-    )
+    payload = _encode(underlay, exchange, routing_key, body, mandatory=mandatory, message_id=message_id, **properties)
     return await publishing.publish(underlay, payload, message_id)  # type: ignore[arg-type]
+
+
+def _encode(underlay: Any, exchange: str, routing_key: str, body: bytes, **fields: Any) -> bytes:
+    return publishing.encode(
+        underlay.number, underlay.max_content_size, exchange, routing_key, body, content_type=CONTENT_TYPE, **fields
+    )
 
 
 class _QueueVanished(BrokerUnavailable):
@@ -736,35 +739,25 @@ def _fail_on_publish_error(sending: asyncio.Future[Any], future: asyncio.Future[
         future.set_exception(BrokerUnavailable(f"could not send the RPC {name!r}: {describe(exc)}"))
 
 
-def _publish_now(
-    channel: AbstractChannel, exchange: str, routing_key: str, body: bytes, *, mandatory: bool, message_id: str,
-    **properties: Any,
-) -> asyncio.Future[Any] | None:
+def _publish_now(channel: AbstractChannel, *args: Any, message_id: str, **fields: Any) -> asyncio.Future[Any] | None:
     """``_publish`` on a confirming channel without awaiting anything: queue the frames now and return the future
     of the broker's confirm; None if the channel is not open or the publish would have to wait its turn."""
+    encoded = _encode_for(channel, *args, message_id=message_id, **fields)
+    return None if encoded is None else publishing.publish_now(encoded[0], encoded[1], message_id)
+
+
+def _send_now(channel: AbstractChannel, *args: Any, **fields: Any) -> bool:
+    """``_publish`` on a channel without confirms, without awaiting anything: True if the frames are queued."""
+    encoded = _encode_for(channel, *args, **fields)
+    return encoded is not None and publishing.queue_now(*encoded)
+
+
+def _encode_for(channel: AbstractChannel, *args: Any, **fields: Any) -> tuple[Any, bytes] | None:
+    """The open aiormq channel last seen under ``channel`` and the publish encoded for it; None if it is not open."""
     underlay = _underlays.get(channel)
     if underlay is None or underlay.is_closed or channel.is_closed:
         return None
-    payload = publishing.encode(
-        underlay.number, underlay.max_content_size, exchange, routing_key, body,
-        mandatory=mandatory, content_type=CONTENT_TYPE, message_id=message_id, **properties,
-    )
-    return publishing.publish_now(underlay, payload, message_id)
-
-
-def _send_now(
-    channel: AbstractChannel, exchange: str, routing_key: str, body: bytes, *, mandatory: bool, message_id: str,
-    **properties: Any,
-) -> bool:
-    """``_publish`` on a channel without confirms, without awaiting anything: True if the frames are queued."""
-    underlay = _underlays.get(channel)
-    if underlay is None or underlay.is_closed or channel.is_closed:
-        return False
-    payload = publishing.encode(
-        underlay.number, underlay.max_content_size, exchange, routing_key, body,
-        mandatory=mandatory, content_type=CONTENT_TYPE, message_id=message_id, **properties,
-    )
-    return publishing.queue_now(underlay, payload)
+    return underlay, _encode(underlay, *args, **fields)
 
 
 def _abandon(sending: asyncio.Future[Any]) -> None:
