@@ -12,7 +12,12 @@ exchange, and both reach it. (RabbitMQ's direct reply-to would only hear the fir
 Channels: one with publisher confirms for tasks, retries, dead letters and broadcasts (which also consumes the
 reply queue); one without for RPC requests (``mandatory``: an unroutable call comes back at once as a return, see
 ``aiormq_fixes``) and replies, the fast path; one per consumer so each has its own prefetch. The robust
-connection re-opens all of them, their queues and their consumers after a broker restart.
+connection re-opens all of them and their queues after a broker restart; ``AmqpSubscription`` starts its consumer
+again.
+
+Messages themselves go around aio-pika, whose per-message objects were the largest cost in the profiles: publishes
+are encoded by ``publishing`` and queued on the aiormq channel under each robust channel (at once when nothing waits
+ahead), and consumers run on that aiormq channel, so a delivery becomes an ``AmqpDelivery`` directly.
 """
 
 from __future__ import annotations
