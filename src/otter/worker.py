@@ -49,7 +49,8 @@ class Worker:
         self.config = config
         self.debug = bool(config["DEBUG"])
         self.concurrency = max(1, int(config["CONCURRENCY"]))
-        self.prefetch = self.concurrency * max(1, int(config["PREFETCH_MULTIPLIER"]))
+        # AMQP's prefetch count is an unsigned short.
+        self.prefetch = min(self.concurrency * max(1, int(config["PREFETCH_MULTIPLIER"])), 65535)
         self.grace = float(config["SHUTDOWN_GRACE"])
         self.codec = JsonCodec(int(config["MAX_MESSAGE_SIZE"]))
         self.comm: Communicator | None = None

@@ -18,8 +18,8 @@ still meet back-pressure through the bounded write queue instead of growing the 
 Confirms: for a ``basic.ack`` with ``multiple`` set, aiormq walks every unconfirmed publish and schedules a callback
 for each one covered; with 1,000 publishes in flight that is 1,000 comparisons per confirm frame. The unconfirmed
 publishes are kept in the order of their delivery tags, so the walk now stops at the first one not covered, and
-each covered one is settled at once. (A returned publish is marked again at the end of that order; it is settled by
-a later confirm, and it has nobody waiting on it.)
+each covered one is settled at once. (A returned publish is marked again at the end of that order, with nobody
+waiting on it; its entry goes with its own confirm or a later multiple confirm past it.)
 """
 
 from __future__ import annotations

@@ -762,6 +762,10 @@ def _encode_for(channel: AbstractChannel, *args: Any, **fields: Any) -> tuple[An
     underlay = _underlays.get(channel)
     if underlay is None or underlay.is_closed or channel.is_closed:
         return None
+    # Between the broker's channel.close and aiormq marking the channel closed, aiormq has already dropped it from
+    # its connection: a frame sent on it then would make the broker close the whole connection.
+    if underlay.connection.channels.get(underlay.number) is not underlay:
+        return None
     return underlay, _encode(underlay, *args, **fields)
 
 

@@ -4,8 +4,9 @@ aiormq's ``basic_publish`` builds pamqp objects for the method frame, the conten
 validates them and marshals them field by field, which is most of the cost of a publish. Otter's hot paths (RPC
 requests and replies, tasks, broadcasts) send the same few properties every time, so ``encode`` writes the frames
 with ``struct`` (header tables with pamqp's own encoder), byte for byte what pamqp would write, and ``publish``
-queues them the way ``basic_publish`` does: under the channel's lock, numbered with its delivery tag, and on a
-confirming channel registered for the broker's confirm (and for a return, by message id).
+queues them with ``basic_publish``'s bookkeeping: the delivery tag taken and the frames queued under the channel's
+lock, and on a confirming channel the publish registered for the broker's confirm (and for a return, by message
+id). Unlike ``basic_publish``, it does not hold the lock until the frames have drained to the socket.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ async def publish(channel: Channel, payload: bytes, message_id: str) -> Any:
 def queue_now(channel: Channel, payload: bytes) -> bool:
     """``publish`` without waiting: if nobody holds the channel's lock (so no publish is between taking its
     delivery tag and queueing its frames) and the write queue has room, take the next delivery tag and queue the
-    frames now (True); otherwise False, and the caller uses ``publish``."""
+    frames now (True); otherwise False, and the caller uses ``publish``. (A publish woken to take the lock but not
+    yet running may be overtaken; it takes its tag when it runs, so tags still follow the order of the frames.)"""
     if channel.lock.locked() or channel.write_queue.full():
         return False
     channel.delivery_tag += 1
