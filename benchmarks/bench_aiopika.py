@@ -168,11 +168,4 @@ async def server(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    ARGS = common.parse_args()
-    UVLOOP = common.install_uvloop(ARGS.uvloop)
-    if ARGS.role == "server":
-        asyncio.run(server(ARGS))
-    else:
-        RESULT = asyncio.run(client(ARGS))
-        RESULT.update(uvloop_client=UVLOOP, client="aio-pika " + aio_pika.__version__)
-        common.emit(RESULT)
+    common.run_asyncio_script(server, client, "aio-pika " + aio_pika.__version__)

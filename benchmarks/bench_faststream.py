@@ -72,11 +72,4 @@ async def client(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    ARGS = common.parse_args()
-    UVLOOP = common.install_uvloop(ARGS.uvloop)
-    if ARGS.role == "server":
-        asyncio.run(server(ARGS))
-    else:
-        RESULT = asyncio.run(client(ARGS))
-        RESULT.update(uvloop_client=UVLOOP, client="faststream")
-        common.emit(RESULT)
+    common.run_asyncio_script(server, client, "faststream")

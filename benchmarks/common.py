@@ -239,6 +239,23 @@ def emit(obj: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(obj), flush=True)
 
 
+def run_asyncio_script(
+    server: Callable[[argparse.Namespace], Awaitable[Any]],
+    client: Callable[[argparse.Namespace], Awaitable[dict[str, Any]]],
+    label: str,
+) -> None:
+    """The ``__main__`` of an asyncio system's script: run its server or its client (on uvloop when ``--uvloop``),
+    and print the client's result, labelled."""
+    args = parse_args()
+    uvloop = install_uvloop(args.uvloop)
+    if args.role == "server":
+        asyncio.run(server(args))
+    else:
+        result = asyncio.run(client(args))
+        result.update(uvloop_client=uvloop, client=label)
+        emit(result)
+
+
 def install_uvloop(enabled: bool) -> bool:
     """Make new event loops uvloop loops, when asked and installed."""
     if not enabled:
