@@ -71,6 +71,22 @@ class Ledger:
             task_id for kind, task_id, where in self.entries() if kind == event and (pid is None or where == pid)
         )
 
+    def tally(self, sent: list[str]) -> Tally:
+        """How the tasks ``sent`` ended: completions per id, the ids never completed, extra completions."""
+        done = self.ids("done")
+        return Tally(len(sent), done, set(sent) - set(done), sum(count - 1 for count in done.values()))
+
+
+@dataclass
+class Tally:
+    sent: int
+    done: collections.Counter[str]
+    lost: set[str]
+    duplicated: int
+
+    def __str__(self) -> str:
+        return f"sent={self.sent} processed={len(self.done)} lost={len(self.lost)} duplicated={self.duplicated}"
+
 
 @dataclass
 class FaultRig:

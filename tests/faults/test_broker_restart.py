@@ -102,21 +102,18 @@ def test_broker_restart_under_load_loses_no_task_and_hangs_no_caller(rig: FaultR
 
     with contextlib.suppress(AssertionError):  # on a timeout, the figures below say what is missing
         wait_until(lambda: set(rig.ledger.ids("done")) >= set(sent), 60, "every task to be processed", 0.2)
-    processed = rig.ledger.ids("done")
-    lost = set(sent) - set(processed)
-    duplicated = sum(count - 1 for count in processed.values())
+    tally = rig.ledger.tally(sent)
     outcomes = collections.Counter(outcome for outcome, _ in calls)
     slowest = max((elapsed for _, elapsed in calls), default=0.0)
     print(
-        f"\nbroker restarted under load: sent={len(sent)} processed={len(processed)} lost={len(lost)} "
-        f"duplicated={duplicated} send errors={len(send_errors)}; broker down for {outage:.1f} s while "
+        f"\nbroker restarted under load: {tally} send errors={len(send_errors)}; broker down for {outage:.1f} s while "
         f"{TASKS // 3 + 1} sends waited for it; publishing took {published:.1f} s; "
         f"RPCs meanwhile: {dict(outcomes)}, slowest {slowest:.2f} s (timeout {RPC_TIMEOUT:g} s)"
     )
 
     assert not send_errors, f"client.task raised although the outage was short: {send_errors[:3]}"
     assert len(sent) == TASKS
-    assert not lost, f"{len(lost)} tasks lost, e.g. {sorted(lost)[:5]}\n{rig.outputs()}"
+    assert not tally.lost, f"{len(tally.lost)} tasks lost, e.g. {sorted(tally.lost)[:5]}\n{rig.outputs()}"
     assert set(outcomes) <= TYPED_RPC_OUTCOMES, outcomes
     assert slowest < RPC_TIMEOUT + 2.0, "an RPC took longer than its timeout"
     # The same processes serve again: the robust connection restored their consumers, nobody restarted them.

@@ -44,15 +44,13 @@ def test_sigterm_under_load_finishes_running_tasks_and_leaves_the_rest_queued(ri
 
     successor = rig.spawn(CONCURRENCY=8)
     wait_until(lambda: set(rig.ledger.ids("done")) == set(ids), 30, "the second worker to finish the rest")
-    done = rig.ledger.ids("done")
-    duplicated = sum(count - 1 for count in done.values())
+    tally = rig.ledger.tally(ids)
     print(
-        f"\nSIGTERM under load: sent={len(ids)} processed={len(done)} lost={len(set(ids) - set(done))} "
-        f"duplicated={duplicated}; {len(running)} running at SIGTERM all finished, the worker exited after "
+        f"\nSIGTERM under load: {tally}; {len(running)} running at SIGTERM all finished, the worker exited after "
         f"{stopped_after:.2f} s having done {len(finished_first)}, its successor did "
         f"{len(rig.ledger.ids('done', successor.pid))}"
     )
-    assert duplicated == 0
+    assert tally.duplicated == 0
     assert set(rig.ledger.ids("done", successor.pid)) == set(ids) - finished_first
 
 
@@ -79,11 +77,10 @@ def test_tasks_still_running_when_the_grace_period_ends_go_back_to_the_queue(rig
     )
     rig.release()
     wait_until(lambda: set(rig.ledger.ids("done")) == set(ids), 20, "every task to finish")
-    done = rig.ledger.ids("done")
-    duplicated = sum(count - 1 for count in done.values())
+    tally = rig.ledger.tally(ids)
     print(
-        f"\nSIGTERM, grace expired: sent={len(ids)} processed={len(done)} lost={len(set(ids) - set(done))} "
-        f"duplicated={duplicated}; {len(cut_off)} cut off after the 1 s grace went back to the queue and ran again"
+        f"\nSIGTERM, grace expired: {tally}; {len(cut_off)} cut off after the 1 s grace went back to the queue "
+        "and ran again"
     )
     assert not rig.ledger.ids("done", stopping.pid)
     assert rig.ledger.ids("done", successor.pid) == {task_id: 1 for task_id in ids}

@@ -42,12 +42,8 @@ def test_tasks_of_a_killed_worker_run_again_on_another_worker(rig: FaultRig) -> 
     rig.release()
     wait_until(lambda: set(rig.ledger.ids("done")) == set(ids), 20, "every task to finish")
 
-    done = rig.ledger.ids("done")
-    duplicated = sum(count - 1 for count in done.values())
-    print(
-        f"\nworker SIGKILLed mid-task: sent={len(ids)} processed={len(done)} lost={len(set(ids) - set(done))} "
-        f"duplicated={duplicated} (each ran twice: killed once mid-task, then completed once)"
-    )
+    tally = rig.ledger.tally(ids)
+    print(f"\nworker SIGKILLed mid-task: {tally} (each ran twice: killed once mid-task, then completed once)")
     assert not rig.ledger.ids("done", doomed.pid), "the killed worker cannot have finished anything"
     assert rig.ledger.ids("done", rescuer.pid) == {task_id: 1 for task_id in ids}
-    assert duplicated == 0
+    assert tally.duplicated == 0
