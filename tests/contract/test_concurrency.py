@@ -108,3 +108,26 @@ def test_a_worker_holds_concurrency_times_prefetch_multiplier_messages_and_no_mo
     finally:
         release.set()
     assert sorted(handled.get(timeout=5) for _ in range(2)) == [("busy", 1), ("busy", 2)]
+
+
+def test_an_async_handler_runs_on_the_worker_loop_and_a_plain_one_in_its_pool(
+    serve: Serve, names: dict[str, Any]
+) -> None:
+    """No thread hop for ``async def`` handlers (they run on the event loop's thread, where the consumers run);
+    plain handlers run in the pool of their RPC name, off the loop."""
+    app = otter.Otter("where", **names)
+
+    @app.add_rpc("where.async")
+    async def on_loop(comm: Any, data: Any) -> list[Any]:
+        asyncio.get_running_loop()  # raises outside a running loop
+        return [threading.current_thread().name, threading.get_ident()]
+
+    @app.add_rpc("where.plain")
+    def in_pool(comm: Any, data: Any) -> list[Any]:
+        return [threading.current_thread().name, threading.get_ident()]
+
+    client = serve(app)
+    loop_thread, loop_ident = client.rpc("where.async").result(timeout=5)
+    pool_thread, pool_ident = client.rpc("where.plain").result(timeout=5)
+    assert loop_thread == "otter-app-where"  # the thread ServedApp runs the worker's loop in
+    assert pool_thread.startswith("otter-rpc:where.plain") and pool_ident != loop_ident
