@@ -380,7 +380,7 @@ def _describe_route(route: Route, default_queue: bool) -> dict[str, Any]:
 
 
 # -- talking to running services -------------------------------------------------------------------------------------
-class JsonArgument(click.ParamType):
+class JsonArgument(click.ParamType):  # type: ignore[type-arg]
     """A JSON value on the command line; ``-`` reads it from stdin."""
 
     name = "JSON"

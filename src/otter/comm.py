@@ -32,7 +32,7 @@ _SUBSCRIBE_HINT = (
 )
 
 
-class Communicator(kiwipy.Communicator):
+class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships no type hints
     """Send RPCs, tasks and broadcasts; ``rpc_send`` returns a future you can ``.result()`` or ``await``.
 
     >>> comm.rpc_send("example.hash", "otter").result()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import marshmallow
 
@@ -52,7 +52,7 @@ def use_args(schema: SchemaLike, *, unknown: Literal['exclude', 'include', 'rais
                 return handler(comm, validate(data), *args, **kwargs)
 
         wrapper.__otter_schema__ = loader
-        return wrapper
+        return cast(F, wrapper)
 
     return decorator
 

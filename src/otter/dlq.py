@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import eventloop
 from .config import Config
@@ -160,7 +160,7 @@ def _run(coro: Awaitable[T]) -> T:
     async def main() -> T:
         return await coro
 
-    return eventloop.run(main())
+    return cast(T, eventloop.run(main()))
 
 
 def _check_limit(limit: int | None) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import reprlib
+import sys
 from typing import Any
 
 import kiwipy
@@ -52,9 +53,7 @@ class BrokerUnavailable(OtterError):
 
 # On Python 3.10 the futures TimeoutError is not yet the builtin one; catch both with one class.
 _TIMEOUT_BASES: tuple[type[BaseException], ...] = (
-    (TimeoutError,)
-    if concurrent.futures.TimeoutError is TimeoutError
-    else (TimeoutError, concurrent.futures.TimeoutError)
+    (TimeoutError,) if sys.version_info >= (3, 11) else (TimeoutError, concurrent.futures.TimeoutError)
 )
 
 
@@ -62,7 +61,7 @@ class DeadlineExceeded(OtterError, *_TIMEOUT_BASES):  # type: ignore[misc]
     """A call got no answer before its deadline."""
 
 
-class Unroutable(OtterError, kiwipy.UnroutableError):
+class Unroutable(OtterError, kiwipy.UnroutableError):  # type: ignore[misc]  # kiwipy is untyped
     """Nobody serves this RPC name or task queue: the broker could not route the message."""
 
 
@@ -74,7 +73,7 @@ class MessageTooLarge(MessageError):
     """A message bigger than the configured ``MAX_MESSAGE_SIZE``; it is refused before decoding."""
 
 
-class RemoteError(OtterError, kiwipy.RemoteException):
+class RemoteError(OtterError, kiwipy.RemoteException):  # type: ignore[misc]  # kiwipy is untyped
     """The remote handler raised; ``remote_type`` names the remote exception class.
 
     >>> try: client.rpc("svc.divide", 0).result()

@@ -104,7 +104,7 @@ def _round_to_bucket(seconds: float) -> float:
     if seconds < 0.001:
         return 0.0
     step = round(math.log2(seconds * 1000) * _STEPS_PER_OCTAVE)
-    return round(2.0 ** (step / _STEPS_PER_OCTAVE)) / 1000
+    return float(round(2.0 ** (step / _STEPS_PER_OCTAVE)) / 1000)
 
 
 def read_attempts(headers: Mapping[str, Any]) -> int:
