@@ -24,7 +24,7 @@ from otter import Client, Otter, protocol
 from otter.codec import JsonCodec
 from otter.dlq import DeadLetter, list_dead_letters
 from otter.errors import MessageError, MessageTooLarge
-from otter.retry import ATTEMPTS_HEADER
+from otter.protocol import ATTEMPTS_HEADER
 from otter.testing import ServedApp
 from otter.transports.memory import MemoryBroker
 from reliability_support import (

@@ -30,7 +30,7 @@ from conftest import unique_names
 from otter import Otter, protocol
 from otter.codec import JsonCodec
 from otter.errors import MessageError, OtterError, RemoteError
-from otter.retry import ATTEMPTS_HEADER
+from otter.protocol import ATTEMPTS_HEADER
 from otter.routing import BroadcastRoute, RpcRoute, TaskRoute
 from otter.transports import Delivery
 from otter.transports.memory import MemoryBroker

@@ -20,10 +20,10 @@ from helpers_process import wait_until
 from otter import Client, Otter, protocol
 from otter.dlq import DeadLetter, list_dead_letters
 from otter.errors import ConfigurationError, MessageError, ValidationError
-from otter.retry import ATTEMPTS_HEADER, RetryPolicy, read_attempts
+from otter.protocol import ATTEMPTS_HEADER, read_attempts, retry_queue_name
+from otter.retry import RetryPolicy
 from otter.testing import ServedApp
 from otter.transports.amqp import TASK_QUEUE_ARGUMENTS
-from otter.transports.base import retry_queue_name
 from reliability_support import amqp_queue_state, delete_amqp_queues, unique
 
 

@@ -11,12 +11,11 @@ from typing import Any
 import orjson
 
 from .errors import MessageError, MessageTooLarge
+from .protocol import ACCEPTED_CONTENT_TYPES, CONTENT_TYPE
 
 __all__ = ["CONTENT_TYPE", "DEFAULT_MAX_MESSAGE_SIZE", "JsonCodec"]
 
-CONTENT_TYPE = "application/json"
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
-_ACCEPTED_TYPES = frozenset({CONTENT_TYPE, "text/json", "application/x-json", ""})
 
 
 class JsonCodec:
@@ -41,7 +40,7 @@ class JsonCodec:
     def decode(self, body: bytes, content_type: str | None = None) -> Any:
         if len(body) > self.max_size:
             raise MessageTooLarge(f"message of {len(body)} bytes is over the limit of {self.max_size} bytes")
-        if content_type is not None and content_type.split(";", 1)[0].strip().lower() not in _ACCEPTED_TYPES:
+        if content_type is not None and content_type.split(";", 1)[0].strip().lower() not in ACCEPTED_CONTENT_TYPES:
             raise MessageError(f"unsupported content type {content_type!r}: Otter reads only {CONTENT_TYPE}")
         try:
             return orjson.loads(body)

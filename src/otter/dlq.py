@@ -33,10 +33,9 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from . import eventloop
+from . import eventloop, protocol
 from .config import Config
 from .transports import Delivery, Transport, open_transport
-from .transports.base import forwarded_headers
 
 __all__ = [
     "DeadLetter",
@@ -71,13 +70,13 @@ class DeadLetter:
     @classmethod
     def from_delivery(cls, delivery: Delivery) -> DeadLetter:
         headers = delivery.headers
-        attempts = headers.get("x-otter-attempts")
+        attempts = headers.get(protocol.ATTEMPTS_HEADER)
         return cls(
-            queue=_text(headers.get("x-otter-queue")),
-            task=_text(headers.get("x-otter-task")),
-            reason=_text(headers.get("x-otter-reason")),
-            error_type=_text(headers.get("x-otter-error-type")),
-            error_message=_text(headers.get("x-otter-error-message")),
+            queue=_text(headers.get(protocol.QUEUE_HEADER)),
+            task=_text(headers.get(protocol.TASK_HEADER)),
+            reason=_text(headers.get(protocol.REASON_HEADER)),
+            error_type=_text(headers.get(protocol.ERROR_TYPE_HEADER)),
+            error_message=_text(headers.get(protocol.ERROR_MESSAGE_HEADER)),
             attempts=attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else None,
             correlation_id=delivery.correlation_id,
             size=len(delivery.body),
@@ -111,7 +110,7 @@ async def replay_async(
         letter = DeadLetter.from_delivery(delivery)
         if letter.queue is None or (task is not None and not letter.matches(task)):
             return None
-        return letter.queue, forwarded_headers(delivery.headers)
+        return letter.queue, protocol.forwarded_headers(delivery.headers)
 
     async with _connected(url, config) as transport:
         return await transport.replay_dead_letters(route, limit=limit)

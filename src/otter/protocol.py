@@ -5,6 +5,9 @@
   two keys, Otter also reads ``error`` to raise a typed error.
 - Task: the body is ``[task, no_reply]``, as kiwipy sends it; a reply, when asked for, is an RPC-style reply.
 - Broadcast: ``{"body", "sender", "subject", "correlation_id"}`` with routing key ``[broadcast]``.
+
+Every name that travels on the wire is defined here and nowhere else: routing keys, ``x-otter-*`` headers, the
+content type, and the rules that name reply, retry and dead-letter queues.
 """
 
 from __future__ import annotations
@@ -18,27 +21,113 @@ from typing import Any
 from .errors import MessageError, RemoteError, ValidationError
 
 __all__ = [
+    "ACCEPTED_CONTENT_TYPES",
+    "ATTEMPTS_HEADER",
     "BROADCAST_ROUTING_KEY",
+    "CONTENT_TYPE",
     "DEADLINE_HEADER",
+    "DEAD_LETTER_REASONS",
+    "ERROR_MESSAGE_HEADER",
+    "ERROR_TYPE_HEADER",
+    "QUEUE_HEADER",
+    "REASON_HEADER",
     "RPC_PREFIX",
+    "TASK_HEADER",
     "Broadcast",
+    "dead_letter_headers",
     "error_reply",
+    "forwarded_headers",
     "raise_for_reply",
+    "read_attempts",
     "read_broadcast",
     "read_task",
+    "reply_queue_name",
     "result_reply",
+    "retry_queue_name",
+    "rpc_routing_key",
 ]
 
+CONTENT_TYPE = "application/json"  # set on every message Otter sends
+# What Otter reads as JSON; kiwipy programs with a JSON encoder send no content type at all.
+ACCEPTED_CONTENT_TYPES = frozenset({CONTENT_TYPE, "text/json", "application/x-json", ""})
 RPC_PREFIX = "[rpc]"
 BROADCAST_ROUTING_KEY = "[broadcast]"
-DEADLINE_HEADER = "x-otter-deadline"  # integer milliseconds since the epoch; see deadline_ms
 RESULT_KEY = "result"
 EXCEPTION_KEY = "exception"
 ERROR_KEY = "error"
 
+# Headers. Otter's own start with ``x-otter-``; a copy of a message (retry, dead letter, replay) drops them and the
+# broker's dead-lettering history, and whoever copies sets them afresh.
+DEADLINE_HEADER = "x-otter-deadline"  # integer milliseconds since the epoch; see deadline_ms
+ATTEMPTS_HEADER = "x-otter-attempts"  # how many runs of this task failed so far
+REASON_HEADER = "x-otter-reason"  # why a task was dead-lettered: one of DEAD_LETTER_REASONS
+ERROR_TYPE_HEADER = "x-otter-error-type"
+ERROR_MESSAGE_HEADER = "x-otter-error-message"
+TASK_HEADER = "x-otter-task"  # the task name whose handler failed
+QUEUE_HEADER = "x-otter-queue"  # the queue a dead letter came from, where a replay sends it back
+DEAD_LETTER_REASONS = ("bad-message", "handler-error", "retries-exhausted")
+_NOT_FORWARDED_PREFIXES = ("x-otter-", "x-death", "x-first-death-", "x-last-death-")
+# The most attempts a header may claim; beyond it the header is garbage, not a count.
+MAX_ATTEMPTS = 2**31 - 1
+ERROR_MESSAGE_LIMIT = 1000  # characters of an error message kept in a dead letter's header
+
 
 def rpc_routing_key(name: str) -> str:
     return f"{RPC_PREFIX}.{name}"
+
+
+def reply_queue_name(message_exchange: str, unique: str) -> str:
+    """A connection's exclusive reply queue, bound to the message exchange under this name as kiwipy binds its own."""
+    return f"{message_exchange}.reply.{unique}"
+
+
+def retry_queue_name(queue: str, delay_ms: int) -> str:
+    """The delay queue where retries of ``queue`` wait ``delay_ms`` before going back to it."""
+    return f"{queue}.retry.{delay_ms}"
+
+
+def forwarded_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The headers a copy of a message keeps: the sender's own, without Otter's or the broker's bookkeeping."""
+    return {key: value for key, value in headers.items()
+            if not (isinstance(key, str) and key.startswith(_NOT_FORWARDED_PREFIXES))}
+
+
+def read_attempts(headers: Mapping[str, Any]) -> int:
+    """How many times this task already ran and failed (``x-otter-attempts``; absent means none).
+
+    A header that is not a small non-negative integer makes the message unreadable: its history is unknown.
+    """
+    value = headers.get(ATTEMPTS_HEADER)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ATTEMPTS:
+        raise MessageError(
+            f"header {ATTEMPTS_HEADER} must be a non-negative integer, got {type(value).__name__} {_preview(value)}"
+        )
+    return value
+
+
+def dead_letter_headers(reason: str, exc: BaseException, task: str, attempts: int) -> dict[str, Any]:
+    """The headers that tell a dead letter's story; text is made valid UTF-8, which AMQP header tables require."""
+    assert reason in DEAD_LETTER_REASONS, reason
+    return {
+        REASON_HEADER: reason,
+        ERROR_TYPE_HEADER: type(exc).__name__,
+        ERROR_MESSAGE_HEADER: _wire_text(_describe_error(exc), ERROR_MESSAGE_LIMIT),
+        TASK_HEADER: task,
+        ATTEMPTS_HEADER: attempts,
+    }
+
+
+def _describe_error(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # an exception whose __str__ fails still gets dead-lettered
+        return f"<{type(exc).__name__} with an unprintable message>"
+
+
+def _wire_text(text: str, limit: int) -> str:
+    return text[:limit].encode("utf-8", "replace").decode("utf-8")
 
 
 def result_reply(value: Any) -> dict[str, Any]:

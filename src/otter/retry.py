@@ -24,13 +24,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigurationError, MessageError, ValidationError
+from .errors import ConfigurationError, ValidationError
 
-__all__ = ["ATTEMPTS_HEADER", "RETRY_OPTIONS", "RetryPolicy", "read_attempts", "validate_retry_options"]
+__all__ = ["RETRY_OPTIONS", "RetryPolicy", "validate_retry_options"]
 
-ATTEMPTS_HEADER = "x-otter-attempts"
-# The most attempts a header may claim; beyond it the header is garbage, not a count.
-MAX_ATTEMPTS_HEADER = 2**31 - 1
 RETRY_OPTIONS = ("max_retries", "retry_on", "backoff", "backoff_max", "jitter")
 _CONFIG_KEYS = {
     "max_retries": "TASK_MAX_RETRIES",
@@ -107,21 +104,6 @@ def _round_to_bucket(seconds: float) -> float:
     return float(round(2.0 ** (step / _STEPS_PER_OCTAVE)) / 1000)
 
 
-def read_attempts(headers: Mapping[str, Any]) -> int:
-    """How many times this task already ran and failed (``x-otter-attempts``; absent means none).
-
-    A header that is not a small non-negative integer makes the message unreadable: its history is unknown.
-    """
-    value = headers.get(ATTEMPTS_HEADER)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ATTEMPTS_HEADER:
-        raise MessageError(
-            f"header {ATTEMPTS_HEADER} must be a non-negative integer, got {type(value).__name__} {_preview(value)}"
-        )
-    return value
-
-
 def validate_retry_options(options: Mapping[str, Any]) -> None:
     """Raise ``ConfigurationError`` for a retry option that cannot work; ``None`` means "inherit"."""
     unknown = set(options) - set(RETRY_OPTIONS)
@@ -170,8 +152,3 @@ def _number(value: Any, kind: type, option: str) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise ConfigurationError(f"{option} must be a number, got {value!r}") from None
-
-
-def _preview(value: Any) -> str:
-    text = value[:50] if isinstance(value, (str, bytes)) else value
-    return f"{text!r:.60}" if not isinstance(value, (list, dict, tuple)) else f"of length {len(value)}"

@@ -27,7 +27,7 @@ from .codec import JsonCodec
 from .comm import Communicator
 from .dispatch import HandlerContext, Pipeline, deadline_passed, decode, encode_error, encode_result
 from .errors import BrokerUnavailable, MessageError, OtterError, RemoteError
-from .retry import ATTEMPTS_HEADER, RetryPolicy, read_attempts
+from .retry import RetryPolicy
 from .routing import BroadcastRoute, Route, RpcRoute, TaskRoute
 from .threadpool import HandlerThreadPool
 from .transports import Delivery, Subscription, Transport
@@ -210,12 +210,12 @@ class Worker:
             started = time.perf_counter() if self.debug else 0.0
             attempts = 0
             try:
-                attempts = read_attempts(delivery.headers)
+                attempts = protocol.read_attempts(delivery.headers)
                 task, no_reply = protocol.read_task(decode(self.codec, delivery))
             except MessageError as exc:
                 log.warning("task %s %s: bad message, dead-lettered: %s", route.name, delivery.correlation_id, exc)
-                await settle(delivery, self.transport.dead_letter(delivery, _reason("bad-message", exc, route,
-                                                                                    attempts)))
+                await settle(delivery, self.transport.dead_letter(delivery, protocol.dead_letter_headers(
+                    "bad-message", exc, route.name, attempts)))
                 return
             async with self._limits["task"]:
                 try:
@@ -226,7 +226,7 @@ class Worker:
                     if policy.should_retry(exc, attempts):
                         delay = policy.delay(attempts)
                         retried = await settle(delivery, self.transport.retry_later(
-                            delivery, delay, {ATTEMPTS_HEADER: attempts}))
+                            delivery, delay, {protocol.ATTEMPTS_HEADER: attempts}))
                         log.warning("task %s %s: attempt %d failed; %s", route.name, delivery.correlation_id,
                                     attempts, f"retrying in {delay:g}s" if retried else "back in its queue")
                         self._log_handled("task", route.name, delivery, started, f"error {type(exc).__name__}, "
@@ -234,8 +234,8 @@ class Worker:
                         return  # a kiwipy sender waiting for the outcome hears about the last attempt only
                     exhausted = policy.max_retries > 0 and policy.retryable(exc)
                     reason = "retries-exhausted" if exhausted else "handler-error"
-                    await settle(delivery, self.transport.dead_letter(delivery, _reason(reason, exc, route,
-                                                                                        attempts)))
+                    await settle(delivery, self.transport.dead_letter(delivery, protocol.dead_letter_headers(
+                        reason, exc, route.name, attempts)))
                     log.warning("task %s %s: dead-lettered after %d attempt%s: %s", route.name,
                                 delivery.correlation_id, attempts, "" if attempts == 1 else "s", reason)
                     reply = encode_error(self.codec, exc, debug=self.debug)
@@ -331,25 +331,3 @@ class _Gate(asyncio.Semaphore):
             self.release()
             raise WorkerStopping
         return True
-
-
-def _reason(reason: str, exc: BaseException, route: Route, attempts: int = 0) -> dict[str, Any]:
-    """The headers that tell a dead letter's story; text is made valid UTF-8, which AMQP header tables require."""
-    return {
-        "x-otter-reason": reason,
-        "x-otter-error-type": type(exc).__name__,
-        "x-otter-error-message": _wire_text(_describe_error(exc), 1000),
-        "x-otter-task": route.name,
-        ATTEMPTS_HEADER: attempts,
-    }
-
-
-def _describe_error(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:  # an exception whose __str__ fails still gets dead-lettered
-        return f"<{type(exc).__name__} with an unprintable message>"
-
-
-def _wire_text(text: str, limit: int) -> str:
-    return text[:limit].encode("utf-8", "replace").decode("utf-8")

@@ -41,7 +41,6 @@ from aiormq.abc import DeliveredMessage
 from kiwipy.rmq import defaults as kiwipy_defaults
 
 from .. import protocol
-from ..codec import CONTENT_TYPE
 from ..config import redact_url
 from ..errors import BrokerUnavailable, ConfigurationError, DeadlineExceeded, OtterError, Unroutable
 from . import aiormq_fixes, pamqp_fixes, publishing
@@ -54,8 +53,6 @@ from .base import (
     Subscription,
     Topology,
     Transport,
-    forwarded_headers,
-    retry_queue_name,
 )
 
 __all__ = ["AmqpTransport"]
@@ -181,7 +178,7 @@ class AmqpTransport(Transport):
         self._sending: dict[asyncio.Future[Any], asyncio.Future[object]] = {}  # a task, or a confirm's future
         self._calls_in_flight: set[asyncio.Task[Any]] = set()
         self._declared_task_queues: set[str] = set()
-        self._reply_to = f"{topology.message_exchange}.reply.{uuid.uuid4().hex}"
+        self._reply_to = protocol.reply_queue_name(topology.message_exchange, uuid.uuid4().hex)
         # Message ids for publishes: aiormq matches a confirmed publish's return by it and would otherwise draw a
         # random uuid for each one.
         self._id_prefix = uuid.uuid4().hex[:16]
@@ -334,7 +331,7 @@ class AmqpTransport(Transport):
             content_type=delivery.content_type,
             correlation_id=delivery.correlation_id,
             delivery_mode=DeliveryMode.PERSISTENT,
-            headers={**forwarded_headers(delivery.headers), **headers, "x-otter-queue": delivery.queue},
+            headers={**protocol.forwarded_headers(delivery.headers), **headers, protocol.QUEUE_HEADER: delivery.queue},
         )
         with translated("dead-letter a task"):
             await self._confirm_channel.default_exchange.publish(message, dlq, mandatory=True)
@@ -350,7 +347,7 @@ class AmqpTransport(Transport):
         delay_ms = max(0, round(delay * 1000))
         target = delivery.queue
         if delay_ms:
-            target = retry_queue_name(delivery.queue, delay_ms)
+            target = protocol.retry_queue_name(delivery.queue, delay_ms)
             with translated(f"declare the retry queue {target!r}"):
                 await self._confirm_channel.declare_queue(target, durable=True, arguments={
                     "x-message-ttl": delay_ms,
@@ -363,7 +360,7 @@ class AmqpTransport(Transport):
             content_type=delivery.content_type,
             correlation_id=delivery.correlation_id,
             delivery_mode=DeliveryMode.PERSISTENT,
-            headers={**forwarded_headers(delivery.headers), **headers},
+            headers={**protocol.forwarded_headers(delivery.headers), **headers},
         )
         with translated(f"schedule a retry on {target!r}"):
             await self._confirm_channel.default_exchange.publish(message, target, mandatory=True)
@@ -723,7 +720,8 @@ async def _publish(
 
 def _encode(underlay: Any, exchange: str, routing_key: str, body: bytes, **fields: Any) -> bytes:
     return publishing.encode(
-        underlay.number, underlay.max_content_size, exchange, routing_key, body, content_type=CONTENT_TYPE, **fields
+        underlay.number, underlay.max_content_size, exchange, routing_key, body, content_type=protocol.CONTENT_TYPE,
+        **fields,
     )
 
 

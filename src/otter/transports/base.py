@@ -20,13 +20,7 @@ __all__ = [
     "Subscription",
     "Topology",
     "Transport",
-    "forwarded_headers",
-    "retry_queue_name",
 ]
-
-# Headers a copy of a message does not carry over: Otter's own bookkeeping (set afresh by whoever copies) and
-# the broker's dead-lettering history.
-_NOT_FORWARDED_PREFIXES = ("x-otter-", "x-death", "x-first-death-", "x-last-death-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +94,6 @@ class Snapshot(Delivery):
 OnDelivery = Callable[[Delivery], Awaitable[None]]
 # Where a replayed dead letter goes: ``(queue, headers)``, or ``None`` to leave it in the dead-letter queue.
 ReplayRoute = Callable[[Delivery], "tuple[str, Mapping[str, Any]] | None"]
-
-
-def forwarded_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """The headers a copy of a message keeps: the sender's own, without Otter's or the broker's bookkeeping."""
-    return {key: value for key, value in headers.items()
-            if not (isinstance(key, str) and key.startswith(_NOT_FORWARDED_PREFIXES))}
-
-
-def retry_queue_name(queue: str, delay_ms: int) -> str:
-    """The delay queue where retries of ``queue`` wait ``delay_ms`` before going back to it."""
-    return f"{queue}.retry.{delay_ms}"
 
 
 class Subscription(abc.ABC):

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import protocol
 from ..errors import BrokerUnavailable, DeadlineExceeded, Unroutable
 from .base import (
     Delivery,
@@ -30,7 +31,6 @@ from .base import (
     Subscription,
     Topology,
     Transport,
-    forwarded_headers,
 )
 
 __all__ = ["MemoryBroker", "MemoryTransport"]
@@ -291,7 +291,7 @@ class MemoryTransport(Transport):
         self.url = url
         self.topology = topology
         self.broker = MemoryBroker.named(url.partition("://")[2] or "default")
-        self._reply_to = f"memory.reply.{uuid.uuid4().hex}"
+        self._reply_to = protocol.reply_queue_name("memory", uuid.uuid4().hex)
         self._pending: dict[str, asyncio.Future[Delivery]] = {}
         self._subscriptions: list[Subscription] = []
         self._connected = False
@@ -321,7 +321,7 @@ class MemoryTransport(Transport):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Delivery] = loop.create_future()
         self._pending[correlation_id] = future
-        message = _Message(body, "application/json", dict(headers), correlation_id, self._reply_to,
+        message = _Message(body, protocol.CONTENT_TYPE, dict(headers), correlation_id, self._reply_to,
                            expires_at=time.monotonic() + timeout)
         try:
             try:
@@ -340,29 +340,29 @@ class MemoryTransport(Transport):
     ) -> None:
         self._check()
         self.broker.declare(queue)
-        self.broker.publish(queue, _Message(body, "application/json", dict(headers or {}), correlation_id))
+        self.broker.publish(queue, _Message(body, protocol.CONTENT_TYPE, dict(headers or {}), correlation_id))
 
     async def publish_broadcast(self, body: bytes) -> None:
         self._check()
-        self.broker.broadcast(_Message(body, "application/json", {}, None), self.topology.message_exchange)
+        self.broker.broadcast(_Message(body, protocol.CONTENT_TYPE, {}, None), self.topology.message_exchange)
 
     async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
-        self.broker.reply(reply_to, _Message(body, "application/json", {}, correlation_id))
+        self.broker.reply(reply_to, _Message(body, protocol.CONTENT_TYPE, {}, correlation_id))
 
     async def dead_letter(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
         dlq = self.topology.dead_letter_queue
         self.broker.declare(dlq)
         self.broker.publish(dlq, _Message(
             delivery.body, delivery.content_type,
-            {**forwarded_headers(delivery.headers), **headers, "x-otter-queue": delivery.queue},
+            {**protocol.forwarded_headers(delivery.headers), **headers, protocol.QUEUE_HEADER: delivery.queue},
             delivery.correlation_id,
         ))
         await delivery.ack()
 
     async def retry_later(self, delivery: Delivery, delay: float, headers: Mapping[str, Any]) -> None:
         self._check()
-        copy = _Message(delivery.body, delivery.content_type, {**forwarded_headers(delivery.headers), **headers},
-                        delivery.correlation_id)
+        headers = {**protocol.forwarded_headers(delivery.headers), **headers}
+        copy = _Message(delivery.body, delivery.content_type, headers, delivery.correlation_id)
         self.broker.publish_later(delivery.queue, copy, max(0.0, delay))
         await delivery.ack()
 
