@@ -9,7 +9,6 @@ import pytest
 
 from otter import Otter
 from otter.config import DEFAULTS, Config, redact_url
-from otter.worker import Worker
 
 
 def test_starts_from_the_defaults_without_sharing_them() -> None:
@@ -142,6 +141,6 @@ def test_effective_config_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_prefetch_is_concurrency_times_the_multiplier_capped_at_amqps_limit() -> None:
     app = Otter()
-    assert Worker(app, None, app.resolve_config(CONCURRENCY=3)).prefetch == 12  # type: ignore[arg-type]
-    assert Worker(app, None, app.resolve_config(CONCURRENCY=3, PREFETCH_MULTIPLIER=1)).prefetch == 3  # type: ignore[arg-type]
-    assert Worker(app, None, app.resolve_config(CONCURRENCY=20_000)).prefetch == 65535  # type: ignore[arg-type]
+    assert app.start_worker(app.resolve_config(CONCURRENCY=3)).prefetch == 12
+    assert app.start_worker(app.resolve_config(CONCURRENCY=3, PREFETCH_MULTIPLIER=1)).prefetch == 3
+    assert app.start_worker(app.resolve_config(CONCURRENCY=20_000)).prefetch == 65535

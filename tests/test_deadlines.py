@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from otter import Client, Otter, protocol
-from otter.dispatch import deadline_passed
+from otter.core import deadline_passed
 from otter.errors import DeadlineExceeded, MessageError
 from otter.testing import ServedApp
 

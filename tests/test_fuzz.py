@@ -156,7 +156,9 @@ class Harness:
         return self.loop.run_until_complete(coro)
 
     def route(self, kind: type) -> Any:
-        return next(route for route in self.worker.app.routes if isinstance(route, kind))
+        """The pipeline of the app's one route of ``kind``."""
+        table = self.worker.table
+        return next(p for p in (*table.rpcs, *table.tasks.values(), *table.broadcasts) if isinstance(p.route, kind))
 
     def dead_letters(self) -> int:
         return len(self.broker.messages_in(self.names["DEAD_LETTER_QUEUE"]))
@@ -274,7 +276,7 @@ def test_the_rpc_consumer_acks_and_replies_exactly_once_unless_the_deadline_pass
 
 
 def test_the_broadcast_consumer_acks_and_runs_only_well_formed_matching_broadcasts(harness: Harness) -> None:
-    consumer = harness.worker._broadcast_consumer([harness.route(BroadcastRoute)])
+    consumer = harness.worker._broadcast_consumer((harness.route(BroadcastRoute),))
     codec = JsonCodec(LIMIT)
     outcomes: set[bool] = set()
 

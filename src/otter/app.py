@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from . import eventloop
 from .blueprints import Blueprint
 from .config import Config, redact_url
-from .dispatch import Pipeline
 from .errors import ConfigurationError
+from .pipeline import Pipeline, RouteTable
 from .routing import BroadcastRoute, Route, RpcRoute, TaskRoute, make_filters
 from .scaffold import Scaffold
 from .transports import MEMORY_URL, open_transport
@@ -47,20 +47,23 @@ class Otter(Scaffold):
         self.config.from_mapping(config)
         self.routes: list[Route] = []
         self.blueprints: dict[str, Blueprint] = {}
-        self._started = False
+        self.serving = False  # set for good when the app first serves: its setup is closed from then on
 
     def __repr__(self) -> str:
         return f"<Otter {self.name!r} with {len(self.routes)} handlers>"
 
     # -- registration -------------------------------------------------------------------------------------------
     def _register(self, kind: str, name: str, handler: Callable[..., Any], options: dict[str, Any]) -> None:
-        self._add_route(kind, name, handler, options)
+        self.add_route(kind, name, handler, options)
 
-    def _add_route(
-        self, kind: str, name: str, handler: Callable[..., Any], options: dict[str, Any],
+    def add_route(
+        self, kind: str, name: str, handler: Callable[..., Any], options: dict[str, Any] | None = None, *,
         blueprint: str | None = None,
-    ) -> None:
-        self._check_setup(f"add the {kind} handler {name!r}")
+    ) -> Route:
+        """Register ``handler`` for the ``kind`` ("rpc", "task" or "broadcast") called ``name``; what the
+        decorators and blueprints call. ``options`` are the decorator's keyword arguments."""
+        self.check_setup(f"add the {kind} handler {name!r}")
+        options = dict(options or {})
         if not callable(handler):
             raise ConfigurationError(f"the {kind} handler for {name!r} is not callable: {handler!r}")
         route: Route
@@ -78,20 +81,39 @@ class Otter(Scaffold):
                         f"names must be unique"
                     )
         self.routes.append(route)
+        return route
 
     def register_blueprint(self, blueprint: Blueprint, *, name_prefix: str | None = None) -> None:
         """Add a blueprint's handlers, optionally prefixing their names (``name_prefix.name``)."""
-        self._check_setup(f"register the blueprint {blueprint.name!r}")
+        self.check_setup(f"register the blueprint {blueprint.name!r}")
         if self.blueprints.get(blueprint.name, blueprint) is not blueprint:
             raise ConfigurationError(f"another blueprint is already registered as {blueprint.name!r}")
         self.blueprints[blueprint.name] = blueprint
         blueprint.register(self, name_prefix)
 
-    def _check_setup(self, what: str) -> None:
-        if self._started:
-            raise ConfigurationError(f"cannot {what}: the app is already running; register handlers before run()")
+    def check_setup(self, what: str) -> None:
+        """Refuse ``what`` once the app has served: a running worker serves the routes and hooks it started with, so
+        a later change would be silently ignored (as Flask's setup methods refuse after the first request)."""
+        if self.serving:
+            raise ConfigurationError(
+                f"cannot {what}: the app {self.name!r} is already running (or ran), with the handlers and hooks it "
+                f"started with; register them before run(), or build a new app (e.g. in a create_app() factory)"
+            )
 
-    # -- what the worker asks ------------------------------------------------------------------------------------
+    # -- what the worker serves ----------------------------------------------------------------------------------
+    def route_table(self, config: dict[str, Any]) -> RouteTable:
+        """Close the app's setup and return what a worker serves: every route in its hooks, and each task's queue."""
+        self.serving = True
+        pipelines = {id(route): self.pipeline(route) for route in self.routes}
+        queues = self.task_queues(config["DEFAULT_TASK_QUEUE"])
+        default_queue = config["DEFAULT_TASK_QUEUE"]
+        return RouteTable(
+            rpcs=tuple(pipelines[id(route)] for route in self.routes if isinstance(route, RpcRoute)),
+            tasks={queue: pipelines[id(route)] for queue, route in queues.items()},
+            broadcasts=tuple(pipelines[id(route)] for route in self.routes if isinstance(route, BroadcastRoute)),
+            default_queue=default_queue if default_queue in queues else None,
+        )
+
     def task_queues(self, default_queue: str | None = None) -> dict[str, TaskRoute]:
         """Every task queue this app consumes, with its handler; the default queue when it has a clear owner.
 
@@ -144,8 +166,11 @@ class Otter(Scaffold):
         configure_logging(config.get("LOG_LEVEL") or "INFO")
         run_loop(self.serve(config))
 
-    async def serve(self, config: dict[str, Any], stop: asyncio.Event | None = None) -> None:
-        """Serve on the running loop until ``stop`` is set (or SIGINT/SIGTERM when in the main thread)."""
+    async def serve(
+        self, config: dict[str, Any], stop: asyncio.Event | None = None, started: Callable[[], None] | None = None
+    ) -> None:
+        """Serve on the running loop until ``stop`` is set (or SIGINT/SIGTERM when in the main thread); ``started``
+        is called once every consumer is up."""
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         handled_signals = []
@@ -157,18 +182,19 @@ class Otter(Scaffold):
         try:
             await worker.start()
             log.info("%s is running on %s; press Ctrl-C to stop", self.name, redact_url(config["BROKER_URL"]))
+            if started is not None:
+                started()
             await stop.wait()
             log.info("stopping: finishing running handlers (up to %gs)", worker.grace)
         finally:
             await worker.stop()
             for sig in handled_signals:
                 loop.remove_signal_handler(sig)
-            self._started = False
 
     def start_worker(self, config: dict[str, Any]) -> Worker:
-        self._started = True
-        transport = open_transport(config["BROKER_URL"], config)
-        return Worker(self, transport, config)
+        """A worker for this app's routes (closing its setup), on a transport for ``config["BROKER_URL"]``."""
+        table = self.route_table(config)
+        return Worker(table, open_transport(config["BROKER_URL"], config), config)
 
     def test_client(self, url: str | None = None, **config: Any) -> Client:
         """A ``Client`` talking to this app served in the background on the in-memory broker.

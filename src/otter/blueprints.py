@@ -54,9 +54,14 @@ class Blueprint(Scaffold):
             )
 
         def replay(state: BlueprintSetupState) -> None:
-            state.app._add_route(kind, state.prefixed(kind, name), handler, options, blueprint=self.name)
+            state.app.add_route(kind, state.prefixed(kind, name), handler, options, blueprint=self.name)
 
         self.deferred.append(replay)
+
+    def check_setup(self, what: str) -> None:
+        """Hooks read when an app starts serving: too late once an app this blueprint is on has started."""
+        for app in self.registered_on:
+            app.check_setup(what)
 
     def register(self, app: Otter, name_prefix: str | None = None) -> None:
         """Replay the recorded registrations on ``app``; called by ``app.register_blueprint``."""

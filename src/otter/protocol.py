@@ -35,6 +35,7 @@ __all__ = [
     "TASK_HEADER",
     "Broadcast",
     "dead_letter_headers",
+    "describe_error",
     "error_reply",
     "forwarded_headers",
     "raise_for_reply",
@@ -113,13 +114,14 @@ def dead_letter_headers(reason: str, exc: BaseException, task: str, attempts: in
     return {
         REASON_HEADER: reason,
         ERROR_TYPE_HEADER: type(exc).__name__,
-        ERROR_MESSAGE_HEADER: _wire_text(_describe_error(exc), ERROR_MESSAGE_LIMIT),
+        ERROR_MESSAGE_HEADER: _wire_text(describe_error(exc), ERROR_MESSAGE_LIMIT),
         TASK_HEADER: task,
         ATTEMPTS_HEADER: attempts,
     }
 
 
-def _describe_error(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """``str(exc)``, even for an exception whose ``__str__`` raises."""
     try:
         return str(exc)
     except Exception:  # an exception whose __str__ fails still gets dead-lettered

@@ -118,10 +118,15 @@ class Scaffold:
     def _register(self, kind: str, name: str, handler: Callable[..., Any], options: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def check_setup(self, what: str) -> None:
+        """Raise ``ConfigurationError`` if it is too late to ``what`` (the app already serves)."""
+
     def _add_hook(self, when: str, func: Hook) -> None:
+        self.check_setup(f"add the {when}_handler hook {getattr(func, '__qualname__', func)!s}")
         (self.before_handler_funcs if when == "before" else self.after_handler_funcs).append(func)
 
     def _add_error_handler(self, exc_type: type[BaseException], func: ErrorHandler) -> None:
+        self.check_setup(f"add an errorhandler for {getattr(exc_type, '__name__', exc_type)!s}")
         self.error_handlers[exc_type] = func
 
 

@@ -85,14 +85,7 @@ class ServedApp:
             self._loop.close()
 
     async def _serve(self) -> None:
-        worker = self.app.start_worker(self.config)
-        try:
-            await worker.start()
-            self._ready.set()
-            await self._stop.wait()
-        finally:
-            await worker.stop()
-            self.app._started = False
+        await self.app.serve(self.config, self._stop, started=self._ready.set)
 
 
 class TestClient(Client):

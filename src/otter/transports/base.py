@@ -1,6 +1,6 @@
 """The transport contract: move bytes between queues, nothing more.
 
-A transport never decodes a body nor decides what a message means; ``dispatch`` and ``worker`` do, the same way for
+A transport never decodes a body nor decides what a message means; ``core`` does, the same way for
 every transport, which is what lets one contract test suite run against RabbitMQ and the in-memory broker.
 All methods are coroutines and run on the event loop the transport was connected on.
 """

@@ -1,30 +1,23 @@
-"""What a message means, with no I/O: decode, hooks, handler, error handlers, reply envelope.
+"""A route's handler wrapped in its hooks, and the frozen table of every route a worker serves.
 
-The worker feeds bytes in and sends the bytes that come out; the same code runs for every transport. A plain
-handler's whole pipeline (hooks included) runs in one worker thread, an ``async def`` handler's on the loop.
+A plain handler's whole pipeline (hooks included) runs in one worker thread, an ``async def`` handler's on the loop.
+What the message means, before and after the pipeline runs, is ``core``'s to decide.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import protocol
-from .codec import JsonCodec
-from .errors import MessageError
-from .routing import Route
-from .transports import Delivery
+from .routing import BroadcastRoute, Route, RpcRoute, TaskRoute
 
 if TYPE_CHECKING:
     from .comm import Communicator
 
-__all__ = ["HandlerContext", "Pipeline", "deadline_passed", "encode_error", "encode_result"]
-
-log = logging.getLogger("otter.dispatch")
+__all__ = ["HandlerContext", "Pipeline", "RouteTable"]
 
 
 @dataclass(slots=True)
@@ -110,37 +103,23 @@ def _run_on_loop(ctx: HandlerContext, value: Any) -> Any:
     return asyncio.run_coroutine_threadsafe(_maybe_await(value), ctx.comm.loop).result()
 
 
-def decode(codec: JsonCodec, delivery: Delivery) -> Any:
-    return codec.decode(delivery.body, delivery.content_type)
+@dataclass(frozen=True)
+class RouteTable:
+    """What a worker serves, fixed when the app starts: every route in its hooks, and the queue of each task.
 
-
-def deadline_passed(headers: Mapping[str, Any], now: float) -> bool:
-    """Whether the caller's deadline (``now`` in epoch seconds) is behind us; no header means no deadline (kiwipy).
-
-    A header that is not integer milliseconds makes the request unreadable: ``MessageError``.
+    ``default_queue`` is the default (nameless) task queue when this app consumes it, and is in ``tasks`` then.
     """
-    deadline = headers.get(protocol.DEADLINE_HEADER)
-    if deadline is None:
-        return False
-    if isinstance(deadline, bool) or not isinstance(deadline, int):
-        raise MessageError(
-            f"header {protocol.DEADLINE_HEADER} must be integer milliseconds since the epoch, "
-            f"got {type(deadline).__name__}"
-        )
-    return deadline / 1000 < now
 
+    rpcs: tuple[Pipeline, ...]
+    tasks: Mapping[str, Pipeline]
+    broadcasts: tuple[Pipeline, ...]
+    default_queue: str | None = None
 
-def encode_result(codec: JsonCodec, value: Any, *, debug: bool) -> bytes:
-    """The reply for a result; a result that cannot be encoded becomes an error reply, never a hang."""
-    try:
-        return codec.encode(protocol.result_reply(value))
-    except MessageError as exc:
-        log.error("reply is not serialisable: %s", exc)
-        return encode_error(codec, MessageError(f"the handler's reply could not be encoded: {exc}"), debug=debug)
+    def __post_init__(self) -> None:
+        assert all(isinstance(p.route, RpcRoute) for p in self.rpcs)
+        assert all(isinstance(p.route, TaskRoute) for p in self.tasks.values())
+        assert all(isinstance(p.route, BroadcastRoute) for p in self.broadcasts)
 
-
-def encode_error(codec: JsonCodec, exc: BaseException, *, debug: bool) -> bytes:
-    try:
-        return codec.encode(protocol.error_reply(exc, include_traceback=debug))
-    except MessageError:  # details that do not encode: send the type and message only
-        return codec.encode(protocol.error_reply(MessageError(f"{type(exc).__name__}: {exc}")))
+    def __len__(self) -> int:
+        """How many handlers: the default queue's owner is counted once."""
+        return len(self.rpcs) + len({id(p) for p in self.tasks.values()}) + len(self.broadcasts)
