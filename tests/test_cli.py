@@ -271,6 +271,12 @@ def test_config_precedence_is_option_then_env_then_app_config_then_default() -> 
     assert from_option["PREFETCH_MULTIPLIER"] == {"value": 1, "source": "option"}
 
 
+def test_config_names_the_key_a_mistyped_variable_was_meant_to_be() -> None:
+    result = otter("config", ROUTES_APP, "--json", env={"OTTER_CONCURRENCEY": "5"})
+    assert result.returncode == 0, result.stderr
+    assert "OTTER_CONCURRENCEY is not a known config key; did you mean OTTER_CONCURRENCY?" in result.stderr
+    assert json.loads(result.stdout)["CONCURRENCY"] == {"value": 3, "source": "app.config"}
+
 def test_every_run_option_has_an_env_var() -> None:
     env = {
         "OTTER_BROKER_URL": "amqp://u:pw@h/",

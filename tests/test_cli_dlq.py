@@ -159,6 +159,17 @@ def test_list_json_and_limit(setup: Setup) -> None:
     assert f"1 dead letter in {setup.queue!r} shown (--limit 1: there may be more)" in limited.stdout
 
 
+
+def test_list_finds_the_queue_through_otter_dead_letter_queue_alone(setup: Setup) -> None:
+    """The dlq commands resolve like ``Client`` (``otter.config.resolve``): only the broker and the queue given, by
+    ``OTTER_*`` variables; the exchange names the setup also exported are not needed to read dead letters."""
+    env = {"OTTER_BROKER_URL": setup.url, "OTTER_DEAD_LETTER_QUEUE": setup.queue, "OTTER_CONNECT_TIMEOUT": "3"}
+    result = otter("dlq", "list", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 4
+    count = otter("dlq", "list", env=env)
+    assert count.stdout.rstrip().endswith(f"4 dead letters in {setup.queue!r}")
+
 # -- replay ---------------------------------------------------------------------------------------------------------
 def test_replay_one_letter_of_one_task_runs_it_again_and_leaves_the_rest(setup: Setup) -> None:
     shop = setup.shop

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import eventloop
 from .blueprints import Blueprint
-from .config import Config, redact_url
+from .config import Config, redact_url, resolve
 from .errors import ConfigurationError
 from .pipeline import Pipeline, RouteTable
 from .routing import BroadcastRoute, Route, RpcRoute, TaskRoute, make_filters
 from .scaffold import Scaffold
-from .transports import MEMORY_URL, open_transport
+from .transports import open_transport
 from .worker import Worker
 
 if TYPE_CHECKING:
@@ -143,15 +143,12 @@ class Otter(Scaffold):
 
     # -- running ------------------------------------------------------------------------------------------------
     def resolve_config(self, url: str | None = None, **overrides: Any) -> dict[str, Any]:
-        """The effective config: arguments > ``OTTER_*`` environment > ``app.config`` > defaults."""
-        effective = Config(self.config)
-        effective.from_prefixed_env("OTTER")
-        effective.update({key.upper(): value for key, value in overrides.items() if value is not None})
+        """The effective config (``otter.config.resolve``): arguments > ``OTTER_*`` environment > ``app.config`` >
+        defaults; a ``ResolvedConfig``, whose ``sources`` say where each value came from."""
+        arguments = {key.upper(): value for key, value in overrides.items()}
         if url is not None:
-            effective["BROKER_URL"] = url
-        if not effective.get("BROKER_URL"):
-            effective["BROKER_URL"] = MEMORY_URL
-        return dict(effective)
+            arguments["BROKER_URL"] = url
+        return resolve(arguments, app_config=self.config)
 
     def run(self, url: str | None = None, debug: bool | None = None, **options: Any) -> None:
         """Serve until SIGINT or SIGTERM, then stop gracefully. Blocks.

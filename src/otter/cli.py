@@ -24,7 +24,7 @@ import click
 
 from . import __version__
 from .app import RUN_FROM_CLI_ENV, Otter, configure_logging, run_loop
-from .config import DEFAULTS, redacted
+from .config import ARGUMENT, DEFAULTS, ResolvedConfig, redacted, resolve
 from .discovery import APP_ENV, AppTarget, NoAppFound, load_target, parse_target
 from .errors import (
     BrokerUnavailable,
@@ -182,7 +182,7 @@ def run(app_text: str | None, **options: Any) -> None:
     acks what finished and returns the rest to the queue. With --workers N, N processes share the RPC and task
     queues, and each of them receives every broadcast.
     """
-    if options["reload"] or (options["reload"] is None and os.environ.get("OTTER_RELOAD", "").lower() in ("true", "1")):
+    if resolve({"RELOAD": options["reload"]})["RELOAD"]:  # before the app (and its config) is imported
         # No .pyc from this import: an edit of the same size within the same second would look unchanged to the
         # restarted worker, which would then run the old bytecode.
         sys.dont_write_bytecode = True
@@ -264,20 +264,11 @@ def show_config(app_text: str | None, as_json: bool, **options: Any) -> None:
     """
     _, app = _load(app_text)
     config = _effective_config(app, options)
-    given = {RUN_SETTINGS[param] for param, value in options.items() if value is not None}
     shown = redacted(config)
     rows = {}
     for key in sorted(config):
-        value = shown[key]
-        if key in given:
-            source = "option"
-        elif f"OTTER_{key}" in os.environ:
-            source = f"env OTTER_{key}"
-        elif key in app.config and app.config[key] != DEFAULTS.get(key, object()):
-            source = "app.config"
-        else:
-            source = "default"
-        rows[key] = {"value": value, "source": source}
+        source = config.sources[key]
+        rows[key] = {"value": shown[key], "source": "option" if source == ARGUMENT else source}
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -290,11 +281,12 @@ def show_config(app_text: str | None, as_json: bool, **options: Any) -> None:
     _console().print(table)
 
 
-def _effective_config(app: Otter, options: dict[str, Any]) -> dict[str, Any]:
-    overrides = {key: options[param] for param, key in RUN_SETTINGS.items() if options.get(param) is not None}
-    if isinstance(overrides.get("LOG_LEVEL"), str):
-        overrides["LOG_LEVEL"] = overrides["LOG_LEVEL"].upper()
-    config = app.resolve_config(**overrides)
+def _effective_config(app: Otter, options: dict[str, Any]) -> ResolvedConfig:
+    """The options are the arguments of ``otter.config.resolve``, ``app.config`` its app config."""
+    overrides = {key: options.get(param) for param, key in RUN_SETTINGS.items()}
+    if isinstance(options.get("log_level"), str):
+        overrides["LOG_LEVEL"] = options["log_level"].upper()
+    config = resolve(overrides, app_config=app.config)
     level = str(config.get("LOG_LEVEL") or "INFO").upper()
     if level not in LOG_LEVELS:
         raise click.UsageError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
@@ -606,11 +598,9 @@ def _quiet_logging() -> None:
         logging.getLogger(reported_by_us).setLevel(logging.CRITICAL)
 
 
-def _broker_config(broker_url: str | None) -> dict[str, Any]:
+def _broker_config(broker_url: str | None) -> ResolvedConfig:
     """The config a ``Client`` would use: ``--broker``, else ``OTTER_BROKER_URL``; names from ``OTTER_*``."""
-    from .client import _client_config
-
-    return _client_config(broker_url, {})
+    return resolve({"BROKER_URL": broker_url})
 
 
 def _outcome(action: Callable[[], Any]) -> Any:

@@ -16,27 +16,24 @@ from typing import Any
 from . import eventloop
 from .codec import JsonCodec
 from .comm import Communicator
-from .config import Config, redact_url
+from .config import ResolvedConfig, redact_url, resolve
 from .errors import BrokerUnavailable, OtterError
 from .futures import CallFuture
-from .transports import MEMORY_URL, Transport, open_transport
+from .transports import Transport, open_transport
 
 __all__ = ["AsyncClient", "Client"]
 
 log = logging.getLogger("otter.client")
 
 
-def _client_config(url: str | None, config: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-    """Arguments > ``OTTER_*`` environment > defaults, as for an app; ``timeout`` is the default RPC deadline."""
-    merged = Config()
-    merged.from_mapping(config)
-    env = Config({})
-    env.from_prefixed_env("OTTER")
-    merged.update({key: value for key, value in env.items() if key not in config})
-    merged["BROKER_URL"] = url or merged.get("BROKER_URL") or MEMORY_URL
+def _client_config(url: str | None, config: dict[str, Any], timeout: float | None = None) -> ResolvedConfig:
+    """``otter.config.resolve`` with the client's arguments (``url``, ``timeout`` as the default RPC deadline and
+    the UPPERCASE keyword arguments); a client has no app config, so ``OTTER_*`` then the defaults fill the rest."""
+    arguments = {key: value for key, value in config.items() if key.isupper()}
+    arguments["BROKER_URL"] = url or arguments.get("BROKER_URL")
     if timeout is not None:
-        merged["RPC_TIMEOUT"] = float(timeout)
-    return dict(merged)
+        arguments["RPC_TIMEOUT"] = float(timeout)
+    return resolve(arguments)
 
 
 def _communicator(

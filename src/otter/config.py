@@ -1,16 +1,27 @@
-"""``app.config``: a dict of UPPERCASE keys with Flask's loaders.
+"""``app.config`` (a dict of UPPERCASE keys with Flask's loaders) and ``resolve``, the one place that decides the
+effective config.
 
-Precedence, highest first: an argument to ``app.run``/``Client``/the CLI, then ``OTTER_<KEY>`` in the environment
-(``from_prefixed_env``, applied when the app runs), then what the app put in its config, then the defaults below.
+Precedence, highest first, for the app, ``Client``/``AsyncClient``/``TestClient``, the CLI and ``otter.dlq`` alike:
 
->>> config = Config(); config.from_mapping(RPC_TIMEOUT=5)
->>> config["RPC_TIMEOUT"]
-5
+1. an argument (``app.run(url, debug=...)``, ``Client(url, timeout=..., **config)``, a CLI option); ``None`` means
+   "not given";
+2. ``OTTER_<KEY>`` in the environment, parsed as JSON when it can be (``5``, ``true``, ``["ValueError"]``);
+3. the app's ``app.config`` (the config handed to ``otter.dlq``'s functions counts as this layer);
+4. ``DEFAULTS`` below.
+
+``BROKER_URL`` falls through an empty value at every layer (``OTTER_BROKER_URL=`` is as good as unset) and ends at
+the embedded ``memory://`` broker when no layer names one.
+
+>>> config = resolve({"RPC_TIMEOUT": 5}, app_config={"RPC_TIMEOUT": 1}, environ={"OTTER_DEBUG": "true"})
+>>> config["RPC_TIMEOUT"], config.sources["RPC_TIMEOUT"], config["DEBUG"], config.sources["DEBUG"]
+(5, 'argument', True, 'env OTTER_DEBUG')
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +31,17 @@ from kiwipy.rmq import defaults as kiwipy_defaults
 
 from .codec import DEFAULT_MAX_MESSAGE_SIZE
 
-__all__ = ["DEFAULTS", "Config", "redact_url", "redacted"]
+__all__ = ["DEFAULTS", "Config", "ResolvedConfig", "redact_url", "redacted", "resolve"]
+
+log = logging.getLogger("otter.config")
+
+ENV_PREFIX = "OTTER"
+EMBEDDED_BROKER_URL = "memory://"  # transports.MEMORY_URL; written here too because transports import this module
+
+# Where a value came from, as ResolvedConfig.sources and `otter config` show it (env values: "env OTTER_<KEY>").
+ARGUMENT = "argument"
+APP_CONFIG = "app.config"
+DEFAULT = "default"
 
 DEFAULTS: dict[str, Any] = {
     "BROKER_URL": None,  # None: OTTER_BROKER_URL, else the embedded memory:// broker
@@ -64,8 +85,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-# OTTER_* variables that steer the command line rather than configure an app.
-NOT_CONFIG = frozenset({"APP", "RUN_FROM_CLI", "WORKER_NUMBER"})
+# OTTER_* variables that steer the command line or the test plugin rather than configure an app.
+NOT_CONFIG = frozenset({"APP", "RUN_FROM_CLI", "WORKER_NUMBER", "TEST_BROKER_URL"})
 
 
 class Config(dict[str, Any]):
@@ -86,7 +107,7 @@ class Config(dict[str, Any]):
             if key.isupper():
                 self[key] = getattr(obj, key)
 
-    def from_prefixed_env(self, prefix: str = "OTTER", *, environ: Mapping[str, str] | None = None) -> bool:
+    def from_prefixed_env(self, prefix: str = ENV_PREFIX, *, environ: Mapping[str, str] | None = None) -> bool:
         """Load ``OTTER_<KEY>`` variables; values are parsed as JSON when they can be (``5``, ``true``)."""
         environ = os.environ if environ is None else environ
         start = f"{prefix}_"
@@ -102,6 +123,80 @@ class Config(dict[str, Any]):
 
     def __repr__(self) -> str:
         return f"<Config {redacted(self)!r}>"
+
+
+class ResolvedConfig(dict[str, Any]):
+    """The effective config: a plain dict of values, plus ``sources``, where each came from (``"argument"``,
+    ``"env OTTER_<KEY>"``, ``"app.config"`` or ``"default"``). Made by ``resolve``."""
+
+    def __init__(self, values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+        super().__init__(values)
+        self.sources = dict(sources)
+
+    def __repr__(self) -> str:
+        return f"<ResolvedConfig {redacted(self)!r}>"
+
+
+def resolve(
+    arguments: Mapping[str, Any] | None = None,
+    *,
+    app_config: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ResolvedConfig:
+    """The effective config: ``arguments`` > ``OTTER_<KEY>`` in ``environ`` (default ``os.environ``) >
+    ``app_config`` > ``DEFAULTS``, each value with its source.
+
+    ``arguments`` and ``app_config`` have UPPERCASE keys; an argument that is ``None`` was not given. An app config
+    value equal to the default is reported as ``"default"`` (``Config()`` starts from the defaults, so the two cannot
+    be told apart). See the module docstring for ``BROKER_URL``.
+
+    >>> resolve({"BROKER_URL": None}, environ={}).sources["BROKER_URL"]
+    'default'
+    """
+    env = Config({})
+    env.from_prefixed_env(ENV_PREFIX, environ=os.environ if environ is None else environ)
+    app_config = app_config or {}
+    given = {key: value for key, value in (arguments or {}).items() if value is not None}
+    _warn_about_typos(env, app_config, given)
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key in {**DEFAULTS, **app_config, **env, **given}:
+        layers = (
+            (given, ARGUMENT),
+            (env, f"env {ENV_PREFIX}_{key}"),
+            (app_config, APP_CONFIG),
+            (DEFAULTS, DEFAULT),
+        )
+        for layer, source in layers:
+            if key not in layer or (key == "BROKER_URL" and not layer[key]):
+                continue
+            value = layer[key]
+            if source == APP_CONFIG and key in DEFAULTS and value == DEFAULTS[key]:
+                source = DEFAULT
+            values[key], sources[key] = value, source
+            break
+    if not values.get("BROKER_URL"):
+        values["BROKER_URL"], sources["BROKER_URL"] = EMBEDDED_BROKER_URL, DEFAULT
+    return ResolvedConfig(values, sources)
+
+
+_typos_reported: set[str] = set()
+
+
+def _warn_about_typos(env: Mapping[str, Any], *known_layers: Mapping[str, Any]) -> None:
+    """One warning per process for an ``OTTER_`` variable that is no config key but looks like one (a typo)."""
+    known = set(DEFAULTS).union(*known_layers)
+    for key in env:
+        if key in known or key in _typos_reported:
+            continue
+        nearest = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        if nearest:
+            _typos_reported.add(key)
+            log.warning(
+                "%s_%s is not a known config key; did you mean %s_%s?",
+                ENV_PREFIX, key, ENV_PREFIX, nearest[0],
+            )
 
 
 def _import_string(path: str) -> object:

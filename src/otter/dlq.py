@@ -2,17 +2,20 @@
 
 The API (the ``otter dlq list|replay|purge`` commands call these)::
 
-    list_dead_letters(url: str, config: Mapping[str, Any] | None = None, limit: int | None = None)
+    list_dead_letters(url: str | None, config: Mapping[str, Any] | None = None, limit: int | None = None)
         -> list[DeadLetter]
-    replay(url: str, config: Mapping[str, Any] | None = None, task: str | None = None, limit: int | None = None)
-        -> int
-    purge(url: str, config: Mapping[str, Any] | None = None) -> int
+    replay(url: str | None, config: Mapping[str, Any] | None = None, task: str | None = None,
+           limit: int | None = None) -> int
+    purge(url: str | None, config: Mapping[str, Any] | None = None) -> int
 
     async def list_dead_letters_async(url, config=None, limit=None) -> list[DeadLetter]
     async def replay_async(url, config=None, task=None, limit=None) -> int
     async def purge_async(url, config=None) -> int
 
-``config`` holds the app's UPPERCASE config keys (the queue and exchange names; defaults from ``config.DEFAULTS``).
+The broker and the names are resolved as an app resolves them (``otter.config.resolve``): ``url`` is an argument
+(``None``: ``OTTER_BROKER_URL``, then ``config``'s ``BROKER_URL``, then ``memory://``), and ``config`` plays the part
+of ``app.config`` (pass your app's), so ``OTTER_DEAD_LETTER_QUEUE`` and the other ``OTTER_*`` variables outrank it,
+and ``config.DEFAULTS`` fill in what neither gives.
 The plain functions run their own event loop, so call the ``_async`` ones from inside a coroutine.
 
 A dead letter keeps the task's original body and headers, plus ``x-otter-reason`` (``bad-message``,
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from . import eventloop, protocol
-from .config import Config
+from .config import resolve
 from .transports import Delivery, Transport, open_transport
 
 __all__ = [
@@ -92,7 +95,7 @@ class DeadLetter:
 
 # -- coroutines ------------------------------------------------------------------------------------------------
 async def list_dead_letters_async(
-    url: str, config: Mapping[str, Any] | None = None, limit: int | None = None
+    url: str | None, config: Mapping[str, Any] | None = None, limit: int | None = None
 ) -> list[DeadLetter]:
     """The first ``limit`` dead letters (default: all), oldest first; the queue is left as it was."""
     _check_limit(limit)
@@ -101,7 +104,7 @@ async def list_dead_letters_async(
 
 
 async def replay_async(
-    url: str, config: Mapping[str, Any] | None = None, task: str | None = None, limit: int | None = None
+    url: str | None, config: Mapping[str, Any] | None = None, task: str | None = None, limit: int | None = None
 ) -> int:
     """Send up to ``limit`` dead letters (only those of ``task`` when given) back to their queues; the count."""
     _check_limit(limit)
@@ -116,24 +119,28 @@ async def replay_async(
         return await transport.replay_dead_letters(route, limit=limit)
 
 
-async def purge_async(url: str, config: Mapping[str, Any] | None = None) -> int:
+async def purge_async(url: str | None, config: Mapping[str, Any] | None = None) -> int:
     """Delete every dead letter; the count."""
     async with _connected(url, config) as transport:
         return await transport.purge_dead_letters()
 
 
 # -- plain functions ---------------------------------------------------------------------------------------------
-def list_dead_letters(url: str, config: Mapping[str, Any] | None = None, limit: int | None = None) -> list[DeadLetter]:
+def list_dead_letters(
+    url: str | None, config: Mapping[str, Any] | None = None, limit: int | None = None
+) -> list[DeadLetter]:
     """``list_dead_letters_async`` on a loop of its own."""
     return _run(list_dead_letters_async(url, config, limit))
 
 
-def replay(url: str, config: Mapping[str, Any] | None = None, task: str | None = None, limit: int | None = None) -> int:
+def replay(
+    url: str | None, config: Mapping[str, Any] | None = None, task: str | None = None, limit: int | None = None
+) -> int:
     """``replay_async`` on a loop of its own."""
     return _run(replay_async(url, config, task, limit))
 
 
-def purge(url: str, config: Mapping[str, Any] | None = None) -> int:
+def purge(url: str | None, config: Mapping[str, Any] | None = None) -> int:
     """``purge_async`` on a loop of its own."""
     return _run(purge_async(url, config))
 
@@ -142,10 +149,9 @@ def purge(url: str, config: Mapping[str, Any] | None = None) -> int:
 class _connected:
     """A transport opened for one operation and always closed after it."""
 
-    def __init__(self, url: str, config: Mapping[str, Any] | None) -> None:
-        merged = Config()
-        merged.from_mapping(config or {})
-        self.transport: Transport = open_transport(url, merged)
+    def __init__(self, url: str | None, config: Mapping[str, Any] | None) -> None:
+        resolved = resolve({"BROKER_URL": url}, app_config=config)
+        self.transport: Transport = open_transport(resolved["BROKER_URL"], resolved)
 
     async def __aenter__(self) -> Transport:
         await self.transport.connect()
