@@ -105,14 +105,22 @@ def test_an_unencodable_result_becomes_an_error_reply_with_a_log_line() -> None:
 
 
 @pytest.mark.parametrize("debug", [False, True])
-def test_a_traceback_goes_to_the_caller_and_the_log_only_in_debug(debug: bool) -> None:
+def test_a_traceback_always_goes_to_the_log_and_to_the_caller_only_in_debug(debug: bool) -> None:
     try:
         raise KeyError("k")
     except KeyError as exc:
         decision = rpc_rules(debug).failed(Message(b'"x"'), Run(("x",)), exc)
     assert isinstance(decision, Reply)
     assert (reply_of(decision.body)["error"]["traceback"] is not None) is debug
-    assert (decision.notes[0].exc is not None) is debug
+    assert decision.notes[0].level == logging.ERROR and isinstance(decision.notes[0].exc, KeyError)
+
+
+@pytest.mark.parametrize("rules", [rpc_rules(), task_rules(max_retries=3)], ids=["rpc", "task"])
+def test_a_callers_bad_input_is_a_warning_without_a_traceback(rules: RpcRules | TaskRules) -> None:
+    decision = rules.failed(Message(b'"x"'), Run(("x",)), ValidationError({"f": ["bad"]}))
+    assert [(note.level, note.exc) for note in decision.notes[:1]] == [(logging.WARNING, None)]
+    assert "input was rejected" in decision.notes[0].message and "f: bad" in decision.notes[0].message
+    assert all(note.level < logging.ERROR for note in decision.notes)
 
 
 def test_an_rpc_cut_off_by_shutdown_gets_an_error_reply() -> None:
@@ -196,7 +204,9 @@ def test_what_a_failed_task_means(
 ) -> None:
     decision = task_rules(**policy).failed(Message(b""), Run(("x",), attempts=attempts_before), exc)
     assert type(decision) is expected
-    assert decision.notes[0].level == logging.ERROR and type(exc).__name__ in decision.notes[0].message
+    bad_input = isinstance(exc, ValidationError)
+    assert decision.notes[0].level == (logging.WARNING if bad_input else logging.ERROR)
+    assert (type(exc).__name__ in decision.notes[0].message) is not bad_input
     if isinstance(decision, RetryLater):
         assert decision.delay == delay
         assert decision.headers == {protocol.ATTEMPTS_HEADER: attempts_before + 1}

@@ -14,7 +14,7 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import eventloop
@@ -25,10 +25,10 @@ from .pipeline import Pipeline, RouteTable
 from .routing import BroadcastRoute, Route, RpcRoute, TaskRoute, make_filters
 from .scaffold import Scaffold
 from .transports import open_transport
-from .worker import Worker
+from .worker import Observer, Worker
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .testing import TestClient
 
 __all__ = ["Otter"]
 
@@ -164,10 +164,11 @@ class Otter(Scaffold):
         run_loop(self.serve(config))
 
     async def serve(
-        self, config: dict[str, Any], stop: asyncio.Event | None = None, started: Callable[[], None] | None = None
+        self, config: dict[str, Any], stop: asyncio.Event | None = None, started: Callable[[], None] | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         """Serve on the running loop until ``stop`` is set (or SIGINT/SIGTERM when in the main thread); ``started``
-        is called once every consumer is up."""
+        is called once every consumer is up, and each of ``observers`` is told of every handled message."""
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         handled_signals = []
@@ -175,7 +176,7 @@ class Otter(Scaffold):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
                 handled_signals.append(sig)
-        worker = self.start_worker(config)
+        worker = self.start_worker(config, observers)
         try:
             await worker.start()
             log.info("%s is running on %s; press Ctrl-C to stop", self.name, redact_url(config["BROKER_URL"]))
@@ -188,20 +189,21 @@ class Otter(Scaffold):
             for sig in handled_signals:
                 loop.remove_signal_handler(sig)
 
-    def start_worker(self, config: dict[str, Any]) -> Worker:
+    def start_worker(self, config: dict[str, Any], observers: Sequence[Observer] = ()) -> Worker:
         """A worker for this app's routes (closing its setup), on a transport for ``config["BROKER_URL"]``."""
         table = self.route_table(config)
-        return Worker(table, open_transport(config["BROKER_URL"], config), config)
+        return Worker(table, open_transport(config["BROKER_URL"], config), config, observers)
 
-    def test_client(self, url: str | None = None, **config: Any) -> Client:
-        """A ``Client`` talking to this app served in the background on the in-memory broker.
+    def test_client(self, url: str | None = None, *, raise_errors: bool = False, **config: Any) -> TestClient:
+        """A client talking to this app served in the background on the in-memory broker; ``wait_handled`` waits
+        for tasks and broadcasts to be handled, and with ``raise_errors`` re-raises their handlers' errors.
 
         >>> with app.test_client() as client:
         ...     client.rpc("example.hash", "otter").result()
         """
         from .testing import serve_in_thread
 
-        return serve_in_thread(self, url, **config)
+        return serve_in_thread(self, url, raise_errors=raise_errors, **config)
 
 
 def _describe(handler: Callable[..., Any]) -> str:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 from . import protocol
 from .codec import JsonCodec
-from .errors import BrokerUnavailable, MessageError, RemoteError
+from .errors import BrokerUnavailable, MessageError, RemoteError, ValidationError
 from .retry import RetryPolicy
 from .routing import BroadcastRoute
 
@@ -139,11 +139,15 @@ def _unsent_reply(message: Received, body: bytes, outcome: str, notes: tuple[Not
     return Reply(outcome, notes, body) if message.reply_to else Drop(outcome, notes)
 
 
-def _handler_failed(kind: str, name: str, message: Received, exc: Exception, debug: bool) -> Note:
+def _handler_failed(kind: str, name: str, message: Received, exc: Exception) -> Note:
+    """A handler's failure is the service's error: ERROR, with its traceback. A ``ValidationError`` is the caller's
+    bad input, not the service's fault: WARNING, without one."""
     # str(RemoteError) repeats the type; str() of a hostile exception may raise.
     text = exc.message if isinstance(exc, RemoteError) else protocol.describe_error(exc)
-    return Note(logging.ERROR, f"{kind} {name} {message.correlation_id}: handler raised {type(exc).__name__}: {text}",
-                exc if debug else None)
+    prefix = f"{kind} {name} {message.correlation_id}"
+    if isinstance(exc, ValidationError):
+        return Note(logging.WARNING, f"{prefix}: the caller's input was rejected: {text}")
+    return Note(logging.ERROR, f"{prefix}: handler raised {type(exc).__name__}: {text}", exc)
 
 
 class RpcRules:
@@ -171,7 +175,7 @@ class RpcRules:
         return _unsent_reply(message, body, outcome, notes)
 
     def failed(self, message: Received, run: Run, exc: Exception) -> Reply | Drop:
-        note = _handler_failed("rpc", self.name, message, exc, self.debug)
+        note = _handler_failed("rpc", self.name, message, exc)
         body = encode_error(self.codec, exc, debug=self.debug)
         return _unsent_reply(message, body, f"error {type(exc).__name__}", (note,))
 
@@ -212,7 +216,7 @@ class TaskRules:
 
     def failed(self, message: Received, run: Run, exc: Exception) -> RetryLater | DeadLetter:
         attempts = run.attempts + 1
-        failure = _handler_failed("task", self.name, message, exc, self.debug)
+        failure = _handler_failed("task", self.name, message, exc)
         error = f"error {type(exc).__name__}"
         policy = self.policy
         if policy.should_retry(exc, attempts):
@@ -264,7 +268,7 @@ class BroadcastRules:
     def finished(self, message: Received, route: BroadcastRoute, exc: Exception | None = None) -> Drop:
         if exc is None:
             return Drop(OK)
-        note = _handler_failed("broadcast", route.name, message, exc, self.debug)
+        note = _handler_failed("broadcast", route.name, message, exc)
         return Drop(f"error {type(exc).__name__}", (note,))
 
     def abandoned(self, message: Received, grace: float) -> Drop:

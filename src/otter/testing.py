@@ -27,20 +27,59 @@ from typing import TYPE_CHECKING, Any
 
 from . import eventloop
 from .client import Client
-from .errors import OtterError
+from .errors import DeadlineExceeded, OtterError
 from .transports import MEMORY_URL
 
 if TYPE_CHECKING:
     from .app import Otter
+    from .worker import Handled
 
-__all__ = ["TEST_BROKER_ENV", "ServedApp", "TestClient", "serve_in_thread", "unique_names"]
+__all__ = ["TEST_BROKER_ENV", "HandledLog", "ServedApp", "TestClient", "serve_in_thread", "unique_names"]
+
+
+class HandledLog:
+    """Every message the served app finished with, for tests to wait on (``wait_handled``) instead of sleeping.
+
+    With ``raise_errors``, waiting re-raises the first error a handler of the awaited messages raised, so a failing
+    task or broadcast handler fails the test rather than only logging.
+    """
+
+    def __init__(self, raise_errors: bool = False) -> None:
+        self.raise_errors = raise_errors
+        self.handled: list[Handled] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, event: Handled) -> None:  # an Observer, called on the worker's loop
+        with self._changed:
+            self.handled.append(event)
+            self._changed.notify_all()
+
+    def wait(self, name: str, count: int = 1, timeout: float = 5.0) -> list[Handled]:
+        """Wait until the route ``name`` has finished with ``count`` messages in all (retries and requeues do not
+        count until their last run), and return them; ``DeadlineExceeded`` if it has not within ``timeout``."""
+
+        def finished() -> list[Handled]:
+            return [event for event in self.handled if event.name == name and event.final]
+
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(finished()) >= count, timeout):
+                seen = len(finished())
+                raise DeadlineExceeded(f"{name!r} finished with {seen} of {count} messages within {timeout:g} s")
+            done = finished()[:count]
+        if self.raise_errors:
+            for event in done:
+                if event.error is not None:
+                    raise event.error
+        return done
 
 
 class ServedApp:
-    """An app served on its own event loop in a daemon thread until ``stop()``."""
+    """An app served on its own event loop in a daemon thread until ``stop()``; ``handled`` logs what it finished
+    with (see ``HandledLog``)."""
 
-    def __init__(self, app: Otter, url: str | None = None, **config: Any) -> None:
+    def __init__(self, app: Otter, url: str | None = None, *, raise_errors: bool = False, **config: Any) -> None:
         self.app = app
+        self.handled = HandledLog(raise_errors)
         self.config = app.resolve_config(url or f"{MEMORY_URL}test-{uuid.uuid4().hex}", **config)
         self.url: str = self.config["BROKER_URL"]
         self._loop = eventloop.new_event_loop()
@@ -85,7 +124,7 @@ class ServedApp:
             self._loop.close()
 
     async def _serve(self) -> None:
-        await self.app.serve(self.config, self._stop, started=self._ready.set)
+        await self.app.serve(self.config, self._stop, started=self._ready.set, observers=(self.handled,))
 
 
 class TestClient(Client):
@@ -97,6 +136,16 @@ class TestClient(Client):
         self.served = served
         super().__init__(served.url, **{**_names(served.config), **config})
 
+    def wait_handled(self, name: str, count: int = 1, timeout: float = 5.0) -> list[Handled]:
+        """Wait until the app's route ``name`` has finished with ``count`` messages (see ``HandledLog.wait``).
+
+        >>> client.task("mail.send", {"to": "a@b.c"})
+        >>> [event] = client.wait_handled("mail.send")
+        >>> event.outcome
+        'ok'
+        """
+        return self.served.handled.wait(name, count, timeout)
+
     def close(self) -> None:
         try:
             super().close()
@@ -104,9 +153,12 @@ class TestClient(Client):
             self.served.stop()
 
 
-def serve_in_thread(app: Otter, url: str | None = None, **config: Any) -> TestClient:
-    """Serve ``app`` in the background (default: a fresh in-memory broker) and return a client wired to it."""
-    served = ServedApp(app, url, **config).start()
+def serve_in_thread(
+    app: Otter, url: str | None = None, *, raise_errors: bool = False, **config: Any
+) -> TestClient:
+    """Serve ``app`` in the background (default: a fresh in-memory broker) and return a client wired to it;
+    ``raise_errors=True`` makes ``wait_handled`` re-raise a handler's error in the test."""
+    served = ServedApp(app, url, raise_errors=raise_errors, **config).start()
     return TestClient(served)
 
 
@@ -121,7 +173,7 @@ TEST_BROKER_ENV = "OTTER_TEST_BROKER_URL"
 DEFAULT_TEST_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
-def unique_names(prefix: str = "test") -> dict[str, str]:
+def unique_names(prefix: str = "test") -> dict[str, Any]:
     """Exchange and queue names no other test uses, so tests can share one broker and run in parallel.
 
     Task queues are named after their tasks, so two tests serving the same task at the same time on one broker

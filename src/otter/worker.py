@@ -20,7 +20,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from .codec import JsonCodec
@@ -45,18 +46,40 @@ from .routing import BroadcastRoute
 from .threadpool import HandlerThreadPool
 from .transports import Delivery, Subscription, Transport
 
-__all__ = ["Worker"]
+__all__ = ["Handled", "Observer", "Worker"]
 
 log = logging.getLogger("otter.worker")
 
 Rules = RpcRules | TaskRules | BroadcastRules
 
 
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """One message a route finished with, as observers see it. ``final`` is False when the message will be seen
+    again (a task parked for a retry or returned to its queue); ``error`` is what the handler raised, if anything."""
+
+    kind: str
+    name: str
+    queue: str
+    correlation_id: str | None
+    outcome: str
+    seconds: float
+    error: BaseException | None
+    final: bool
+
+
+# Told of every handled message, on the worker's loop: must be quick and must not block (test helpers, metrics).
+Observer = Callable[[Handled], None]
+
+
 class Worker:
     """Serve a frozen route table over a transport (connected by ``start``) until ``stop()``."""
 
-    def __init__(self, table: RouteTable, transport: Transport, config: dict[str, Any]) -> None:
+    def __init__(
+        self, table: RouteTable, transport: Transport, config: dict[str, Any], observers: Sequence[Observer] = ()
+    ) -> None:
         self.table = table
+        self.observers = tuple(observers)
         self.transport = transport
         self.config = config
         self.debug = bool(config["DEBUG"])
@@ -143,26 +166,28 @@ class Worker:
     ) -> Callable[[Delivery], Awaitable[None]]:
         """RPCs and tasks: take a slot, ask the rules, run the handler if told to, carry out the outcome."""
         gate, kind, name = self._gates[slots], pipeline.route.kind, pipeline.route.name
+        timed = self.debug or bool(self.observers)
 
         async def on_delivery(delivery: Delivery) -> None:
             async with gate:
                 if rules.settle_on_receipt:
                     await delivery.ack()
-                started = time.perf_counter() if self.debug else 0.0
+                started = time.perf_counter() if timed else 0.0
                 step = rules.receive(delivery, time.time())
                 decision: Decision
+                error: Exception | None = None
                 if isinstance(step, Run):
                     try:
                         result = await self._invoke(pipeline, kind, delivery, step, slots)
                     except Exception as exc:
-                        decision = rules.failed(delivery, step, exc)
+                        error, decision = exc, rules.failed(delivery, step, exc)
                     else:
                         decision = rules.succeeded(delivery, step, result)
                 else:
                     decision = step
-                await self._carry_out(delivery, decision, rules)
-                if self.debug:
-                    _log_handled(kind, name, delivery, started, decision.outcome)
+                done = await self._carry_out(delivery, decision, rules)
+                if timed:
+                    self._handled(kind, name, delivery, started, done, error)
 
         return self._tracked(on_delivery, rules)
 
@@ -171,6 +196,7 @@ class Worker:
         routes = [pipeline.route for pipeline in pipelines]
         rules = BroadcastRules([r for r in routes if isinstance(r, BroadcastRoute)], self.codec, debug=self.debug)
         gate = self._gates["broadcast"]
+        timed = self.debug or bool(self.observers)
 
         async def on_broadcast(delivery: Delivery) -> None:
             async with gate:
@@ -180,16 +206,17 @@ class Worker:
                     await self._carry_out(delivery, step, rules)
                     return
                 for route in step.routes:
-                    started = time.perf_counter() if self.debug else 0.0
+                    started = time.perf_counter() if timed else 0.0
+                    error: Exception | None = None
                     try:
                         await self._invoke(by_route[id(route)], "broadcast", delivery, step, "broadcast")
                     except Exception as exc:
-                        decision = rules.finished(delivery, route, exc)
+                        error, decision = exc, rules.finished(delivery, route, exc)
                     else:
                         decision = rules.finished(delivery, route)
                     await self._carry_out(delivery, decision, rules)
-                    if self.debug:
-                        _log_handled("broadcast", route.name, delivery, started, decision.outcome)
+                    if timed:
+                        self._handled("broadcast", route.name, delivery, started, decision, error)
 
         return self._tracked(on_broadcast, rules)
 
@@ -220,7 +247,8 @@ class Worker:
         return run
 
     # -- carrying out -------------------------------------------------------------------------------------------
-    async def _carry_out(self, delivery: Delivery, decision: Decision, rules: Rules) -> None:
+    async def _carry_out(self, delivery: Delivery, decision: Decision, rules: Rules) -> Decision:
+        """Do what ``decision`` says; returns what was done (the rules' fallback when the broker refused it)."""
         for note in decision.notes:
             log.log(note.level, note.message, exc_info=note.exc)
         if isinstance(decision, Reply):
@@ -230,12 +258,13 @@ class Worker:
             if decision.reply is not None:
                 await self._reply(delivery, decision.reply)
         elif isinstance(decision, (RetryLater, DeadLetter)):
-            await self._move(delivery, decision, rules)
+            return await self._move(delivery, decision, rules)
         elif isinstance(decision, Requeue):
             with contextlib.suppress(OtterError):
                 await delivery.requeue()
+        return decision
 
-    async def _move(self, delivery: Delivery, decision: RetryLater | DeadLetter, rules: Rules) -> None:
+    async def _move(self, delivery: Delivery, decision: RetryLater | DeadLetter, rules: Rules) -> Decision:
         """Retry or dead-letter a task; if the broker refuses, the rules say what instead (back to its queue)."""
         assert isinstance(rules, TaskRules)
         try:
@@ -244,14 +273,31 @@ class Worker:
             else:
                 await self.transport.dead_letter(delivery, decision.headers or {})
         except OtterError as exc:
-            await self._carry_out(delivery, rules.not_moved(delivery, exc), rules)
-            return
+            return await self._carry_out(delivery, rules.not_moved(delivery, exc), rules)
         if isinstance(decision, DeadLetter) and decision.reply is not None:
             await self._reply(delivery, decision.reply)
+        return decision
 
     async def _reply(self, delivery: Delivery, body: bytes) -> None:
         assert delivery.reply_to, "the rules reply only to a caller who gave a reply_to"
         await self.transport.reply(delivery.reply_to, body, correlation_id=delivery.correlation_id)
+
+    def _handled(
+        self, kind: str, name: str, delivery: Delivery, started: float, decision: Decision, error: Exception | None
+    ) -> None:
+        seconds = time.perf_counter() - started
+        if self.debug:
+            log.info("%s %s %s %.1fms %s", kind, name, delivery.correlation_id or "-", seconds * 1000,
+                     decision.outcome)
+        if not self.observers:
+            return
+        final = not isinstance(decision, (RetryLater, Requeue))
+        event = Handled(kind, name, delivery.queue, delivery.correlation_id, decision.outcome, seconds, error, final)
+        for observer in self.observers:
+            try:
+                observer(event)
+            except Exception:
+                log.exception("an observer of handled messages failed")
 
     async def _invoke(self, pipeline: Pipeline, kind: str, delivery: Delivery, run: Run, pool: str) -> Any:
         comm = self.comm
@@ -268,9 +314,6 @@ class Worker:
         return await threads.run(asyncio.get_running_loop(), pipeline.call_sync, ctx, run.args)
 
 
-def _log_handled(kind: str, name: str, delivery: Delivery, started: float, outcome: str) -> None:
-    log.info("%s %s %s %.1fms %s", kind, name, delivery.correlation_id or "-",
-             (time.perf_counter() - started) * 1000, outcome)
 
 
 def _rpc_slots(pipeline: Pipeline) -> str:
