@@ -13,7 +13,7 @@ from aiormq.channel import Channel, Returning
 from aiormq.connection import FrameGenerator
 from pamqp import commands
 
-from otter.transports import aiormq_fixes
+from otter.transports.amqp import aiormq_fixes
 
 aiormq_fixes.apply()
 

@@ -14,7 +14,8 @@ from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from otter.transports import pamqp_fixes, publishing
+from otter.transports.amqp import frames as publishing
+from otter.transports.amqp import pamqp_fixes
 
 pamqp_fixes.apply()  # as in a running Otter: both encoders then share pamqp's table encoder
 

@@ -27,9 +27,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from kiwipy.rmq import defaults as kiwipy_defaults
-
 from .codec import DEFAULT_MAX_MESSAGE_SIZE
+from .protocol import KiwipyDefaults as kiwipy_defaults
 
 __all__ = ["DEFAULTS", "Config", "ResolvedConfig", "redact_url", "redacted", "resolve"]
 

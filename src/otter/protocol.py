@@ -16,7 +16,7 @@ import reprlib
 import traceback as tb
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from .errors import MessageError, RemoteError, ValidationError
 
@@ -34,6 +34,7 @@ __all__ = [
     "RPC_PREFIX",
     "TASK_HEADER",
     "Broadcast",
+    "KiwipyDefaults",
     "dead_letter_headers",
     "describe_error",
     "error_reply",
@@ -47,6 +48,21 @@ __all__ = [
     "retry_queue_name",
     "rpc_routing_key",
 ]
+
+
+
+class KiwipyDefaults:
+    """kiwipy's default names and TTLs, as ``kiwipy.rmq.defaults`` (kiwipy 0.9) spells them. Copied because that
+    module imports kiwipy's whole RabbitMQ stack (aio-pika, pytray): Otter depends on plain ``kiwipy`` and picks its
+    AMQP client versions itself. A kiwipy program must see the same values (queue arguments that differ make the
+    broker refuse the second declaration), which ``tests/test_dependencies.py`` checks against kiwipy's own."""
+
+    MESSAGE_EXCHANGE: Final = "kiwipy.messages"
+    TASK_EXCHANGE: Final = "kiwipy.tasks"
+    TASK_QUEUE: Final = "kiwipy.tasks"
+    MESSAGE_TTL: Final = 66_000  # ms; the x-message-ttl of broadcast queues
+    TASK_MESSAGE_TTL: Final = 7 * 24 * 3600 * 1000  # ms; the x-message-ttl of task queues
+
 
 CONTENT_TYPE = "application/json"  # set on every message Otter sends
 # What Otter reads as JSON; kiwipy programs with a JSON encoder send no content type at all.

@@ -1,4 +1,4 @@
-"""One AMQP publish encoded straight to bytes and queued on an aiormq channel: Otter's hot send path.
+"""One AMQP publish encoded straight to bytes and queued on an aiormq channel: the fast path's sending half.
 
 aiormq's ``basic_publish`` builds pamqp objects for the method frame, the content header and each body frame,
 validates them and marshals them field by field, which is most of the cost of a publish. Otter's hot paths (RPC

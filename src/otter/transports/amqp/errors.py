@@ -11,7 +11,7 @@ from typing import Any, Literal
 import aio_pika
 import aiormq
 
-from ..errors import BrokerUnavailable, OtterError, Unroutable
+from ...errors import BrokerUnavailable, OtterError, Unroutable
 
 __all__ = ["CONNECTION_ERRORS", "REFUSALS", "connect_failure", "describe", "translated"]
 

@@ -1,0 +1,156 @@
+"""The robust connection, its channels, and which path (fast or public) carries messages on them.
+
+Channels: one with publisher confirms for tasks, retries, dead letters and broadcasts (which also consumes the
+reply queue); one without for RPC requests (``mandatory``: an unroutable call comes back at once as a return, see
+``aiormq_fixes``) and replies, the fast path; one per consumer so each has its own prefetch. On the public path RPC
+requests go on the confirming channel instead, where aio-pika reports a return without any fix. The robust
+connection re-opens all of them and their queues after a broker restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import aio_pika
+import aiormq
+from aio_pika import ExchangeType
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, AbstractRobustConnection
+
+from ...errors import BrokerUnavailable
+from ...protocol import KiwipyDefaults
+from ..base import Delivery, Subscription, Topology
+from . import fence
+from .errors import connect_failure, translated
+from .public import PublicOutlet, PublicSubscription
+from .publishing import Outlet
+
+__all__ = ["TASK_QUEUE_ARGUMENTS", "Link", "Queues", "connect", "open_link"]
+
+# kiwipy declares task queues with exactly these arguments; a different set would make the broker refuse the
+# second declaration (PRECONDITION_FAILED), so Otter dead-letters by publishing, not with x-dead-letter-exchange.
+TASK_QUEUE_ARGUMENTS: dict[str, Any] = {"x-message-ttl": KiwipyDefaults.TASK_MESSAGE_TTL}
+
+OnDelivery = Callable[[Delivery], Awaitable[None]]
+
+
+async def connect(
+    raw_url: str, url: str, *, timeout: float, ssl_context: ssl.SSLContext | None, reconnect_interval: float
+) -> AbstractRobustConnection:
+    """aio-pika's robust connection, or ``BrokerUnavailable`` saying why not (``url`` is the redacted one)."""
+    try:
+        return await aio_pika.connect_robust(
+            raw_url,
+            timeout=timeout,
+            ssl_context=ssl_context,
+            client_properties={"connection_name": "otter"},
+            **_reconnect_options(raw_url, reconnect_interval),
+        )
+    except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        tls = raw_url.lower().startswith("amqps:")
+        raise BrokerUnavailable(f"cannot connect to RabbitMQ at {url}: {connect_failure(exc, tls)}") from None
+
+
+def _reconnect_options(raw_url: str, reconnect_interval: float) -> dict[str, Any]:
+    """aio-pika reads these from the URL only when no keyword is given, so pass the URL's along with ours."""
+    query = dict(parse_qsl(urlsplit(raw_url).query))
+    options: dict[str, Any] = {"reconnect_interval": query.get("reconnect_interval", reconnect_interval)}
+    for key in ("fail_fast", "interleave", "happy_eyeballs_delay"):
+        if key in query:
+            options[key] = query[key]
+    return options
+
+
+@dataclass(frozen=True)
+class Link:
+    """One connection's channels and the outlets that publish on them."""
+
+    connection: AbstractRobustConnection
+    confirming: AbstractChannel
+    plain: AbstractChannel
+    fast: bool
+    confirmed: Outlet  # tasks, broadcasts, retries, dead letters, replays
+    requests: Outlet  # RPC requests
+    replies: Outlet
+
+    async def subscribe(
+        self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery, *, no_ack: bool
+    ) -> Subscription:
+        """Consume ``queue`` on ``channel``, on this connection's path."""
+        if self.fast:
+            from .fast import AmqpSubscription
+
+            fast = AmqpSubscription(channel, queue, on_delivery, no_ack=no_ack)
+            await fast.start()
+            return fast
+        public = PublicSubscription(channel, queue, on_delivery, no_ack=no_ack)
+        await public.start()
+        return public
+
+    @contextlib.asynccontextmanager
+    async def consumer_channel(self, prefetch: int) -> AsyncIterator[AbstractChannel]:
+        with translated("start a consumer"):
+            channel = await self.connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=prefetch)
+            yield channel
+
+    @contextlib.asynccontextmanager
+    async def reader(self, queue: str) -> AsyncIterator[AbstractQueue]:
+        """The durable ``queue`` on a channel of its own: closing it returns every message not acked."""
+        with translated(f"open {queue!r}"):
+            channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            with translated(f"open {queue!r}"):
+                declared = await channel.declare_queue(queue, durable=True)
+            yield declared
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+
+async def open_link(connection: AbstractRobustConnection, topology: Topology) -> Link:
+    """Open the two publishing channels and choose the path (``fence``) on them."""
+    fence.apply()  # before the channels open: they bind aiormq's frame handlers then
+    confirming = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    plain = await connection.channel(publisher_confirms=False)
+    # Declared on this channel too so that it, when it re-opens (a call to a deleted exchange closes it), declares
+    # the exchange again before the next call.
+    await plain.declare_exchange(topology.message_exchange, ExchangeType.TOPIC)
+    confirming_underlay = await confirming.get_underlay_channel()
+    if fence.choose(confirming, confirming_underlay):
+        from .fast import FastOutlet
+
+        plain_outlet: Outlet = FastOutlet(plain, await plain.get_underlay_channel())
+        return Link(connection, confirming, plain, True, FastOutlet(confirming, confirming_underlay),
+                    plain_outlet, plain_outlet)
+    confirmed = PublicOutlet(confirming)
+    return Link(connection, confirming, plain, False, confirmed, confirmed, PublicOutlet(plain))
+
+
+class Queues:
+    """Task queues and the dead-letter queue, declared once per transport (and again after a return)."""
+
+    def __init__(self, channel: AbstractChannel, task_exchange: AbstractExchange, dead_letter_queue: str) -> None:
+        self._channel, self._task_exchange, self._dead_letter_queue = channel, task_exchange, dead_letter_queue
+        self.declared: set[str] = set()
+
+    async def task_queue(self, queue: str) -> None:
+        if queue in self.declared:
+            return
+        with translated(f"declare the task queue {queue!r}"):
+            declared = await self._channel.declare_queue(queue, durable=True, arguments=TASK_QUEUE_ARGUMENTS)
+            await declared.bind(self._task_exchange, queue)
+        self.declared.add(queue)
+
+    async def dead_letter_queue(self) -> str:
+        dlq = self._dead_letter_queue
+        if dlq not in self.declared:
+            with translated("declare the dead-letter queue"):
+                await self._channel.declare_queue(dlq, durable=True)
+            self.declared.add(dlq)
+        return dlq

@@ -1,0 +1,131 @@
+"""The fast path, used when ``fence`` finds the versions it was written for: messages go around aio-pika, whose
+per-message objects were the largest cost in the profiles.
+
+Publishes are encoded by ``frames`` and queued on the aiormq channel under each robust channel (at once when
+nothing waits ahead); consumers run on that aiormq channel, so a delivery becomes an ``AmqpDelivery`` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractQueue
+from aiormq.abc import DeliveredMessage
+
+from ..base import Delivery, Subscription
+from . import frames
+from .errors import describe, translated
+from .publishing import Fields, Outlet
+
+__all__ = ["AmqpDelivery", "AmqpSubscription", "FastOutlet"]
+
+log = logging.getLogger("otter.amqp")
+
+
+class FastOutlet(Outlet):
+    """Publishes written by ``frames`` on the aiormq channel last seen under the robust one."""
+
+    __slots__ = ("confirming", "underlay")
+
+    def __init__(self, channel: AbstractChannel, underlay: Any) -> None:
+        super().__init__(channel)
+        self.underlay = underlay
+        self.confirming = bool(underlay.publisher_confirms)
+
+    def now(self, exchange: str, routing_key: str, body: bytes, fields: Fields) -> asyncio.Future[Any] | bool:
+        underlay = self.underlay
+        if underlay.is_closed or self.channel.is_closed:
+            return False
+        # Between the broker's channel.close and aiormq marking the channel closed, aiormq has already dropped it
+        # from its connection: a frame sent on it then would make the broker close the whole connection.
+        if underlay.connection.channels.get(underlay.number) is not underlay:
+            return False
+        payload = frames.encode(underlay.number, underlay.max_content_size, exchange, routing_key, body, **fields)
+        if not self.confirming:
+            return frames.queue_now(underlay, payload)
+        confirmation = frames.publish_now(underlay, payload, fields["message_id"])
+        return False if confirmation is None else confirmation
+
+    async def publish(self, exchange: str, routing_key: str, body: bytes, fields: Fields) -> None:
+        underlay: Any = await self.channel.get_underlay_channel()
+        self.underlay = underlay
+        payload = frames.encode(underlay.number, underlay.max_content_size, exchange, routing_key, body, **fields)
+        await frames.publish(underlay, payload, fields.get("message_id", ""))
+
+
+class AmqpDelivery(Delivery):
+    """A message as aiormq delivered it: aio-pika's ``IncomingMessage`` would cost ~10 µs more a message to build."""
+
+    __slots__ = ("_channel", "_tag")
+
+    def __init__(self, message: DeliveredMessage, queue: str) -> None:
+        properties = message.header.properties
+        super().__init__(
+            message.body,
+            queue=queue,
+            content_type=properties.content_type,
+            headers=properties.headers,
+            correlation_id=properties.correlation_id,
+            reply_to=properties.reply_to,
+            redelivered=bool(getattr(message.delivery, "redelivered", False)),
+        )
+        self._channel = message.channel
+        self._tag: int = getattr(message.delivery, "delivery_tag", 0) or 0
+
+    async def ack(self) -> None:
+        """Queue the ack frame without waiting for it to drain to the socket (an ack needs no answer, and a lost
+        one only means a redelivery); this saves a future and a wake-up per message."""
+        with translated("ack"):
+            await self._channel.basic_ack(self._tag, wait=False)
+
+    async def requeue(self) -> None:
+        with translated("requeue"):
+            await self._channel.basic_nack(self._tag, requeue=True)
+
+
+class AmqpSubscription(Subscription):
+    """A consumer on aio-pika's robust channel, started on the aiormq channel under it (so deliveries skip
+    aio-pika's message wrapper and its extra task) and started again each time the robust channel re-opens."""
+
+    def __init__(
+        self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: Callable[[Delivery], Awaitable[None]],
+        *, no_ack: bool,
+    ) -> None:
+        self._channel, self._queue, self._no_ack = channel, queue, no_ack
+        name = queue.name
+
+        async def on_message(message: DeliveredMessage) -> None:
+            await on_delivery(AmqpDelivery(message, name))
+
+        self._on_message = on_message
+        self._tag = f"otter.{uuid.uuid4().hex}"
+        self._cancelled = False
+
+    async def start(self) -> None:
+        await self._consume()
+        self._channel.reopen_callbacks.add(self._restart)  # type: ignore[attr-defined]
+
+    async def cancel(self) -> None:
+        self._cancelled = True
+        self._channel.reopen_callbacks.discard(self._restart)  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):
+            underlay = await self._channel.get_underlay_channel()
+            await underlay.basic_cancel(self._tag)
+
+    async def _consume(self) -> None:
+        underlay = await self._channel.get_underlay_channel()
+        await underlay.basic_consume(self._queue.name, self._on_message, no_ack=self._no_ack, consumer_tag=self._tag)
+
+    async def _restart(self, _channel: Any) -> None:
+        """After aio-pika re-declared the queue on the re-opened channel: consume it again."""
+        if self._cancelled:
+            return
+        try:
+            await self._consume()
+        except Exception as exc:
+            log.error("could not consume %r again after reconnecting: %s", self._queue.name, describe(exc))

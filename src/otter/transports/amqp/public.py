@@ -1,0 +1,105 @@
+"""The fallback when ``fence`` finds versions the fast path was not written for: aio-pika's public API only.
+
+``aio_pika.Message`` and ``Exchange.publish`` to send (every publish waits its turn in a task), ``Queue.consume``
+and ``IncomingMessage`` to receive (the robust queue consumes again after a reconnect by itself). Slower per
+message, and it relies on nothing private of aio-pika, aiormq or pamqp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
+
+from ..base import Delivery, Subscription
+from .errors import translated
+from .publishing import Fields, Outlet
+
+__all__ = ["PublicDelivery", "PublicOutlet", "PublicSubscription"]
+
+
+class PublicOutlet(Outlet):
+    """``Exchange.publish`` of an ``aio_pika.Message``; on a confirming channel it returns once confirmed."""
+
+    __slots__ = ("_exchanges",)
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        super().__init__(channel)
+        self._exchanges: dict[str, AbstractExchange] = {"": channel.default_exchange}
+
+    def now(self, exchange: str, routing_key: str, body: bytes, fields: Fields) -> asyncio.Future[Any] | bool:
+        return False
+
+    async def publish(self, exchange: str, routing_key: str, body: bytes, fields: Fields) -> None:
+        target = self._exchanges.get(exchange)
+        if target is None:  # an exchange object without a round trip: the exchange was declared at connect
+            target = self._exchanges[exchange] = await self.channel.get_exchange(exchange, ensure=False)
+        expiration = fields.get("expiration")
+        message = aio_pika.Message(
+            body,
+            content_type=fields.get("content_type"),
+            headers=fields.get("headers"),
+            delivery_mode=fields.get("delivery_mode"),
+            correlation_id=fields.get("correlation_id"),
+            reply_to=fields.get("reply_to"),
+            expiration=None if expiration is None else int(expiration) / 1000,
+            message_id=fields.get("message_id"),
+        )
+        await target.publish(message, routing_key, mandatory=bool(fields.get("mandatory")))
+
+
+class PublicDelivery(Delivery):
+    """A message as aio-pika delivered it."""
+
+    __slots__ = ("_message",)
+
+    def __init__(self, message: AbstractIncomingMessage, queue: str) -> None:
+        super().__init__(
+            message.body,
+            queue=queue,
+            content_type=message.content_type,
+            headers=message.headers,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            redelivered=bool(message.redelivered),
+        )
+        self._message = message
+
+    async def ack(self) -> None:
+        with translated("ack"):
+            await self._message.ack()
+
+    async def requeue(self) -> None:
+        with translated("requeue"):
+            await self._message.nack(requeue=True)
+
+
+class PublicSubscription(Subscription):
+    """``Queue.consume`` on the robust queue, which aio-pika consumes again after a reconnect."""
+
+    def __init__(
+        self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: Callable[[Delivery], Awaitable[None]],
+        *, no_ack: bool,
+    ) -> None:
+        self._queue, self._no_ack = queue, no_ack
+        name = queue.name
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await on_delivery(PublicDelivery(message, name))
+
+        self._on_message = on_message
+        self._tag: str | None = None
+
+    async def start(self) -> None:
+        self._tag = await self._queue.consume(self._on_message, no_ack=self._no_ack)
+
+    async def cancel(self) -> None:
+        if self._tag is not None:
+            tag, self._tag = self._tag, None
+            try:
+                await self._queue.cancel(tag)
+            except Exception:  # the channel is gone: nothing left to cancel
+                return
