@@ -105,13 +105,15 @@ class Otter(Scaffold):
         """Close the app's setup and return what a worker serves: every route in its hooks, and each task's queue."""
         self.serving = True
         pipelines = {id(route): self.pipeline(route) for route in self.routes}
-        queues = self.task_queues(config["DEFAULT_TASK_QUEUE"])
         default_queue = config["DEFAULT_TASK_QUEUE"]
+        queues = self.task_queues(default_queue)
+        owner = queues.get(default_queue)
         return RouteTable(
             rpcs=tuple(pipelines[id(route)] for route in self.routes if isinstance(route, RpcRoute)),
             tasks={queue: pipelines[id(route)] for queue, route in queues.items()},
             broadcasts=tuple(pipelines[id(route)] for route in self.routes if isinstance(route, BroadcastRoute)),
-            default_queue=default_queue if default_queue in queues else None,
+            default_queue=default_queue if owner is not None else None,
+            default_shared=owner is not None and owner.is_default,
         )
 
     def task_queues(self, default_queue: str | None = None) -> dict[str, TaskRoute]:
@@ -126,7 +128,8 @@ class Otter(Scaffold):
         if len(defaults) > 1:
             names = ", ".join(route.name for route in defaults)
             raise ConfigurationError(f"only one task handler may be the default, got: {names}")
-        owner = defaults[0] if defaults else (tasks[0] if len(tasks) == 1 else None)
+        only = tasks[0] if len(tasks) == 1 and not tasks[0].opts_out_of_default else None
+        owner = defaults[0] if defaults else only
         if owner is not None:
             queues[default_queue or self.config["DEFAULT_TASK_QUEUE"]] = owner
         return queues

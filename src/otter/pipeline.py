@@ -107,13 +107,15 @@ def _run_on_loop(ctx: HandlerContext, value: Any) -> Any:
 class RouteTable:
     """What a worker serves, fixed when the app starts: every route in its hooks, and the queue of each task.
 
-    ``default_queue`` is the default (nameless) task queue when this app consumes it, and is in ``tasks`` then.
+    ``default_queue`` is the default (nameless) task queue when this app consumes it, and is in ``tasks`` then;
+    ``default_shared`` says whether its handler asked to share it (``default=True``) or claims it for itself.
     """
 
     rpcs: tuple[Pipeline, ...]
     tasks: Mapping[str, Pipeline]
     broadcasts: tuple[Pipeline, ...]
     default_queue: str | None = None
+    default_shared: bool = False
 
     def __post_init__(self) -> None:
         assert all(isinstance(p.route, RpcRoute) for p in self.rpcs)

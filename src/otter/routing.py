@@ -88,7 +88,13 @@ class TaskRoute(Route):
 
     @property
     def is_default(self) -> bool:
-        return bool(self.options.get("default"))
+        """Asked to share the default (nameless) task queue: ``add_task(..., default=True)``."""
+        return self.options.get("default") is True
+
+    @property
+    def opts_out_of_default(self) -> bool:
+        """``add_task(..., default=False)``: never the default queue's owner, even as the app's only task."""
+        return self.options.get("default") is False
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ class Scaffold:
         self,
         name: str | None = None,
         *,
-        default: bool = False,
+        default: bool | None = None,
         max_retries: int | None = None,
         retry_on: type[BaseException] | Iterable[type[BaseException]] | None = None,
         backoff: float | None = None,
@@ -57,10 +57,14 @@ class Scaffold:
     ) -> Callable[[F], F]:
         """Run tasks from the queue ``name``: ``handler(comm, body)``.
 
-        ``default=True`` also consumes the default (nameless) task queue; an app with exactly one task handler
-        consumes it without being told. A task that raises runs again up to ``max_retries`` times when the error
-        is one of ``retry_on``, waiting ``backoff`` seconds, doubling up to ``backoff_max`` (with ``jitter``),
-        then goes to the dead-letter queue; options left out come from the app's ``TASK_*`` config.
+        Nameless tasks (``client.task(body)``) go to the default task queue, and one consumer takes them: an app
+        whose only task handler this is claims that queue for itself, unless another consumer already has it (then
+        the worker says so in its log and takes none); ``default=True`` shares the queue with the replicas of this
+        app instead, and ``default=False`` opts out. Prefer named tasks.
+
+        A task that raises runs again up to ``max_retries`` times when the error is one of ``retry_on``, waiting
+        ``backoff`` seconds, doubling up to ``backoff_max`` (with ``jitter``), then goes to the dead-letter queue;
+        options left out come from the app's ``TASK_*`` config.
 
         >>> @app.add_task("mail.send", max_retries=3, retry_on=(IOError,), backoff=2.0)
         ... def send(comm, body): ...

@@ -45,6 +45,7 @@ from .retry import RetryPolicy
 from .routing import BroadcastRoute
 from .threadpool import HandlerThreadPool
 from .transports import Delivery, Subscription, Transport
+from .transports.base import QueueInUse
 
 __all__ = ["Handled", "Observer", "Worker"]
 
@@ -116,16 +117,38 @@ class Worker:
             self._subscriptions.append(await self.transport.consume_rpc(
                 pipeline.route.name, self._rpc_consumer(pipeline), prefetch=self.prefetch))
         for queue, pipeline in table.tasks.items():
+            if queue == table.default_queue:
+                await self._consume_default_queue(queue, pipeline)
+                continue
             self._subscriptions.append(await self.transport.consume_tasks(
                 queue, self._task_consumer(pipeline), prefetch=self.prefetch))
         if table.broadcasts:
             self._subscriptions.append(await self.transport.consume_broadcasts(
                 self._broadcast_consumer(table.broadcasts), prefetch=self.prefetch))
         log.info("serving %d handlers on %s", len(table), self.transport.url)
-        if table.default_queue is not None:
-            log.info("nameless tasks (the default queue %r) go to %s", table.default_queue,
-                     table.tasks[table.default_queue].route.name)
         self.started.set()
+
+    async def _consume_default_queue(self, queue: str, pipeline: Pipeline) -> None:
+        """Nameless tasks reach one well-defined consumer: the app's only task handler holds the default queue for
+        itself (a second service that tries is told no, and says so); ``default=True`` shares it between replicas."""
+        shared = self.table.default_shared
+        name = pipeline.route.name
+        try:
+            subscription = await self.transport.consume_tasks(
+                queue, self._task_consumer(pipeline), prefetch=self.prefetch, exclusive=not shared)
+        except QueueInUse as exc:
+            if shared:
+                raise QueueInUse(
+                    f"{name} has default=True, but another service holds the default task queue {queue!r} for "
+                    f"itself ({exc}); name your tasks, or give that service's task default=True too"
+                ) from None
+            log.warning("nameless tasks (the default queue %r) already go to another consumer, so %s takes none of "
+                        "them; send them by name (client.task(%r, body)), or use default=True on one task of "
+                        "each replica of a single service to share the queue", queue, name, name)
+            return
+        self._subscriptions.append(subscription)
+        log.info("nameless tasks (the default queue %r) go to %s%s", queue, name,
+                 ", shared with other workers (default=True)" if shared else ", and to no other consumer")
 
     async def stop(self) -> None:
         """Stop taking messages, let running handlers finish within the grace period, requeue the rest.

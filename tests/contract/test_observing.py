@@ -15,6 +15,9 @@ from otter.testing import ServedApp
 
 QueueName = Callable[[str], str]
 
+# ``probe`` deletes what each test declared on RabbitMQ (its names and its task queues) when it ends.
+pytestmark = pytest.mark.usefixtures("probe")
+
 
 @pytest.fixture
 def client(broker_url: str, names: dict[str, Any]) -> Iterator[otter.Client]:

@@ -12,9 +12,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigurationError
+
 __all__ = [
     "Delivery",
     "OnDelivery",
+    "QueueInUse",
     "ReplayRoute",
     "Snapshot",
     "Subscription",
@@ -96,6 +99,11 @@ OnDelivery = Callable[[Delivery], Awaitable[None]]
 ReplayRoute = Callable[[Delivery], "tuple[str, Mapping[str, Any]] | None"]
 
 
+class QueueInUse(ConfigurationError):
+    """A consumer could not start: another consumer holds the queue for itself, or it asked to hold a queue that
+    others already consume."""
+
+
 class Subscription(abc.ABC):
     """A running consumer; ``cancel`` stops new deliveries (those already delivered still settle)."""
 
@@ -163,7 +171,11 @@ class Transport(abc.ABC):
     async def consume_rpc(self, name: str, on_delivery: OnDelivery, *, prefetch: int) -> Subscription: ...
 
     @abc.abstractmethod
-    async def consume_tasks(self, queue: str, on_delivery: OnDelivery, *, prefetch: int) -> Subscription: ...
+    async def consume_tasks(
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False
+    ) -> Subscription:
+        """Consume the durable task ``queue``; ``exclusive`` asks to be its only consumer. ``QueueInUse`` when
+        another consumer has it exclusively, or when exclusivity is asked for and it has consumers already."""
 
     @abc.abstractmethod
     async def consume_broadcasts(self, on_delivery: OnDelivery, *, prefetch: int) -> Subscription: ...

@@ -26,6 +26,7 @@ from ..errors import BrokerUnavailable, DeadlineExceeded, Unroutable
 from .base import (
     Delivery,
     OnDelivery,
+    QueueInUse,
     ReplayRoute,
     Snapshot,
     Subscription,
@@ -65,6 +66,7 @@ class _Queue:
     auto_delete: bool = False
     messages: deque[_Message] = field(default_factory=deque)
     consumers: list[_Consumer] = field(default_factory=list)
+    exclusive: bool = False  # its one consumer holds it for itself
     turn: itertools.count[int] = field(default_factory=itertools.count)
 
 
@@ -178,9 +180,15 @@ class MemoryBroker:
             count = len(queue.messages) if limit is None else min(limit, len(queue.messages))
             return [queue.messages.popleft() for _ in range(count)]
 
-    def add_consumer(self, name: str, consumer: _Consumer, *, auto_delete: bool = False) -> _Queue:
+    def add_consumer(
+        self, name: str, consumer: _Consumer, *, auto_delete: bool = False, exclusive: bool = False
+    ) -> _Queue:
         with self._lock:
             queue = self.declare(name, auto_delete=auto_delete)
+            if queue.consumers and (exclusive or queue.exclusive):
+                raise QueueInUse(f"queue {name!r} is in exclusive use" if queue.exclusive else
+                                 f"queue {name!r} already has consumers; cannot consume it exclusively")
+            queue.exclusive = exclusive
             queue.consumers.append(consumer)
             self._pump(queue)
             return queue
@@ -190,6 +198,7 @@ class MemoryBroker:
             consumer.active = False
             if consumer in queue.consumers:
                 queue.consumers.remove(consumer)
+                queue.exclusive = queue.exclusive and bool(queue.consumers)
             if queue.auto_delete and not queue.consumers:
                 self.queues.pop(queue.name, None)
 
@@ -405,8 +414,10 @@ class MemoryTransport(Transport):
     async def consume_rpc(self, name: str, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
         return self._consume(self.topology.rpc_queue(name), on_delivery, prefetch, auto_delete=True)
 
-    async def consume_tasks(self, queue: str, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
-        return self._consume(queue, on_delivery, prefetch, auto_delete=False)
+    async def consume_tasks(
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False
+    ) -> Subscription:
+        return self._consume(queue, on_delivery, prefetch, auto_delete=False, exclusive=exclusive)
 
     async def consume_broadcasts(self, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
         self._check()
@@ -417,10 +428,12 @@ class MemoryTransport(Transport):
         self._subscriptions.append(subscription)
         return subscription
 
-    def _consume(self, name: str, on_delivery: OnDelivery, prefetch: int, *, auto_delete: bool) -> Subscription:
+    def _consume(
+        self, name: str, on_delivery: OnDelivery, prefetch: int, *, auto_delete: bool, exclusive: bool = False
+    ) -> Subscription:
         self._check()
         consumer = _Consumer(asyncio.get_running_loop(), on_delivery, prefetch)
-        queue = self.broker.add_consumer(name, consumer, auto_delete=auto_delete)
+        queue = self.broker.add_consumer(name, consumer, auto_delete=auto_delete, exclusive=exclusive)
         subscription = MemorySubscription(self.broker, queue, consumer)
         self._subscriptions.append(subscription)
         return subscription

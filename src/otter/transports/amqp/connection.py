@@ -79,16 +79,17 @@ class Link:
     replies: Outlet
 
     async def subscribe(
-        self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery, *, no_ack: bool
+        self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery, *, no_ack: bool,
+        exclusive: bool = False,
     ) -> Subscription:
-        """Consume ``queue`` on ``channel``, on this connection's path."""
+        """Consume ``queue`` on ``channel``, on this connection's path; ``exclusive``: as its only consumer."""
         if self.fast:
             from .fast import AmqpSubscription
 
-            fast = AmqpSubscription(channel, queue, on_delivery, no_ack=no_ack)
+            fast = AmqpSubscription(channel, queue, on_delivery, no_ack=no_ack, exclusive=exclusive)
             await fast.start()
             return fast
-        public = PublicSubscription(channel, queue, on_delivery, no_ack=no_ack)
+        public = PublicSubscription(channel, queue, on_delivery, no_ack=no_ack, exclusive=exclusive)
         await public.start()
         return public
 

@@ -94,9 +94,9 @@ class AmqpSubscription(Subscription):
 
     def __init__(
         self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: Callable[[Delivery], Awaitable[None]],
-        *, no_ack: bool,
+        *, no_ack: bool, exclusive: bool = False,
     ) -> None:
-        self._channel, self._queue, self._no_ack = channel, queue, no_ack
+        self._channel, self._queue, self._no_ack, self._exclusive = channel, queue, no_ack, exclusive
         name = queue.name
 
         async def on_message(message: DeliveredMessage) -> None:
@@ -119,7 +119,8 @@ class AmqpSubscription(Subscription):
 
     async def _consume(self) -> None:
         underlay = await self._channel.get_underlay_channel()
-        await underlay.basic_consume(self._queue.name, self._on_message, no_ack=self._no_ack, consumer_tag=self._tag)
+        await underlay.basic_consume(self._queue.name, self._on_message, no_ack=self._no_ack, consumer_tag=self._tag,
+                                     exclusive=self._exclusive)
 
     async def _restart(self, _channel: Any) -> None:
         """After aio-pika re-declared the queue on the re-opened channel: consume it again."""

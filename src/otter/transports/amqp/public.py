@@ -82,9 +82,9 @@ class PublicSubscription(Subscription):
 
     def __init__(
         self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: Callable[[Delivery], Awaitable[None]],
-        *, no_ack: bool,
+        *, no_ack: bool, exclusive: bool = False,
     ) -> None:
-        self._queue, self._no_ack = queue, no_ack
+        self._queue, self._no_ack, self._exclusive = queue, no_ack, exclusive
         name = queue.name
 
         async def on_message(message: AbstractIncomingMessage) -> None:
@@ -94,7 +94,7 @@ class PublicSubscription(Subscription):
         self._tag: str | None = None
 
     async def start(self) -> None:
-        self._tag = await self._queue.consume(self._on_message, no_ack=self._no_ack)
+        self._tag = await self._queue.consume(self._on_message, no_ack=self._no_ack, exclusive=self._exclusive)
 
     async def cancel(self) -> None:
         if self._tag is not None:

@@ -25,7 +25,7 @@ from ... import protocol
 from ...config import redact_url
 from ...errors import BrokerUnavailable, Unroutable
 from ...protocol import KiwipyDefaults
-from ..base import Delivery, OnDelivery, ReplayRoute, Subscription, Topology, Transport
+from ..base import Delivery, OnDelivery, QueueInUse, ReplayRoute, Subscription, Topology, Transport
 from .connection import TASK_QUEUE_ARGUMENTS, Link, Queues, connect, open_link
 from .dead_letters import DeadLetters
 from .errors import describe, translated
@@ -223,13 +223,20 @@ class AmqpTransport(Transport):
                     await channel.close()
                 raise _QueueVanished from None
 
-    async def consume_tasks(self, queue: str, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
+    async def consume_tasks(
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False
+    ) -> Subscription:
         assert self._link is not None, "call connect() first"
         async with self._link.consumer_channel(prefetch) as channel:
             exchange = await channel.declare_exchange(self.topology.task_exchange, ExchangeType.TOPIC)
             task_queue = await channel.declare_queue(queue, durable=True, arguments=TASK_QUEUE_ARGUMENTS)
             await task_queue.bind(exchange, queue)
-            return await self._consume(channel, task_queue, on_delivery)
+            try:
+                return await self._link.subscribe(channel, task_queue, on_delivery, no_ack=False, exclusive=exclusive)
+            except aiormq.exceptions.ChannelAccessRefused as exc:  # the broker closed this consumer's channel
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                raise QueueInUse(f"could not consume the task queue {queue!r}: {describe(exc)}") from None
 
     async def consume_broadcasts(self, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
         assert self._link is not None, "call connect() first"
