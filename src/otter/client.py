@@ -11,11 +11,11 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from typing import Any
+from typing import Any, overload
 
 from . import eventloop
 from .codec import JsonCodec
-from .comm import Communicator
+from .comm import Communicator, task_target
 from .config import ResolvedConfig, redact_url, resolve
 from .errors import BrokerUnavailable, OtterError
 from .futures import CallFuture
@@ -46,14 +46,6 @@ def _communicator(
         rpc_timeout=float(config["RPC_TIMEOUT"]),
         loop_thread=loop_thread,
     )
-
-
-def _split_task_args(args: tuple[Any, ...]) -> tuple[str | None, Any]:
-    if len(args) == 1:
-        return None, args[0]
-    if len(args) == 2 and isinstance(args[0], str):
-        return args[0], args[1]
-    raise TypeError("use client.task(name, body) for a named task, or client.task(body) for the default queue")
 
 
 class Client:
@@ -100,10 +92,22 @@ class Client:
         """Call the RPC ``name``; ``.result()`` returns the reply or raises a typed ``OtterError``."""
         return self._connected().rpc_send(name, data, timeout=timeout)
 
-    def task(self, *args: Any) -> None:
-        """``task(name, body)`` queues a named task, ``task(body)`` one on the default queue; returns once the
-        broker has it (publisher confirm)."""
-        name, body = _split_task_args(args)
+    @overload
+    def task(self, name: str, body: Any = None, /) -> None: ...
+    @overload
+    def task(self, body: Any, /) -> None: ...
+    @overload
+    def task(self, *, body: Any) -> None: ...
+    @overload
+    def task(self, name: str, /, *, body: Any) -> None: ...
+
+    def task(self, *args: Any, **kwargs: Any) -> None:
+        """Queue a task and return once the broker has it (publisher confirm).
+
+        ``task(name, body)`` and ``task(name)`` send the named task; ``task(body=...)`` a nameless one, to the default
+        queue; the seed's ``task(5)`` too, when the lone argument is not a string (a lone string is a name).
+        """
+        name, body = task_target(args, kwargs)
         self._connected().task_send(body, name=name).result()
 
     def broadcast(
@@ -157,8 +161,18 @@ class AsyncClient:
     async def rpc(self, name: str, data: Any = None, *, timeout: float | None = None) -> Any:
         return await self._connected().call(name, data, timeout=timeout)
 
-    async def task(self, *args: Any) -> None:
-        name, body = _split_task_args(args)
+    @overload
+    async def task(self, name: str, body: Any = None, /) -> None: ...
+    @overload
+    async def task(self, body: Any, /) -> None: ...
+    @overload
+    async def task(self, *, body: Any) -> None: ...
+    @overload
+    async def task(self, name: str, /, *, body: Any) -> None: ...
+
+    async def task(self, *args: Any, **kwargs: Any) -> None:
+        """As ``Client.task``."""
+        name, body = task_target(args, kwargs)
         await self._connected().send_task(name, body)
 
     async def broadcast(

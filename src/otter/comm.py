@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import time
 import uuid
@@ -24,7 +25,9 @@ from .futures import CallFuture
 from .routing import check_name
 from .transports import Transport
 
-__all__ = ["Communicator"]
+__all__ = ["Communicator", "task_target"]
+
+log = logging.getLogger("otter.comm")
 
 _SUBSCRIBE_HINT = (
     "Otter serves handlers registered on an app: use @app.add_rpc / add_task / add_broadcast "
@@ -76,13 +79,18 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         return protocol.raise_for_reply(self.codec.decode(reply.body, reply.content_type))
 
     async def send_task(self, name: str | None, body: Any = None) -> None:
-        """Queue a task (``name=None``: the default queue) and return once the broker has it."""
+        """Queue a task (``name=None``: the default queue) and return once the broker has it. The first send to a
+        queue that no worker consumes says so in the log (the task waits there; is the name right?)."""
         self._check_open()
         if name is not None:
             check_name(name, "task")
         queue = name or self.transport.topology.default_task_queue  # type: ignore[attr-defined]
         payload = self.codec.encode(protocol.task_body(body, no_reply=True))
-        await self.transport.publish_task(queue, payload, correlation_id=self._next_id())
+        consumers = await self.transport.publish_task(queue, payload, correlation_id=self._next_id())
+        if consumers == 0:
+            what = f"task {name!r}" if name is not None else f"nameless task (default queue {queue!r})"
+            log.warning("no worker consumes the %s yet: it waits in its queue until one starts (is the name "
+                        "right, and is the service that handles it running?)", what)
 
     async def send_broadcast(
         self, body: Any, sender: Any = None, subject: str | None = None, correlation_id: Any = None
@@ -97,9 +105,25 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         wait = (self.rpc_timeout if timeout is None else timeout) + 1.0
         return self._submit(self.call(recipient_id, msg, timeout=timeout), wait)
 
+    def task(self, *args: Any, **kwargs: Any) -> CallFuture:
+        """Queue a task, as ``Client.task`` does: ``comm.task(name, body)``, ``comm.task(name)``, or the nameless
+        ``comm.task(body=...)``; returns a future that resolves once the broker has it (``.result()`` in a plain
+        handler, ``await`` in an ``async def`` one).
+
+        >>> comm.task("mail.send", {"to": "a@example.com"}).result()
+        """
+        name, body = task_target(args, kwargs)
+        return self._submit(self.send_task(name, body), self._send_wait())
+
     def task_send(self, task: Any, no_reply: bool = True, *, name: str | None = None) -> CallFuture:
-        """Queue ``task`` on the queue ``name`` (default: the default task queue); resolves to None once the
-        broker confirmed it. Otter tasks do not send results back; use an RPC when you need one."""
+        """kiwipy's call: queue ``task`` (the body) on the default task queue, or on ``name``; resolves to None once
+        the broker confirmed it. Otter tasks do not send results back; use an RPC when you need one. For a named
+        task, ``comm.task(name, body)`` reads better."""
+        if not isinstance(no_reply, bool):
+            raise TypeError(
+                f"task_send(task, no_reply) takes the body first and no_reply as True/False, got no_reply="
+                f"{no_reply!r:.40}; to send a named task use comm.task({task!r:.40}, body)"
+            )
         if not no_reply:
             raise ConfigurationError("Otter tasks are fire-and-forget (no_reply=True); use rpc_send for a result")
         return self._submit(self.send_task(name, task), self._send_wait())
@@ -167,6 +191,40 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
             return asyncio.get_running_loop() is self.loop
         except RuntimeError:
             return False
+
+
+_NO_BODY = object()
+
+
+def task_target(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str | None, Any]:
+    """Where a ``task(...)`` call goes and what it carries: ``(name, body)``, ``name=None`` for the default queue.
+
+    One way everywhere (``Client``, ``AsyncClient``, ``comm``): ``task(name, body)`` and ``task(name)`` send a named
+    task; ``task(body=...)`` a nameless one; and the seed's ``task(body)`` with a body that is not a string (a
+    lone string is a task's name, so ``task("billing.charge")`` does what it says).
+    """
+    body = kwargs.pop("body", _NO_BODY)
+    if kwargs:
+        raise TypeError(f"task() got unexpected keyword arguments {sorted(kwargs)}{_TASK_HINT}")
+    if body is not _NO_BODY:
+        if len(args) > 1:
+            raise TypeError(f"task() got the body twice{_TASK_HINT}")
+        name = args[0] if args else None
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"a task's name is a string, got {type(name).__name__}{_TASK_HINT}")
+        return name, body
+    if len(args) == 2:
+        if not isinstance(args[0], str):
+            raise TypeError(f"a task's name is a string, got {type(args[0]).__name__}{_TASK_HINT}")
+        return args[0], args[1]
+    if len(args) == 1:
+        return (args[0], None) if isinstance(args[0], str) else (None, args[0])
+    raise TypeError(f"task() takes a name, a body or both{_TASK_HINT}")
+
+
+_TASK_HINT = (
+    "; use client.task(name, body) (comm.task in a handler) for a named task, or task(body=...) for a nameless one"
+)
 
 
 def _copy_outcome(task: asyncio.Task[Any], future: CallFuture) -> None:

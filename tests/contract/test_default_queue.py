@@ -62,7 +62,7 @@ def test_default_false_opts_the_only_task_out_of_the_default_queue(
     caplog.set_level(logging.INFO, logger="otter.worker")
     with serve(service(names, work, ran, default=False), broker_url, names) as server, \
             otter.Client(broker_url, **names) as client:
-        client.task("nameless")
+        client.task(body="nameless")
         client.task(work, "named")  # sent after the nameless one: once it is handled, the other would have been
         server.handled.wait(work)
     assert ran == ["named"] and "nameless tasks" not in caplog.text

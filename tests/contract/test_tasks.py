@@ -85,7 +85,7 @@ def test_async_client_sends_tasks(serve: Serve, broker_url: str, names: dict[str
     async def send() -> None:
         async with otter.AsyncClient(broker_url, **names) as client:
             await client.task(work, "named")
-            await client.task("nameless")
+            await client.task(body="nameless")  # a lone string would be a task name
 
     asyncio.run(send())
     assert sorted([seen.get(timeout=5), seen.get(timeout=5)]) == [(work, "named"), (work, "nameless")]

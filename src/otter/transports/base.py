@@ -132,8 +132,9 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def publish_task(
         self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None
-    ) -> None:
-        """Put a persistent task on the durable ``queue`` and return once the broker has it."""
+    ) -> int | None:
+        """Put a persistent task on the durable ``queue`` and return once the broker has it. When this send was the
+        transport's first to ``queue``, return how many consumers the queue had (0: nobody runs it yet); else None."""
 
     @abc.abstractmethod
     async def publish_broadcast(self, body: bytes) -> None: ...

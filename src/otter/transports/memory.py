@@ -303,6 +303,7 @@ class MemoryTransport(Transport):
         self._reply_to = protocol.reply_queue_name("memory", uuid.uuid4().hex)
         self._pending: dict[str, asyncio.Future[Delivery]] = {}
         self._subscriptions: list[Subscription] = []
+        self._sent_to: set[str] = set()  # task queues this transport has sent to
         self._connected = False
 
     async def connect(self) -> None:
@@ -346,10 +347,13 @@ class MemoryTransport(Transport):
 
     async def publish_task(
         self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None
-    ) -> None:
+    ) -> int | None:
         self._check()
-        self.broker.declare(queue)
+        first = queue not in self._sent_to
+        self._sent_to.add(queue)
+        consumers = len(self.broker.declare(queue).consumers)
         self.broker.publish(queue, _Message(body, protocol.CONTENT_TYPE, dict(headers or {}), correlation_id))
+        return consumers if first else None
 
     async def publish_broadcast(self, body: bytes) -> None:
         self._check()

@@ -139,6 +139,7 @@ class Queues:
     def __init__(self, channel: AbstractChannel, task_exchange: AbstractExchange, dead_letter_queue: str) -> None:
         self._channel, self._task_exchange, self._dead_letter_queue = channel, task_exchange, dead_letter_queue
         self.declared: set[str] = set()
+        self.consumers: dict[str, int] = {}  # of a task queue, as its declaration found them (until taken)
 
     async def task_queue(self, queue: str) -> None:
         if queue in self.declared:
@@ -147,6 +148,7 @@ class Queues:
             declared = await self._channel.declare_queue(queue, durable=True, arguments=TASK_QUEUE_ARGUMENTS)
             await declared.bind(self._task_exchange, queue)
         self.declared.add(queue)
+        self.consumers[queue] = int(getattr(declared.declaration_result, "consumer_count", 0) or 0)
 
     async def dead_letter_queue(self) -> str:
         dlq = self._dead_letter_queue

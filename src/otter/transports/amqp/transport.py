@@ -122,7 +122,7 @@ class AmqpTransport(Transport):
 
     async def publish_task(
         self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None
-    ) -> None:
+    ) -> int | None:
         assert self._link is not None and self._queues is not None, "call connect() first"
         # Through the default exchange, straight to the queue: the same queue the task exchange routes ``queue``
         # to (kiwipy binds each task queue by its own name, and so does ``Queues.task_queue``), at ~10% less
@@ -140,6 +140,7 @@ class AmqpTransport(Transport):
         except aiormq.exceptions.PublishError as exc:
             queues.declared.discard(queue)  # deleted since it was declared: declare it on the next send
             raise Unroutable(f"the broker could not route the task to queue {queue!r}: {exc}") from None
+        return queues.consumers.pop(queue, None)
 
     async def publish_broadcast(self, body: bytes) -> None:
         """Sent once (at-most-once, as kiwipy's broadcasts are), after waiting for the connection if it is being
