@@ -200,6 +200,21 @@ def queue_depth(url: str, queue: str) -> int:
     return asyncio.run(depth())
 
 
+def queue_consumers(url: str, queue: str) -> int:
+    """How many consumers ``queue`` has, as the broker counts them."""
+
+    async def count() -> int:
+        connection = await aio_pika.connect(url)
+        try:
+            channel = await connection.channel()
+            declared = await channel.declare_queue(queue, passive=True)
+            return int(declared.declaration_result.consumer_count or 0)
+        finally:
+            await connection.close()
+
+    return asyncio.run(count())
+
+
 def delete_names(url: str, names: Mapping[str, Any], queues: Iterable[str] = ()) -> None:
     """Delete a test's exchanges and durable queues (``names`` as from ``unique_names``) plus ``queues``."""
     queue_names = [names["DEFAULT_TASK_QUEUE"], names["DEAD_LETTER_QUEUE"], *queues]

@@ -76,3 +76,14 @@ def test_unencodable_values(value: object) -> None:
 
 def test_non_string_keys_are_encoded_as_strings() -> None:
     assert JsonCodec().encode({1: "a"}) == b'{"1":"a"}'
+
+
+def test_a_body_one_byte_over_the_limit_is_refused_before_decoding() -> None:
+    codec = JsonCodec(max_size=1000)
+    at_limit = b'"' + b"a" * 998 + b'"'
+    assert codec.decode(at_limit) == "a" * 998
+    with pytest.raises(MessageTooLarge, match="1001 bytes is over the limit of 1000"):
+        codec.decode(at_limit + b" ")  # valid JSON: only the size check can refuse it
+    with pytest.raises(MessageTooLarge):
+        codec.decode(b"[" * 1001)  # refused for its size, not parsed into a depth error
+    assert issubclass(MessageTooLarge, MessageError)

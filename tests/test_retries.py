@@ -292,3 +292,34 @@ def test_on_rabbitmq_a_retry_waits_in_a_delay_queue_that_leaves_the_task_queue_a
         assert amqp_queue_state(amqp_url, name, TASK_QUEUE_ARGUMENTS) == 0
     finally:
         delete_amqp_queues(amqp_url, [name, delay_queue, names["DEAD_LETTER_QUEUE"]], names)
+
+
+@pytest.mark.parametrize("refused", ["dead-letter", "retry"])
+def test_on_rabbitmq_a_task_whose_retry_or_dead_letter_the_broker_refuses_goes_back_to_its_queue(
+    amqp_url: str, names: dict[str, Any], caplog: pytest.LogCaptureFixture, refused: str
+) -> None:
+    """The queue the failed task should move to exists with other arguments, so the broker refuses to declare it
+    (PRECONDITION_FAILED): the task must stay in its own queue and run again, not be acked and lost."""
+    name = unique("refused")
+    delay_queue = retry_queue_name(name, 30_000)
+    target = names["DEAD_LETTER_QUEUE"] if refused == "dead-letter" else delay_queue
+    app, runs, done = Otter(**names), Runs(), threading.Event()
+    app.before_handler(runs.record)
+
+    @app.add_task(name, max_retries=0 if refused == "dead-letter" else 1, backoff=30.0, jitter=False)
+    def job(comm: Any, body: Any) -> None:
+        if len(runs.of(name)) == 1:
+            raise OSError("the first run fails")
+        done.set()
+
+    try:
+        assert amqp_queue_state(amqp_url, target, {"x-max-length": 1}) == 0  # declared with other arguments
+        with ServedApp(app, amqp_url, **names), Client(amqp_url, **names) as client:
+            client.task(name, 1)
+            assert done.wait(10), f"the task ran {len(runs.of(name))} time(s) and was lost after the refusal"
+        assert [item[1] for item in runs.of(name)] == [None, None]  # the original message, run again
+        assert any("could not retry or dead-letter it" in record.getMessage() for record in caplog.records)
+        assert amqp_queue_state(amqp_url, name) == 0
+        assert amqp_queue_state(amqp_url, target) == 0
+    finally:
+        delete_amqp_queues(amqp_url, [name, delay_queue, names["DEAD_LETTER_QUEUE"]], names)

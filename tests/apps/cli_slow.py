@@ -1,7 +1,8 @@
-"""An app for tests/test_shutdown.py: a task that takes a while and writes when it starts and when it ends.
+"""An app for tests/test_shutdown.py: a task that writes a marker line when it starts and when it ends.
 
-``CLI_TASK_QUEUE`` names the task queue and ``CLI_RECORD_FILE`` is where ``start N <time>`` and ``done N <time>``
-lines go; the task body is ``{"n": N, "seconds": S}``.
+``CLI_TASK_QUEUE`` names the task queue and ``CLI_RECORD_FILE`` is where ``start N`` and ``done N`` lines go; the
+task body is ``{"n": N}``. The task holds its slot until the file ``CLI_RELEASE_FILE`` exists (at most a minute), so
+a test decides when it ends instead of guessing how long it takes.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from otter import Otter
+
+HOLD_AT_MOST = 60.0
 
 app = Otter("cli-slow")
 _lock = threading.Lock()
@@ -19,7 +23,7 @@ _lock = threading.Lock()
 
 def _write(line: str) -> None:
     with _lock, open(os.environ["CLI_RECORD_FILE"], "a") as record:
-        record.write(f"{line} {time.time():.3f}\n")
+        record.write(f"{line}\n")
         record.flush()
         os.fsync(record.fileno())
 
@@ -27,5 +31,7 @@ def _write(line: str) -> None:
 @app.add_task(os.environ.get("CLI_TASK_QUEUE", "cli.slow"))
 def slow(comm: Any, body: dict[str, Any]) -> None:
     _write(f"start {body['n']}")
-    time.sleep(body["seconds"])
+    release, deadline = Path(os.environ["CLI_RELEASE_FILE"]), time.monotonic() + HOLD_AT_MOST
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     _write(f"done {body['n']}")

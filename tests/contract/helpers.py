@@ -54,6 +54,10 @@ class BrokerProbe(abc.ABC):
         asyncio.run(self._publish_task(queue, body, content_type))
 
     @abc.abstractmethod
+    def ready(self, queue: str) -> int:
+        """How many messages wait in ``queue`` for a consumer (not counting those delivered and not yet acked)."""
+
+    @abc.abstractmethod
     def cleanup(self, queues: Iterable[str]) -> None:
         """Remove what a test left on the broker."""
 
@@ -74,6 +78,9 @@ class MemoryProbe(BrokerProbe):
 
     def cleanup(self, queues: Iterable[str]) -> None:
         """Nothing to do: the ``broker_url`` fixture forgets the whole in-process broker."""
+
+    def ready(self, queue: str) -> int:
+        return len(self.broker.messages_in(queue))
 
     async def _wait_for_dead_letters(self, count: int, timeout: float) -> list[RawMessage]:
         deadline = time.monotonic() + timeout
@@ -142,6 +149,15 @@ class AmqpProbe(BrokerProbe):
 
     def cleanup(self, queues: Iterable[str]) -> None:
         asyncio.run(self._cleanup(queues))
+
+    def ready(self, queue: str) -> int:
+        async def count() -> int:
+            async with await aio_pika.connect(self.url) as connection:
+                channel = await connection.channel()
+                declared = await channel.declare_queue(queue, passive=True)
+                return int(declared.declaration_result.message_count or 0)
+
+        return asyncio.run(count())
 
     async def _cleanup(self, queues: Iterable[str]) -> None:
         async with await aio_pika.connect(self.url) as connection:

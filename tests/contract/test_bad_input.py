@@ -1,24 +1,38 @@
-"""Bad input on both transports: an RPC gets an error reply, a task is dead-lettered, a broadcast is dropped; and
-the app keeps serving. The bad messages go in below Otter's client, which would never send them."""
+"""Bad input on both transports: an RPC gets an error reply saying why, a task is dead-lettered with the reason, a
+broadcast is logged and dropped; and the app keeps serving. The bad messages go in below Otter's client, which would
+never send them: through the transports' own calls and ``BrokerProbe`` (first part), and through ``RawBroker``
+straight to the exchanges, or ``MemoryBroker.publish_raw`` on ``memory://`` (second part, one service per transport
+that must survive every test's bad input in turn). Missing headers and content type are not errors: that is what a
+kiwipy program sends.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import queue
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
 
 import otter
-from otter import protocol
+from conftest import AMQP_URL, unique_names
+from helpers_process import wait_until
+from otter import Client, Otter, protocol
 from otter.codec import JsonCodec
 from otter.config import DEFAULTS
+from otter.dlq import DeadLetter, list_dead_letters
+from otter.protocol import ATTEMPTS_HEADER
+from otter.testing import ServedApp
 from otter.transports import open_transport
+from otter.transports.memory import MemoryBroker
+from reliability_support import RawBroker, delete_amqp_queues, publish_hostile, raw_key, raw_text, unique
 
 from .conftest import Serve
 from .helpers import BrokerProbe
@@ -178,3 +192,281 @@ def test_bad_broadcasts_are_dropped(
         assert got.get(timeout=5) == ("good", "a.b")
     assert got.empty()
     assert len(dropped()) == 3
+
+
+# == one service per transport, raw messages straight to its exchanges ================================================
+LIMIT = 64 * 1024
+JSON = "application/json"
+TOO_DEEP = b"[" * 20_000 + b"]" * 20_000  # well under the size limit, far over the decoder's depth limit
+DEEP_BUT_READABLE = b"[" * 1000 + b"]" * 1000  # decodes, but no reply can carry it back
+
+
+@dataclass
+class Service:
+    url: str
+    names: dict[str, Any]
+    task: str
+    raw: RawBroker
+    client: Client
+    task_bodies: list[Any]
+    broadcasts: list[Any]
+
+    def no_task_ran_but_a_marker(self, since: int) -> None:
+        """Barrier: a marker task queued after the bad ones runs (one at a time, in order), and nothing else ran."""
+        marker = uuid.uuid4().hex
+        self.raw.task(self.task, orjson.dumps([marker, True]))
+        wait_until(lambda: marker in self.task_bodies, what="the marker task")
+        assert self.task_bodies[since:] == [marker], "a bad task reached the handler"
+
+    def no_broadcast_heard_but_a_marker(self, since: int) -> None:
+        """Barrier: a marker broadcast sent after the bad ones is heard, and nothing else was."""
+        marker = uuid.uuid4().hex
+        self.raw.broadcast(orjson.dumps({"body": marker, "sender": "test", "subject": "probe.marker",
+                                         "correlation_id": None}))
+        wait_until(lambda: marker in self.broadcasts, what="the marker broadcast")
+        assert self.broadcasts[since:] == [marker], "a bad broadcast reached the handler"
+
+    def still_serves(self) -> None:
+        marker = uuid.uuid4().hex
+        assert self.client.rpc("echo", marker, timeout=10).result() == marker
+
+    def dead_letter(self, correlation_id: str) -> DeadLetter:
+        def find() -> DeadLetter | None:
+            letters = list_dead_letters(self.url, self.names)
+            return next((letter for letter in letters if letter.correlation_id == correlation_id), None)
+
+        letter: DeadLetter = wait_until(find, what=f"the dead letter {correlation_id}")
+        return letter
+
+
+@pytest.fixture(scope="module", params=["memory", "amqp"])
+def service(request: pytest.FixtureRequest) -> Iterator[Service]:
+    """One app per transport for the whole module: it must survive every test's bad input in turn."""
+    url = f"memory://bad-input-{uuid.uuid4().hex}" if request.param == "memory" else AMQP_URL
+    names = unique_names("bad")
+    task = unique("work")
+    app = Otter(MAX_MESSAGE_SIZE=LIMIT, CONCURRENCY=1, **names)  # one at a time, in order: markers are barriers
+    task_bodies: list[Any] = []
+    broadcasts: list[Any] = []
+
+    @app.add_rpc("echo")
+    def echo(comm: Any, data: Any) -> Any:
+        return data
+
+    @app.add_task(task)
+    def work(comm: Any, body: Any) -> None:
+        task_bodies.append(body)
+
+    @app.add_broadcast(["probe.*"])
+    def on_probe(comm: Any, body: Any, sender: Any, subject: Any, correlation_id: Any) -> None:
+        broadcasts.append(body)
+
+    with ServedApp(app, url, **names), Client(url, **names) as client, RawBroker(url, names) as raw:
+        yield Service(url, names, task, raw, client, task_bodies, broadcasts)
+    if request.param == "memory":
+        MemoryBroker.reset(url.partition("://")[2])
+    else:
+        delete_amqp_queues(url, [task, names["DEAD_LETTER_QUEUE"]], names)
+
+
+@pytest.fixture
+def log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.WARNING, logger="otter")
+    return caplog
+
+
+def logged(caplog: pytest.LogCaptureFixture, *fragments: str) -> bool:
+    return any(all(fragment in record.getMessage() for fragment in fragments) for record in caplog.records)
+
+
+# Each case: name, body, message properties, the error type the caller/dead letter names, and why (a fragment).
+UNREADABLE = [
+    pytest.param(b"{not json", {"content_type": JSON}, "MessageError", "not valid JSON", id="undecodable"),
+    pytest.param(b'"fine"', {"content_type": "application/x-yaml"}, "MessageError", "unsupported content type",
+                 id="wrong-content-type"),
+    pytest.param(b'"caf\xe9"', {"content_type": JSON}, "MessageError", "not valid UTF-8", id="invalid-utf8"),
+    pytest.param(TOO_DEEP, {"content_type": JSON}, "MessageError", "depth limit", id="deeply-nested"),
+    pytest.param(b'"' + b"a" * (LIMIT - 1) + b'"', {"content_type": JSON}, "MessageTooLarge", "over the limit",
+                 id="over-the-size-limit"),
+]
+
+
+# -- RPC -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("body", "properties", "error_type", "why"), [
+    *UNREADABLE,
+    pytest.param(b'"x"', {"headers": {protocol.DEADLINE_HEADER: "soon"}}, "MessageError", protocol.DEADLINE_HEADER,
+                 id="deadline-as-string"),
+    pytest.param(b'"x"', {"headers": {protocol.DEADLINE_HEADER: 1.5e9}}, "MessageError", protocol.DEADLINE_HEADER,
+                 id="deadline-as-float"),
+])
+def test_an_unreadable_rpc_gets_an_error_reply_saying_why(
+    service: Service, log: pytest.LogCaptureFixture, body: bytes, properties: dict[str, Any], error_type: str,
+    why: str,
+) -> None:
+    correlation_id = service.raw.rpc("echo", body, **properties)
+    reply = orjson.loads(service.raw.reply(correlation_id))
+    assert reply["error"]["type"] == error_type and why in reply["error"]["message"]
+    assert reply["exception"].startswith(error_type)  # what a kiwipy caller reads
+    assert logged(log, "bad request", correlation_id, why)
+    service.still_serves()
+
+
+def test_an_rpc_whose_result_cannot_be_encoded_gets_an_error_reply(
+    service: Service, log: pytest.LogCaptureFixture
+) -> None:
+    correlation_id = service.raw.rpc("echo", DEEP_BUT_READABLE, content_type=JSON)
+    reply = orjson.loads(service.raw.reply(correlation_id))
+    assert reply["error"]["type"] == "MessageError" and "could not be encoded" in reply["error"]["message"]
+    assert logged(log, "not serialisable")
+    service.still_serves()
+
+
+def test_an_rpc_without_headers_or_content_type_is_served_as_kiwipy_sends_it(service: Service) -> None:
+    correlation_id = service.raw.rpc("echo", b'{"from": "kiwipy"}')
+    assert orjson.loads(service.raw.reply(correlation_id)) == {"result": {"from": "kiwipy"}}
+
+
+def test_an_unreadable_rpc_without_reply_to_is_logged_and_dropped(
+    service: Service, log: pytest.LogCaptureFixture
+) -> None:
+    correlation_id = service.raw.rpc("echo", b"{not json", reply_to=None)
+    wait_until(lambda: logged(log, "bad request", correlation_id, "not valid JSON"), what="the log line")
+    service.still_serves()
+
+
+def test_a_reply_to_a_queue_that_does_not_exist_is_dropped_and_serving_goes_on(service: Service) -> None:
+    """Replies are at-most-once like the calls they answer: the broker drops one whose caller is gone."""
+    service.raw.rpc("echo", b'"x"', reply_to=f"no-such-queue-{uuid.uuid4().hex}")
+    for _ in range(3):
+        service.still_serves()
+
+
+def test_a_direct_reply_to_that_does_not_exist_does_not_break_replying(service: Service) -> None:
+    """RabbitMQ drops such a reply without telling; the channel replies go out on must stay open."""
+    service.raw.rpc("echo", b'"x"', reply_to=f"amq.rabbitmq.reply-to.{uuid.uuid4().hex}")
+    service.raw.rpc("echo", b'"x"', reply_to="amq.rabbitmq.reply-to.g1h2AA5yZXBseUAxMjM0NTY3OAAAAAAAAAAAAAAAAA==")
+    for _ in range(3):
+        service.still_serves()
+
+
+# -- tasks -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("body", "properties", "error_type", "why"), [
+    *UNREADABLE,
+    pytest.param(b'{"not": "a list"}', {"content_type": JSON}, "MessageError", "[task, no_reply]", id="wrong-shape"),
+    pytest.param(b'["x", true]', {"headers": {ATTEMPTS_HEADER: "garbage"}}, "MessageError", ATTEMPTS_HEADER,
+                 id="attempts-garbage"),
+    pytest.param(b'["x", true]', {"headers": {ATTEMPTS_HEADER: -3}}, "MessageError", ATTEMPTS_HEADER,
+                 id="attempts-negative"),
+])
+def test_an_unreadable_task_is_dead_lettered_with_the_reason(
+    service: Service, log: pytest.LogCaptureFixture, body: bytes, properties: dict[str, Any], error_type: str,
+    why: str,
+) -> None:
+    ran_before = len(service.task_bodies)
+    correlation_id = service.raw.task(service.task, body, **properties)
+    letter = service.dead_letter(correlation_id)
+    assert (letter.reason, letter.error_type, letter.queue) == ("bad-message", error_type, service.task)
+    assert why in (letter.error_message or "")
+    assert letter.body == body  # the original bytes, to fix and replay
+    assert logged(log, "bad message, dead-lettered", correlation_id, why)
+    service.no_task_ran_but_a_marker(since=ran_before)
+    service.still_serves()
+
+
+def test_a_dead_letter_keeps_the_senders_own_headers_of_every_type(service: Service) -> None:
+    headers = {
+        "trace": {"span": "abc", "hops": [1, "two", 3.5]},
+        "blob": b"\x00\x01",
+        "sent": datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.timezone.utc),
+        "flag": True,
+        ATTEMPTS_HEADER: "garbage",
+    }
+    correlation_id = service.raw.task(service.task, b'["x", true]', headers=headers)
+    letter = service.dead_letter(correlation_id)
+    assert letter.headers["trace"] == headers["trace"]
+    assert letter.headers["blob"] == b"\x00\x01" and letter.headers["flag"] is True
+    assert letter.headers["sent"].replace(tzinfo=datetime.timezone.utc) == headers["sent"]
+    service.still_serves()
+
+
+def test_a_task_without_headers_or_content_type_runs_as_kiwipy_sends_it(service: Service) -> None:
+    marker = uuid.uuid4().hex
+    service.raw.task(service.task, orjson.dumps([marker, True]))
+    wait_until(lambda: marker in service.task_bodies, what="the task to run")
+
+
+# -- broadcasts ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("body", "properties", "error_type", "why"), [
+    *UNREADABLE,
+    pytest.param(b"[1, 2]", {"content_type": JSON}, "MessageError", "must be a mapping", id="wrong-shape"),
+    pytest.param(b'{"body": 1, "subject": 5}', {}, "MessageError", "subject must be a string",
+                 id="subject-not-a-string"),
+])
+def test_an_unreadable_broadcast_is_logged_and_dropped(
+    service: Service, log: pytest.LogCaptureFixture, body: bytes, properties: dict[str, Any], error_type: str,
+    why: str,
+) -> None:
+    heard_before = len(service.broadcasts)
+    service.raw.broadcast(body, **properties)
+    wait_until(lambda: logged(log, "broadcast: bad message dropped", why), what="the log line")
+    service.no_broadcast_heard_but_a_marker(since=heard_before)
+    service.still_serves()
+
+
+def test_a_broadcast_without_content_type_is_received_as_kiwipy_sends_it(service: Service) -> None:
+    marker = uuid.uuid4().hex
+    service.raw.broadcast(orjson.dumps({"body": marker, "sender": "kiwipy", "subject": "probe.x",
+                                        "correlation_id": None}))
+    wait_until(lambda: marker in service.broadcasts, what="the broadcast to arrive")
+
+
+# -- what only a hostile AMQP client can send ---------------------------------------------------------------------
+# memory:// hands bytes over in process: there is no frame encoding to break, so these run on RabbitMQ only.
+amqp_only = pytest.mark.parametrize("service", ["amqp"], indirect=True)
+
+
+@amqp_only
+def test_a_task_with_text_that_is_not_utf8_in_properties_and_headers_is_dead_lettered(
+    service: Service, log: pytest.LogCaptureFixture
+) -> None:
+    """pamqp alone would fail to decode the frame and close the connection, then the redelivery would close it
+    again, forever; and it cannot encode such headers back when the task is dead-lettered."""
+    publish_hostile(service.url, service.names["TASK_EXCHANGE"], service.task, b'["x", true]', {
+        "content_type": raw_text(b"application/\xff"),
+        "correlation_id": raw_text(b"hostile-\xfe"),
+        "headers": {"small-negative": -3, "not-utf8": raw_text(b"\xff\xfe"), raw_key(b"key-\xff"): 1},
+    })
+    letter = service.dead_letter("hostile-\ufffd")
+    assert (letter.reason, letter.error_type) == ("bad-message", "MessageError")
+    assert "unsupported content type" in (letter.error_message or "")
+    assert letter.headers["small-negative"] == -3
+    assert bytes(letter.headers["not-utf8"]) == b"\xff\xfe"
+    assert letter.headers["key-\ufffd"] == 1
+    assert logged(log, "bad message, dead-lettered", "hostile-\ufffd")
+    service.still_serves()
+
+
+@amqp_only
+def test_an_rpc_and_a_broadcast_with_a_content_type_that_is_not_utf8_are_refused(
+    service: Service, log: pytest.LogCaptureFixture
+) -> None:
+    names = service.names
+    heard_before = len(service.broadcasts)
+    publish_hostile(service.url, names["MESSAGE_EXCHANGE"], protocol.rpc_routing_key("echo"), b'"x"',
+                    {"content_type": raw_text(b"\xff"), "correlation_id": "hostile-rpc"})
+    publish_hostile(service.url, names["MESSAGE_EXCHANGE"], protocol.BROADCAST_ROUTING_KEY,
+                    b'{"body": 1, "subject": "probe.x"}', {"content_type": raw_text(b"\xfe")})
+    wait_until(lambda: logged(log, "bad request", "hostile-rpc", "unsupported content type"), what="the rpc log")
+    wait_until(lambda: logged(log, "broadcast: bad message dropped", "unsupported content type"),
+               what="the broadcast log")
+    service.no_broadcast_heard_but_a_marker(since=heard_before)
+    service.still_serves()
+
+
+# -- the size limit, before decoding ---------------------------------------------------------------------------------
+def test_a_large_task_is_dead_lettered_for_its_size_not_parsed(service: Service) -> None:
+    """Ten times the limit of nesting: parsing would fail on depth; the size check refuses it first."""
+    correlation_id = service.raw.task(service.task, b"[" * (LIMIT * 10), content_type=JSON)
+    letter = service.dead_letter(correlation_id)
+    assert (letter.error_type, letter.size) == ("MessageTooLarge", LIMIT * 10)
+    service.still_serves()

@@ -11,8 +11,11 @@ from typing import Any
 import pytest
 
 import otter
+from helpers_process import wait_until
+from otter.testing import ServedApp
 
 from .conftest import Serve
+from .helpers import BrokerProbe
 
 BLOCK_AT_MOST = 5.0
 
@@ -131,3 +134,54 @@ def test_an_async_handler_runs_on_the_worker_loop_and_a_plain_one_in_its_pool(
     pool_thread, pool_ident = client.rpc("where.plain").result(timeout=5)
     assert loop_thread == "otter-app-where"  # the thread ServedApp runs the worker's loop in
     assert pool_thread.startswith("otter-rpc:where.plain") and pool_ident != loop_ident
+
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug in src/otter/worker.py Worker.stop: prefetched tasks wait on the closed _Gate's semaphore until a running "
+    "handler frees a slot or the grace period ends, instead of going back to the queue at once"))
+def test_a_stopping_worker_returns_its_prefetched_tasks_at_once_and_runs_none_of_them(
+    serve: Serve, broker_url: str, names: dict[str, Any], queue_name: Callable[[str], str], probe: BrokerProbe
+) -> None:
+    """One slot, a multiplier of 4 and a long grace period: while its running task finishes, the three tasks
+    waiting in a stopping worker go back to the queue at once (another worker runs them long before the grace
+    period ends), and the stopping worker starts none of them."""
+    work = queue_name("work")
+    handled: queue.Queue[tuple[str, int]] = queue.Queue()
+    started, release = threading.Event(), threading.Event()
+    stopping_app, successor = otter.Otter(**names), otter.Otter(**names)
+
+    @stopping_app.add_task(work)
+    def slow(comm: Any, n: int) -> None:
+        if n == 1:
+            started.set()
+            release.wait(BLOCK_AT_MOST * 4)
+        handled.put(("stopping", n))
+
+    @successor.add_task(work)
+    def quick(comm: Any, n: int) -> None:
+        handled.put(("successor", n))
+
+    grace = 60.0
+    stopping = ServedApp(stopping_app, broker_url, **names, CONCURRENCY=1, PREFETCH_MULTIPLIER=4,
+                         SHUTDOWN_GRACE=grace).start()
+    stopper = threading.Thread(target=stopping.stop)
+    try:
+        with otter.Client(broker_url, **names) as client:
+            for n in range(1, 5):
+                client.task(work, n)
+        assert started.wait(10), "the first task never started"
+        wait_until(lambda: probe.ready(work) == 0, 10, "the stopping worker to hold all four tasks")
+        stopper.start()
+        serve(successor, CONCURRENCY=1)
+        # Task 1 still holds the only slot of the stopping worker, which must not wait for it to return the rest.
+        assert sorted(handled.get(timeout=BLOCK_AT_MOST) for _ in range(3)) == [
+            ("successor", 2), ("successor", 3), ("successor", 4)
+        ]
+    finally:
+        release.set()
+        if stopper.ident is not None:
+            stopper.join(grace)
+        stopping.stop()
+    assert handled.get(timeout=5) == ("stopping", 1), "the running task finishes within the grace period"
+    assert handled.empty()

@@ -110,4 +110,9 @@ def test_broadcasts_stay_within_their_message_exchange(broker_url: str, names: d
         theirs.broadcast("for other", subject="a.b")  # sent after: it arrives after anything of ours that leaked
         assert heard["mine"].get(timeout=10) == "for mine"
         assert heard["other"].get(timeout=10) == "for other"
+        # Barriers: each marker is sent after the other app's broadcast was confirmed, so a leaked one comes first.
+        mine.broadcast("mine again", subject="a.b")
+        theirs.broadcast("other again", subject="a.b")
+        assert heard["mine"].get(timeout=10) == "mine again", "a broadcast of the other exchange leaked into mine"
+        assert heard["other"].get(timeout=10) == "other again", "a broadcast of mine leaked into the other exchange"
     assert heard["mine"].empty() and heard["other"].empty()

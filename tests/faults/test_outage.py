@@ -139,3 +139,28 @@ def _attempt(action: Any) -> str:
     except Exception as exc:
         return f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
     return "ok"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug in src/otter/client.py Client.close: it stops and closes the client's loop with the send still pending, so "
+    "the send's future is never resolved and .result() waits out its deadline (DeadlineExceeded)"))
+def test_closing_a_client_whose_task_send_waits_for_the_broker_fails_the_send_with_broker_unavailable(
+    broker: PrivateRabbitMQ, names: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The send is in flight for as long as the broker is down; closing the client must end it at once with the
+    typed error, not leave it to a bare ``CancelledError`` or to its deadline."""
+    caplog.set_level(logging.INFO, logger="otter")
+    queue = f"outage.close.{names['MESSAGE_EXCHANGE']}"
+    client = Client(broker.url, **names, PUBLISH_TIMEOUT=30.0, RECONNECT_INTERVAL=0.2)
+    assert client.comm, client.error
+    try:
+        client.task(queue, {"n": 0})
+        broker.stop_app()
+        wait_until(lambda: "lost the connection" in caplog.text, 10, "the client to notice the outage")
+        sending = client.comm.task_send({"n": 1}, name=queue)
+        with pytest.raises(DeadlineExceeded):
+            sending.result(timeout=0.2)  # waiting for the broker: in flight
+    finally:
+        client.close()
+    with pytest.raises(BrokerUnavailable):
+        sending.result(timeout=5)

@@ -1,7 +1,8 @@
-"""A worker process SIGKILLed in the middle of its tasks: nothing is lost, another worker runs them again.
+"""A worker process SIGKILLed in the middle of its work.
 
 Tasks are acked only after their handler returns, so the broker still holds every task the dead worker had
-started (or merely prefetched) and hands it to the next consumer.
+started (or merely prefetched) and hands it to the next consumer: nothing is lost. RPCs are acked before their
+handler starts (at-most-once), so a call whose worker dies runs nowhere else: its caller gets an error instead.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import signal
 
 import pytest
 
-from helpers_process import wait_until
+from helpers_process import queue_consumers, wait_until
+from otter import DeadlineExceeded
 
 from .processes import FaultRig
 from .socket_leaks import LEAKED_SOCKET_FILTER
@@ -47,3 +49,27 @@ def test_tasks_of_a_killed_worker_run_again_on_another_worker(rig: FaultRig) -> 
     assert not rig.ledger.ids("done", doomed.pid), "the killed worker cannot have finished anything"
     assert rig.ledger.ids("done", rescuer.pid) == {task_id: 1 for task_id in ids}
     assert tally.duplicated == 0
+
+
+def test_an_rpc_whose_worker_is_killed_mid_call_is_not_run_again_and_its_caller_gets_an_error(rig: FaultRig) -> None:
+    client = rig.client()
+    replicas = [rig.spawn(CONCURRENCY=1), rig.spawn(CONCURRENCY=1)]
+    for replica in replicas:
+        rig.wait_serving(client, replica)
+    name = f"{rig.prefix}.held"
+    call = client.rpc(name, "the-call", timeout=4)
+    runner_pid = wait_until(lambda: next(iter(rig.ledger.entries()), (None, None, None))[2], 10, "the call to start")
+    [runner] = [replica for replica in replicas if replica.pid == runner_pid]
+    runner.send(signal.SIGKILL)
+    assert runner.wait(10) == -signal.SIGKILL
+
+    # Once the broker has dropped the dead worker's consumer it has also put back whatever that worker held unacked.
+    rpc_queue = f"{rig.names['RPC_QUEUE_PREFIX']}{name}"
+    wait_until(lambda: queue_consumers(rig.broker.url, rpc_queue) == 1, 10, "the broker to drop the dead consumer")
+    rig.release()
+    # The survivor runs one call at a time, in queue order: a redelivered first call would run before this one.
+    assert client.rpc(name, "the-marker", timeout=10).result() == "the-marker"
+
+    assert rig.ledger.ids("start")["the-call"] == 1, f"the call ran again after its worker died:\n{rig.outputs()}"
+    with pytest.raises(DeadlineExceeded):
+        call.result()

@@ -10,7 +10,9 @@ Handlers:
 - ``<prefix>.slow`` (plain, in the thread pool): ``{"id": ..., "seconds": s}`` records ``start``, sleeps, records
   ``done``; with ``"hold": true`` it waits instead until the file ``release`` appears in ``FAULT_LEDGER_DIR``;
 - ``<prefix>.count`` (async): ``{"id": ...}``, records ``done``;
-- RPC ``<prefix>.echo``: returns its argument; ``<prefix>.ping.<pid>``: answers only from this process.
+- RPC ``<prefix>.echo``: returns its argument; ``<prefix>.ping.<pid>``: answers only from this process;
+- RPC ``<prefix>.held`` (plain): ``"<id>"`` records ``start``, waits until ``release`` appears, records ``done``
+  and returns the id.
 
 Lines are written with one ``os.write`` on an ``O_APPEND`` file, so they are whole and survive a SIGKILL.
 """
@@ -38,13 +40,17 @@ def record(event: str, task_id: Any) -> None:
     os.write(_fd, f"{event} {task_id} {os.getpid()}\n".encode())
 
 
+def hold() -> None:
+    deadline = time.monotonic() + HOLD_AT_MOST
+    while not RELEASE.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 @app.add_task(f"{PREFIX}.slow")
 def slow(comm: Any, body: dict[str, Any]) -> None:
     record("start", body["id"])
     if body.get("hold"):
-        deadline = time.monotonic() + HOLD_AT_MOST
-        while not RELEASE.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        hold()
     else:
         time.sleep(float(body.get("seconds", 0)))
     record("done", body["id"])
@@ -59,6 +65,14 @@ async def count(comm: Any, body: dict[str, Any]) -> None:
 @app.add_rpc(f"{PREFIX}.echo")
 def echo(comm: Any, data: Any) -> Any:
     return data
+
+
+@app.add_rpc(f"{PREFIX}.held")
+def held(comm: Any, call_id: str) -> str:
+    record("start", call_id)
+    hold()
+    record("done", call_id)
+    return call_id
 
 
 @app.add_rpc(f"{PREFIX}.ping.{os.getpid()}")
