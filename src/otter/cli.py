@@ -440,7 +440,7 @@ def task(name: str | None, body: Any, broker_url: str | None, default_queue: boo
     elif name is None:
         raise click.UsageError("give the task queue NAME, or --default-queue")
     with _client(broker_url, None) as client:
-        _outcome(lambda: client.task(body) if name is None else client.task(name, body))
+        _outcome(lambda: client.task(body=body) if name is None else client.task(name, body))
     click.echo(f"task queued on {name or 'the default queue'}")
 
 

@@ -161,8 +161,13 @@ class Worker:
         for subscription in self._subscriptions:
             await subscription.cancel()
         self._subscriptions.clear()
+        # Only now, with no consumer left to take them straight back: the messages waiting for a slot go back to
+        # their queues (each waiter, woken, finds the gate closed and returns its message; see ``_Gate``).
+        for gate in self._gates.values():
+            gate.wake_waiters()
         if self._running and self._idle is not None:
-            log.info("waiting up to %gs for %d running handlers", self.grace, len(self._running))
+            running = sum(gate.in_use for gate in self._gates.values())  # not the prefetched ones going back
+            log.info("waiting up to %gs for %d running handlers", self.grace, running)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.grace)
         for task, (delivery, rules) in list(self._running.items()):
@@ -354,13 +359,26 @@ class _Gate(asyncio.Semaphore):
     def __init__(self, value: int) -> None:
         super().__init__(value)
         self.closed = False
+        self.in_use = 0  # slots held by messages whose handling started
 
     def close(self) -> None:
         self.closed = True
+
+    def wake_waiters(self) -> None:
+        """Once closed: let the messages waiting for a slot through, to be returned rather than run. One extra
+        permit is enough: each waiter it wakes finds the gate closed and hands the permit on (``acquire``)."""
+        assert self.closed
+        if self.locked():
+            self.release()
 
     async def acquire(self) -> Literal[True]:
         await super().acquire()
         if self.closed:
             self.release()
             raise WorkerStopping
+        self.in_use += 1
         return True
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.in_use -= 1
+        self.release()

@@ -137,9 +137,6 @@ def test_an_async_handler_runs_on_the_worker_loop_and_a_plain_one_in_its_pool(
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in src/otter/worker.py Worker.stop: prefetched tasks wait on the closed _Gate's semaphore until a running "
-    "handler frees a slot or the grace period ends, instead of going back to the queue at once"))
 def test_a_stopping_worker_returns_its_prefetched_tasks_at_once_and_runs_none_of_them(
     serve: Serve, broker_url: str, names: dict[str, Any], queue_name: Callable[[str], str], probe: BrokerProbe
 ) -> None:

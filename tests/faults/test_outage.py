@@ -141,9 +141,6 @@ def _attempt(action: Any) -> str:
     return "ok"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in src/otter/client.py Client.close: it stops and closes the client's loop with the send still pending, so "
-    "the send's future is never resolved and .result() waits out its deadline (DeadlineExceeded)"))
 def test_closing_a_client_whose_task_send_waits_for_the_broker_fails_the_send_with_broker_unavailable(
     broker: PrivateRabbitMQ, names: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:

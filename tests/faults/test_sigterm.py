@@ -36,6 +36,8 @@ def test_sigterm_under_load_finishes_running_tasks_and_leaves_the_rest_queued(ri
     running = in_flight(rig, stopping.pid)
     stopping.send(signal.SIGTERM)
     wait_until(lambda: "waiting up to 30s for" in stopping.output(), 10, "the worker to say it stopped taking tasks")
+    # It counts the handlers running (4), not the prefetched tasks (16 in all) it is handing back.
+    assert "waiting up to 30s for 4 running handlers" in stopping.output()
     rig.release()  # the running tasks end only now: a worker still taking tasks would start more
     assert stopping.wait(15) == 0, stopping.output()
 
