@@ -23,6 +23,7 @@ from .errors import MessageError, RemoteError, ValidationError
 __all__ = [
     "ACCEPTED_CONTENT_TYPES",
     "ATTEMPTS_HEADER",
+    "BROADCAST_QUEUE_ARGUMENTS",
     "BROADCAST_ROUTING_KEY",
     "CONTENT_TYPE",
     "DEADLINE_HEADER",
@@ -31,8 +32,10 @@ __all__ = [
     "ERROR_TYPE_HEADER",
     "QUEUE_HEADER",
     "REASON_HEADER",
+    "RETRY_QUEUE_SPARE_MS",
     "RPC_PREFIX",
     "TASK_HEADER",
+    "TASK_QUEUE_ARGUMENTS",
     "Broadcast",
     "KiwipyDefaults",
     "dead_letter_headers",
@@ -45,6 +48,7 @@ __all__ = [
     "read_task",
     "reply_queue_name",
     "result_reply",
+    "retry_queue_arguments",
     "retry_queue_name",
     "rpc_routing_key",
 ]
@@ -62,6 +66,25 @@ class KiwipyDefaults:
     TASK_QUEUE: Final = "kiwipy.tasks"
     MESSAGE_TTL: Final = 66_000  # ms; the x-message-ttl of broadcast queues
     TASK_MESSAGE_TTL: Final = 7 * 24 * 3600 * 1000  # ms; the x-message-ttl of task queues
+
+
+# RabbitMQ queue arguments. A queue declared again with other arguments is refused (PRECONDITION_FAILED), so these
+# must equal kiwipy's where kiwipy declares the same queue: that is why Otter dead-letters by publishing rather than
+# with x-dead-letter-exchange on task queues.
+TASK_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-message-ttl": KiwipyDefaults.TASK_MESSAGE_TTL}
+BROADCAST_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-message-ttl": KiwipyDefaults.MESSAGE_TTL}
+RETRY_QUEUE_SPARE_MS = 60_000  # a retry delay queue outlives its longest wait by this much, then goes when unused
+
+
+def retry_queue_arguments(queue: str, delay_ms: int) -> dict[str, Any]:
+    """A retry delay queue: its messages wait ``delay_ms``, then dead-letter back into ``queue`` through the default
+    exchange; the queue itself expires once no retry has used it for a while (each declare renews the lease)."""
+    return {
+        "x-message-ttl": delay_ms,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue,
+        "x-expires": delay_ms + RETRY_QUEUE_SPARE_MS,
+    }
 
 
 CONTENT_TYPE = "application/json"  # set on every message Otter sends

@@ -23,7 +23,7 @@ from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, AbstractRobustConnection
 
 from ...errors import BrokerUnavailable
-from ...protocol import KiwipyDefaults
+from ...protocol import TASK_QUEUE_ARGUMENTS
 from ..base import Delivery, Subscription, Topology
 from . import fence
 from .errors import connect_failure, translated
@@ -32,9 +32,6 @@ from .publishing import Outlet
 
 __all__ = ["TASK_QUEUE_ARGUMENTS", "Link", "Queues", "connect", "open_link"]
 
-# kiwipy declares task queues with exactly these arguments; a different set would make the broker refuse the
-# second declaration (PRECONDITION_FAILED), so Otter dead-letters by publishing, not with x-dead-letter-exchange.
-TASK_QUEUE_ARGUMENTS: dict[str, Any] = {"x-message-ttl": KiwipyDefaults.TASK_MESSAGE_TTL}
 
 OnDelivery = Callable[[Delivery], Awaitable[None]]
 

@@ -17,10 +17,8 @@ from .connection import Link, Queues
 from .errors import translated
 from .publishing import Fields, Sender
 
-__all__ = ["RETRY_QUEUE_SPARE_MS", "DeadLetters"]
+__all__ = ["DeadLetters"]
 
-# A retry delay queue outlives its longest wait by this much, then the broker deletes it once it is unused.
-RETRY_QUEUE_SPARE_MS = 60_000
 
 
 class DeadLetters:
@@ -50,12 +48,8 @@ class DeadLetters:
         if delay_ms:
             target = protocol.retry_queue_name(delivery.queue, delay_ms)
             with translated(f"declare the retry queue {target!r}"):
-                await self._link.confirming.declare_queue(target, durable=True, arguments={
-                    "x-message-ttl": delay_ms,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": delivery.queue,
-                    "x-expires": delay_ms + RETRY_QUEUE_SPARE_MS,
-                })
+                await self._link.confirming.declare_queue(
+                    target, durable=True, arguments=protocol.retry_queue_arguments(delivery.queue, delay_ms))
         copied = {**protocol.forwarded_headers(delivery.headers), **headers}
         await self._copy("", target, delivery.body,
                          self._fields(delivery.content_type, delivery.correlation_id, copied),

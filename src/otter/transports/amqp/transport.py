@@ -24,7 +24,6 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnectio
 from ... import protocol
 from ...config import redact_url
 from ...errors import BrokerUnavailable, Unroutable
-from ...protocol import KiwipyDefaults
 from ..base import Delivery, OnDelivery, QueueInUse, ReplayRoute, Subscription, Topology, Transport
 from .connection import TASK_QUEUE_ARGUMENTS, Link, Queues, connect, open_link
 from .dead_letters import DeadLetters
@@ -244,7 +243,7 @@ class AmqpTransport(Transport):
         async with self._link.consumer_channel(prefetch) as channel:
             exchange = await channel.declare_exchange(self.topology.message_exchange, ExchangeType.TOPIC)
             queue = await channel.declare_queue(
-                exclusive=True, arguments={"x-message-ttl": KiwipyDefaults.MESSAGE_TTL}
+                exclusive=True, arguments=protocol.BROADCAST_QUEUE_ARGUMENTS
             )
             await queue.bind(exchange, protocol.BROADCAST_ROUTING_KEY)
             return await self._consume(channel, queue, on_delivery)
