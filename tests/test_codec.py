@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from otter.codec import CONTENT_TYPE, DEFAULT_MAX_MESSAGE_SIZE, JsonCodec
-from otter.errors import MessageError, MessageTooLarge
+from otter.errors import ConfigurationError, MessageError, MessageTooLarge
 
 
 def test_round_trip() -> None:
@@ -87,3 +89,62 @@ def test_a_body_one_byte_over_the_limit_is_refused_before_decoding() -> None:
     with pytest.raises(MessageTooLarge):
         codec.decode(b"[" * 1001)  # refused for its size, not parsed into a depth error
     assert issubclass(MessageTooLarge, MessageError)
+
+
+# -- errors on the sender's side, before anything is sent ----------------------------------------------------------
+def test_a_message_over_the_limit_is_refused_when_encoded() -> None:
+    codec = JsonCodec(max_size=100)
+    assert codec.encode("x" * 90)
+    with pytest.raises(MessageTooLarge, match=r"the task body encodes to 209 bytes, over the limit of 100 .*MAX_MES"):
+        codec.encode(["y" * 200, True], what="task body", payload="y" * 200)
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<Opaque>"
+
+
+@pytest.mark.parametrize(
+    ("value", "payload", "match"),
+    [
+        pytest.param({"a": Opaque()}, None, r"the RPC request\['a'\] is a \S*test_codec\.Opaque \(<Opaque>\)",
+                     id="a value inside a dict"),
+        pytest.param([{"items": [1, Opaque()]}, True], {"items": [1, Opaque()]},
+                     r"the RPC request\['items'\]\[1\] is a \S*test_codec\.Opaque", id="inside the envelope"),
+        pytest.param(Opaque(), None, r"the RPC request itself is a \S*test_codec\.Opaque", id="the value itself"),
+    ],
+)
+def test_an_unencodable_value_is_named_by_its_path_and_type(value: Any, payload: Any, match: str) -> None:
+    kwargs = {} if payload is None else {"payload": payload}
+    with pytest.raises(MessageError, match=match) as raised:
+        JsonCodec().encode(value, what="RPC request", **kwargs)
+    assert "cannot encode dict" not in str(raised.value) and "JSON_DEFAULT" in str(raised.value)
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_infinity_are_refused_not_turned_into_null(number: float) -> None:
+    with pytest.raises(MessageError, match=rf"the task body\['price'\]\[0\] is {number}"):
+        JsonCodec().encode([{"price": [number], "note": None}, True], what="task body",
+                           payload={"price": [number], "note": None})
+    assert JsonCodec().encode({"none": None, "fine": 1.5}) == b'{"none":null,"fine":1.5}'
+
+
+def test_json_default_encodes_custom_types_and_is_read_from_config() -> None:
+    from decimal import Decimal
+
+    codec = JsonCodec.from_config({"MAX_MESSAGE_SIZE": 1000, "JSON_DEFAULT": "tests.test_codec.decimal_as_str"})
+    assert codec.decode(codec.encode({"price": Decimal("1.50")})) == {"price": "1.50"}
+    with pytest.raises(MessageError, match="JSON_DEFAULT did not handle it"):
+        codec.encode({"x": Opaque()})
+    with pytest.raises(ConfigurationError, match=r"JSON_DEFAULT names 'no\.such:thing'"):
+        JsonCodec.from_config({"JSON_DEFAULT": "no.such:thing"})
+    with pytest.raises(ConfigurationError, match="must be a function"):
+        JsonCodec.from_config({"JSON_DEFAULT": 5})
+
+
+def decimal_as_str(value: Any) -> Any:
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(type(value).__name__)

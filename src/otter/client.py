@@ -41,7 +41,7 @@ def _communicator(
 ) -> Communicator:
     return Communicator(
         transport,
-        JsonCodec(int(config["MAX_MESSAGE_SIZE"])),
+        JsonCodec.from_config(config),
         loop,
         rpc_timeout=float(config["RPC_TIMEOUT"]),
         loop_thread=loop_thread,

@@ -71,7 +71,7 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         self._check_open()
         check_name(name, "RPC")
         timeout = self.rpc_timeout if timeout is None else float(timeout)
-        body = self.codec.encode(data)
+        body = self.codec.encode(data, what="RPC request")
         headers = {protocol.DEADLINE_HEADER: protocol.deadline_ms(time.time() + timeout)}
         reply = await self.transport.call(
             name, body, correlation_id=self._next_id(), timeout=timeout, headers=headers
@@ -85,7 +85,7 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         if name is not None:
             check_name(name, "task")
         queue = name or self.transport.topology.default_task_queue  # type: ignore[attr-defined]
-        payload = self.codec.encode(protocol.task_body(body, no_reply=True))
+        payload = self.codec.encode(protocol.task_body(body, no_reply=True), what="task body", payload=body)
         consumers = await self.transport.publish_task(queue, payload, correlation_id=self._next_id())
         if consumers == 0:
             what = f"task {name!r}" if name is not None else f"nameless task (default queue {queue!r})"
@@ -97,7 +97,7 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
     ) -> bool:
         self._check_open()
         message = protocol.Broadcast(body, sender, subject, correlation_id).to_wire()
-        await self.transport.publish_broadcast(self.codec.encode(message))
+        await self.transport.publish_broadcast(self.codec.encode(message, what="broadcast body", payload=body))
         return True
 
     # -- kiwipy's interface: thread-safe, returns futures -------------------------------------------------------

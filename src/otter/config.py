@@ -53,7 +53,9 @@ DEFAULTS: dict[str, Any] = {
     "RPC_TIMEOUT": 30.0,  # seconds; every call has a deadline, sent as the message expiration
     "CONNECT_TIMEOUT": 5.0,
     "SHUTDOWN_GRACE": 30.0,  # seconds running handlers get to finish on SIGTERM/Ctrl-C
-    "MAX_MESSAGE_SIZE": DEFAULT_MAX_MESSAGE_SIZE,
+    "MAX_MESSAGE_SIZE": DEFAULT_MAX_MESSAGE_SIZE,  # bytes, enforced by senders and receivers alike
+    # Encodes what JSON has no place for (Decimal, your classes): a function (or its dotted path) as orjson's default.
+    "JSON_DEFAULT": None,
     # Broker outages: sends wait for the connection to come back; a task send retries until PUBLISH_TIMEOUT,
     # then raises BrokerUnavailable (never drops silently). RECONNECT_INTERVAL is the pause between attempts.
     "PUBLISH_TIMEOUT": 15.0,

@@ -299,7 +299,7 @@ def encode_result(codec: JsonCodec, value: Any, *, debug: bool) -> bytes:
 
 def _result_reply(codec: JsonCodec, value: Any, debug: bool) -> tuple[bytes, str, tuple[Note, ...]]:
     try:
-        return codec.encode(protocol.result_reply(value)), OK, NO_NOTES
+        return codec.encode(protocol.result_reply(value), what="reply", payload=value), OK, NO_NOTES
     except MessageError as exc:
         error = MessageError(f"the handler's reply could not be encoded: {exc}")
         note = Note(logging.ERROR, f"reply is not serialisable: {exc}")

@@ -88,7 +88,7 @@ class Worker:
         # AMQP's prefetch count is an unsigned short.
         self.prefetch = min(self.concurrency * max(1, int(config["PREFETCH_MULTIPLIER"])), 65535)
         self.grace = float(config["SHUTDOWN_GRACE"])
-        self.codec = JsonCodec(int(config["MAX_MESSAGE_SIZE"]))
+        self.codec = JsonCodec.from_config(config)
         self.comm: Communicator | None = None
         self._pools: dict[str, HandlerThreadPool] = {}
         self._gates: dict[str, _Gate] = {}

@@ -91,3 +91,20 @@ def test_the_first_send_to_a_queue_nobody_consumes_is_reported_once(
     reports = [r.getMessage() for r in caplog.records if "no worker consumes" in r.getMessage()]
     assert reports == [f"no worker consumes the task {typo!r} yet: it waits in its queue until one starts (is the "
                        f"name right, and is the service that handles it running?)"]
+
+
+def test_an_oversized_or_unencodable_task_is_refused_by_its_sender_and_never_sent(
+    broker_url: str, names: dict[str, Any], queue_name: QueueName
+) -> None:
+    app, work, ran = otter.Otter(**names), queue_name("work"), []
+    app.add_task(work)(lambda comm, body: ran.append(body))
+    with serve(app, broker_url, names) as server, otter.Client(broker_url, MAX_MESSAGE_SIZE=1000, **names) as client:
+        with pytest.raises(otter.MessageTooLarge, match="the task body encodes to"):
+            client.task(work, "x" * 2000)
+        with pytest.raises(otter.MessageError, match=r"the task body\['at'\] is a \S*object"):
+            client.task(work, {"at": object()})
+        with pytest.raises(otter.MessageError, match=r"the task body\['ratio'\] is nan"):
+            client.task(work, {"ratio": float("nan")})
+        client.task(work, "fits")  # the barrier: had any of the above been sent, it would have run first
+        server.handled.wait(work)
+    assert ran == ["fits"]
