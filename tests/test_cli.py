@@ -358,6 +358,29 @@ def test_call_exit_codes_for_timeout_nobody_serving_and_bad_json(served: Served)
     assert "is not JSON" in bad_json.stderr and "Quote strings twice" in bad_json.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["call", "example.hash", '"otter"'], ["task", "example.task", "5"], ["task", "--default-queue", "5"],
+     ["broadcast", "message.send", '"otter"']],
+    ids=["call", "task", "default-queue-task", "broadcast"],
+)
+@pytest.mark.parametrize("env", [{}, {"OTTER_BROKER_URL": ""}], ids=["unset", "empty"])
+def test_client_commands_without_a_broker_exit_2_instead_of_sending_into_memory(
+    command: list[str], env: dict[str, str]
+) -> None:
+    result = otter(*command, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "no broker given: name it with --broker amqp://" in result.stderr
+    assert "or set OTTER_BROKER_URL" in result.stderr
+    assert result.stdout == ""  # not "task queued ..." / "broadcast sent ..."
+
+
+def test_client_commands_may_still_name_memory_on_purpose() -> None:
+    result = otter("broadcast", "message.send", '"otter"', "--broker", "memory://")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "broadcast sent with subject 'message.send'"
+
+
 def test_call_exits_4_when_the_broker_cannot_be_reached() -> None:
     result = otter("call", "cli.echo", "--broker", "amqp://guest:guest@127.0.0.1:1/")
     assert result.returncode == 4

@@ -236,8 +236,17 @@ def test_dlq_exits_4_when_the_broker_cannot_be_reached_and_2_on_a_bad_limit() ->
     assert "--limit" in bad.stderr
 
 
-def test_without_a_broker_it_warns_that_memory_holds_no_dead_letters() -> None:
-    result = otter("dlq", "list", env={})
+def test_without_a_broker_it_exits_2_saying_how_to_name_one() -> None:
+    for command in (["list"], ["replay"], ["purge", "--yes"]):
+        result = otter("dlq", *command, env={"OTTER_BROKER_URL": ""})
+        assert result.returncode == 2, (command, result.stderr)
+        assert "no broker given: name it with --broker amqp://" in result.stderr
+        assert "or set OTTER_BROKER_URL" in result.stderr
+        assert result.stdout == ""
+
+
+def test_memory_named_on_purpose_warns_that_it_holds_no_dead_letters() -> None:
+    result = otter("dlq", "list", "--broker", "memory://", env={})
     assert result.returncode == 0, result.stderr
     assert "warning: memory:// is a broker inside this process" in result.stderr
     assert "use --broker amqp://... or OTTER_BROKER_URL" in result.stderr

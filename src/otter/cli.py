@@ -24,7 +24,7 @@ import click
 
 from . import __version__
 from .app import RUN_FROM_CLI_ENV, Otter, configure_logging, run_loop
-from .config import ARGUMENT, DEFAULTS, ResolvedConfig, redacted, resolve
+from .config import ARGUMENT, DEFAULT, DEFAULTS, ResolvedConfig, redacted, resolve
 from .discovery import APP_ENV, AppTarget, NoAppFound, load_target, parse_target
 from .errors import (
     BrokerUnavailable,
@@ -396,7 +396,8 @@ BROKER_OPTION = click.option(
     "--broker",
     "broker_url",
     metavar="URL",
-    help="The broker [env OTTER_BROKER_URL; default memory://]. Exchange and queue names come from OTTER_* too.",
+    help="The broker, e.g. amqp://user:password@host:5672/vhost [env OTTER_BROKER_URL; required]. Exchange and "
+    "queue names come from OTTER_* too.",
 )
 
 
@@ -564,7 +565,7 @@ def dlq_purge(broker_url: str | None, yes: bool) -> None:
 def _dlq_target(broker_url: str | None) -> tuple[str, dict[str, Any]]:
     _quiet_logging()
     config = _broker_config(broker_url)
-    url = str(config["BROKER_URL"])
+    url = str(config["BROKER_URL"])  # memory:// only when asked for by name
     if url.startswith(MEMORY_URL):
         click.echo(
             f"warning: {url} is a broker inside this process, so it holds no dead letters of running services; "
@@ -583,7 +584,7 @@ def _client(broker_url: str | None, timeout: float | None) -> Any:
     from .client import Client
 
     _quiet_logging()
-    client = Client(broker_url, timeout=timeout)
+    client = Client(str(_broker_config(broker_url)["BROKER_URL"]), timeout=timeout)
     if not client.comm:
         error = client.error or BrokerUnavailable(f"cannot connect to {client.url}")
         client.close()
@@ -599,8 +600,18 @@ def _quiet_logging() -> None:
 
 
 def _broker_config(broker_url: str | None) -> ResolvedConfig:
-    """The config a ``Client`` would use: ``--broker``, else ``OTTER_BROKER_URL``; names from ``OTTER_*``."""
-    return resolve({"BROKER_URL": broker_url})
+    """The config a ``Client`` would use: ``--broker``, else ``OTTER_BROKER_URL``; names from ``OTTER_*``.
+
+    A client command never falls back to the in-process ``memory://`` broker: nothing else could receive what it
+    sends, so the message would vanish while the command reported success. Naming ``memory://`` is allowed.
+    """
+    config = resolve({"BROKER_URL": broker_url})
+    if config.sources["BROKER_URL"] == DEFAULT:
+        raise click.UsageError(
+            "no broker given: name it with --broker amqp://user:password@host:5672/vhost or set OTTER_BROKER_URL "
+            f"(without one, what this command sends would go to an in-process {MEMORY_URL} broker and vanish)"
+        )
+    return config
 
 
 def _outcome(action: Callable[[], Any]) -> Any:
