@@ -303,6 +303,36 @@ def test_every_run_option_has_an_env_var() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("command", "env", "line"),
+    [
+        (["run", SERVICE], {"OTTER_CONCURRENCY": "abc"},
+         "CONCURRENCY is 'abc' (from env OTTER_CONCURRENCY); it must be a whole number of at least 1"),
+        (["config", ROUTES_APP], {"OTTER_PREFETCH_MULTIPLIER": "-3"},
+         "PREFETCH_MULTIPLIER is -3 (from env OTTER_PREFETCH_MULTIPLIER); it must be a whole number of at least 1"),
+        (["routes", ROUTES_APP], {"OTTER_DEFAULT_TASK_QUEUE": '""'},
+         "DEFAULT_TASK_QUEUE is '' (from env OTTER_DEFAULT_TASK_QUEUE); it must be a non-empty string"),
+        (["call", "x", "--broker", "amqp://guest:guest@127.0.0.1:1/"], {"OTTER_RPC_TIMEOUT": "soon"},
+         "RPC_TIMEOUT is 'soon' (from env OTTER_RPC_TIMEOUT); it must be a number of seconds, more than 0"),
+    ],
+    ids=["run", "config", "routes", "call"],
+)
+def test_an_invalid_config_value_exits_2_naming_key_source_and_range(
+    command: list[str], env: dict[str, str], line: str
+) -> None:
+    result = otter(*command, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == ["Error: invalid configuration:", f"  {line}"]
+
+
+def test_a_typo_in_app_config_exits_2_with_the_key_it_resembles(tmp_path: Path) -> None:
+    (tmp_path / "typo_app.py").write_text("from otter import Otter\napp = Otter('typo', CONCURENCY=2)\n")
+    result = otter("config", "typo_app.py", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "CONCURENCY (from app.config) is not a config key; did you mean CONCURRENCY?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_workers_need_a_real_broker() -> None:
     result = otter("run", SERVICE, "--workers", "2", "--broker", "memory://")
     assert result.returncode == 2

@@ -24,7 +24,7 @@ import click
 
 from . import __version__
 from .app import RUN_FROM_CLI_ENV, Otter, configure_logging, run_loop
-from .config import ARGUMENT, DEFAULT, DEFAULTS, ResolvedConfig, redacted, resolve
+from .config import ARGUMENT, DEFAULT, DEFAULTS, LOG_LEVELS, ResolvedConfig, redacted, resolve
 from .discovery import APP_ENV, AppTarget, NoAppFound, load_target, parse_target
 from .errors import (
     BrokerUnavailable,
@@ -67,7 +67,6 @@ RUN_SETTINGS = {
     "log_level": "LOG_LEVEL",
     "debug": "DEBUG",
 }
-LOG_LEVELS = ["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -182,14 +181,14 @@ def run(app_text: str | None, **options: Any) -> None:
     acks what finished and returns the rest to the queue. With --workers N, N processes share the RPC and task
     queues, and each of them receives every broadcast.
     """
-    if resolve({"RELOAD": options["reload"]})["RELOAD"]:  # before the app (and its config) is imported
+    if _resolve({"RELOAD": options["reload"]})["RELOAD"]:  # before the app (and its config) is imported
         # No .pyc from this import: an edit of the same size within the same second would look unchanged to the
         # restarted worker, which would then run the old bytecode.
         sys.dont_write_bytecode = True
     target, app = _load(app_text)
     config = _effective_config(app, options)
     configure_logging(str(config["LOG_LEVEL"]))
-    workers, reload = _positive_int(config, "WORKERS"), bool(config["RELOAD"])
+    workers, reload = int(config["WORKERS"]), bool(config["RELOAD"])
     url = str(config["BROKER_URL"])
     if url.startswith(MEMORY_URL):
         if workers > 1:
@@ -284,26 +283,22 @@ def show_config(app_text: str | None, as_json: bool, **options: Any) -> None:
 def _effective_config(app: Otter, options: dict[str, Any]) -> ResolvedConfig:
     """The options are the arguments of ``otter.config.resolve``, ``app.config`` its app config."""
     overrides = {key: options.get(param) for param, key in RUN_SETTINGS.items()}
-    if isinstance(options.get("log_level"), str):
-        overrides["LOG_LEVEL"] = options["log_level"].upper()
-    config = resolve(overrides, app_config=app.config)
-    level = str(config.get("LOG_LEVEL") or "INFO").upper()
-    if level not in LOG_LEVELS:
-        raise click.UsageError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
-    config["LOG_LEVEL"] = level
-    return config
+    return _resolve(overrides, app_config=app.config)
 
 
-def _positive_int(config: dict[str, Any], key: str) -> int:
+def _resolve(arguments: dict[str, Any], app_config: dict[str, Any] | None = None) -> ResolvedConfig:
+    """``otter.config.resolve``; an invalid value (from an option, ``OTTER_*`` or ``app.config``) exits 2."""
     try:
-        value = int(config[key])
-    except (TypeError, ValueError):
-        value = 0
-    if value < 1 or isinstance(config[key], bool):
-        raise click.UsageError(
-            f"{key} must be a whole number of at least 1, got {config[key]!r} (check OTTER_{key} and app.config)"
-        )
-    return value
+        return resolve(arguments, app_config=app_config)
+    except ConfigurationError as exc:
+        raise InvalidConfig(str(exc)) from None
+
+
+class InvalidConfig(click.ClickException):
+    """A config value that is not valid, wherever it came from: exit 2 (usage), without the usage line, which
+    would point at the options when the value may come from ``OTTER_*`` or ``app.config``."""
+
+    exit_code = 2
 
 
 def _load(app_text: str | None) -> tuple[AppTarget, Otter]:
@@ -324,7 +319,7 @@ def routes(app_text: str | None, as_json: bool) -> None:
     Fields marked * are required. The task marked "default queue" also takes nameless tasks (client.task(body)).
     """
     _, app = _load(app_text)
-    default_queue = app.resolve_config()["DEFAULT_TASK_QUEUE"]  # OTTER_DEFAULT_TASK_QUEUE outranks app.config
+    default_queue = _resolve({}, app.config)["DEFAULT_TASK_QUEUE"]  # OTTER_DEFAULT_TASK_QUEUE outranks app.config
     try:
         default_owner = app.task_queues(default_queue).get(default_queue)
     except ConfigurationError as exc:
@@ -605,7 +600,7 @@ def _broker_config(broker_url: str | None) -> ResolvedConfig:
     A client command never falls back to the in-process ``memory://`` broker: nothing else could receive what it
     sends, so the message would vanish while the command reported success. Naming ``memory://`` is allowed.
     """
-    config = resolve({"BROKER_URL": broker_url})
+    config = _resolve({"BROKER_URL": broker_url})
     if config.sources["BROKER_URL"] == DEFAULT:
         raise click.UsageError(
             "no broker given: name it with --broker amqp://user:password@host:5672/vhost or set OTTER_BROKER_URL "
