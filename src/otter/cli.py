@@ -518,6 +518,57 @@ def dlq_list(broker_url: str | None, limit: int | None, as_json: bool) -> None:
 
 
 @dlq.command(
+    "show",
+    context_settings=CONTEXT_SETTINGS,
+    epilog=DLQ_EPILOG,
+    short_help="Print one dead letter whole.",
+)
+@click.argument("number", type=click.IntRange(min=1), metavar="N")
+@BROKER_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object, with the body and headers.")
+def dlq_show(number: int, broker_url: str | None, as_json: bool) -> None:
+    """Print dead letter N (numbered as `otter dlq list` numbers them, 1 the oldest) whole: where it came from,
+    why it failed, its headers and its whole task body. Exit 1 when there is no dead letter N.
+
+    Showing changes nothing: the dead letter stays in the queue, in its place.
+    """
+    from .dlq import list_dead_letters
+
+    url, config = _dlq_target(broker_url)
+    letters = _outcome(lambda: list_dead_letters(url, config, number))
+    queue = config["DEAD_LETTER_QUEUE"]
+    if len(letters) < number:
+        noun = "dead letter" if len(letters) == 1 else "dead letters"
+        click.echo(f"no dead letter {number}: there are {len(letters)} {noun} in {queue!r}", err=True)
+        sys.exit(EXIT_CALL_FAILED)
+    letter = letters[number - 1]
+    row = _describe_dead_letter(letter)
+    del row["body_preview"]
+    try:
+        body, readable = letter.payload, True
+    except OtterError as exc:
+        body, readable = letter.body.decode("utf-8", "replace"), False
+        row["body_error"] = str(exc)
+    if as_json:
+        _print_json({**row, "body": body, "readable": readable, "headers": dict(letter.headers)})
+        return
+    click.echo(f"dead letter {number} in {queue!r}")
+    for field, value in row.items():
+        if field != "body_error":
+            click.echo(f"  {field + ':':<16}{'-' if value is None else value}")
+    click.echo("  headers:")
+    for key, value in sorted(letter.headers.items()):
+        click.echo(f"    {key}: {value.decode('utf-8', 'replace') if isinstance(value, bytes) else value}")
+    if readable:
+        click.echo("  body (the task, as its handler gets it):")
+        text = json.dumps(body, indent=2, ensure_ascii=False, default=str)
+    else:
+        click.echo(f"  body (no readable task: {row['body_error']}; the raw bytes as text):")
+        text = body
+    click.echo("\n".join(f"    {line}" for line in str(text).splitlines() or [""]))
+
+
+@dlq.command(
     "replay",
     context_settings=CONTEXT_SETTINGS,
     epilog=DLQ_EPILOG,
