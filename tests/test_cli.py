@@ -223,6 +223,47 @@ def test_cli_exits_2_with_what_to_type(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
 
 
+def _raising_app(directory: Path) -> None:
+    (directory / "failing_app.py").write_text("import failing_helper\nfrom otter import Otter\napp = Otter()\n")
+    (directory / "failing_helper.py").write_text("def boom():\n    return 1 / 0\n\nboom()\n")
+
+
+@pytest.mark.parametrize("command", ["run", "routes", "config"])
+def test_an_app_that_raises_at_import_shows_only_the_users_frames_and_exits_1(tmp_path: Path, command: str) -> None:
+    _raising_app(tmp_path)
+    result = otter(command, "failing_app.py", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("Error: the app 'failing_app.py' raised ZeroDivisionError while loading")
+    frames = [line.strip() for line in lines if line.strip().startswith("File ")]
+    assert frames == [
+        f'File "{tmp_path / "failing_app.py"}", line 1, in <module>',
+        f'File "{tmp_path / "failing_helper.py"}", line 4, in <module>',
+        f'File "{tmp_path / "failing_helper.py"}", line 2, in boom',
+    ]
+    assert lines[-1] == "ZeroDivisionError: division by zero"
+
+
+def test_debug_shows_every_frame_of_a_startup_error(tmp_path: Path) -> None:
+    _raising_app(tmp_path)
+    for result in (otter("run", "--debug", "failing_app.py", cwd=tmp_path),
+                   otter("routes", "failing_app.py", cwd=tmp_path, env={"OTTER_DEBUG": "true"})):
+        assert result.returncode == 1
+        assert "/click/" in result.stderr and "importlib" in result.stderr and "otter/cli.py" in result.stderr
+        assert result.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
+
+
+def test_a_registration_mistake_points_at_the_users_decorator_line(tmp_path: Path) -> None:
+    (tmp_path / "bad_handler.py").write_text(
+        "from otter import Otter\napp = Otter()\n\n@app.add_rpc('svc.hash')\ndef hash_(comm):\n    pass\n"
+    )
+    result = otter("routes", "bad_handler.py", cwd=tmp_path)
+    assert result.returncode == 1
+    frames = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("File ")]
+    assert frames == [f'File "{tmp_path / "bad_handler.py"}", line 4, in <module>']
+    assert "cannot be called with (comm, data)" in result.stderr.splitlines()[-1]
+
+
 # -- routes and config ------------------------------------------------------------------------------------------
 def test_routes_ignores_a_module_level_app_run_and_prints_a_table() -> None:
     # cli_service.py ends with app.run("amqp://..."): without OTTER_RUN_FROM_CLI this would serve forever.

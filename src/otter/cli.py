@@ -12,10 +12,12 @@ See docs/cli.md.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -50,6 +52,8 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 EXIT_CALL_FAILED = 1  # the handler raised, the arguments did not validate, or nobody serves the name
 EXIT_TIMEOUT = 3  # no reply within --timeout
 EXIT_BROKER_UNAVAILABLE = 4  # the broker cannot be reached
+# Exit code of otter run/routes/config when the app's own code raises while it is imported or built.
+EXIT_APP_FAILED = 1
 
 PRECEDENCE = (
     "Each option is also a config key and an OTTER_<KEY> environment variable. Precedence, highest first: "
@@ -185,7 +189,7 @@ def run(app_text: str | None, **options: Any) -> None:
         # No .pyc from this import: an edit of the same size within the same second would look unchanged to the
         # restarted worker, which would then run the old bytecode.
         sys.dont_write_bytecode = True
-    target, app = _load(app_text)
+    target, app = _load(app_text, options["debug"])
     config = _effective_config(app, options)
     configure_logging(str(config["LOG_LEVEL"]))
     workers, reload = int(config["WORKERS"]), bool(config["RELOAD"])
@@ -261,7 +265,7 @@ def show_config(app_text: str | None, as_json: bool, **options: Any) -> None:
 
     Takes the same options as `otter run`. Passwords in URLs are masked.
     """
-    _, app = _load(app_text)
+    _, app = _load(app_text, options["debug"])
     config = _effective_config(app, options)
     shown = redacted(config)
     rows = {}
@@ -301,12 +305,52 @@ class InvalidConfig(click.ClickException):
     exit_code = 2
 
 
-def _load(app_text: str | None) -> tuple[AppTarget, Otter]:
+def _load(app_text: str | None, debug: bool | None = None) -> tuple[AppTarget, Otter]:
+    """Find and import the app. When the app's own code raises, print its traceback with the user's frames only
+    (as ``flask run`` does: no click, importlib or otter frames) and exit 1; all of it with ``--debug``."""
     try:
         target = parse_target(app_text)
+    except NoAppFound as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
         return target, load_target(target)
     except NoAppFound as exc:
         raise click.UsageError(str(exc)) from None
+    except Exception as exc:
+        if _resolve({"DEBUG": debug})["DEBUG"]:
+            raise
+        click.echo(
+            f"Error: the app {target.text!r} raised {type(exc).__name__} while loading "
+            f"(your code's frames only; --debug or OTTER_DEBUG=true shows every frame):\n",
+            err=True,
+        )
+        click.echo("".join(_user_traceback(exc).format()).rstrip(), err=True)
+        sys.exit(EXIT_APP_FAILED)
+
+
+# Frames of these never show in a startup traceback: the error is in the user's code.
+_OUR_DIRS = tuple(str(Path(str(file)).parent) + os.sep for file in (__file__, click.__file__, importlib.__file__))
+
+
+def _user_traceback(exc: BaseException) -> traceback.TracebackException:
+    """``exc``'s traceback (and those of its causes) without otter's, click's and importlib's frames."""
+    shown = traceback.TracebackException.from_exception(exc)
+    seen: set[int] = set()
+    pending = [shown]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = traceback.StackSummary.from_list(
+            [frame for frame in current.stack if not _is_machinery(frame.filename)]
+        )
+        pending.extend(chained for chained in (current.__cause__, current.__context__) if chained is not None)
+    return shown
+
+
+def _is_machinery(filename: str) -> bool:
+    return filename.startswith(_OUR_DIRS) or filename.startswith("<frozen importlib")
 
 
 # -- routes ----------------------------------------------------------------------------------------------------------
