@@ -229,13 +229,19 @@ class RedactingFormatter(logging.Formatter):
         return self._CREDENTIALS.sub(r"\1:***@", super().format(record))
 
 
-def configure_logging(level: str | int = "INFO") -> None:
-    """Log to stderr at ``level`` unless the program configured logging itself; aio-pika's chatter only at DEBUG."""
+def configure_logging(level: str | int = "INFO", process_label: str | None = None) -> None:
+    """Log to stderr at ``level`` unless the program configured logging itself; aio-pika's chatter only at DEBUG.
+
+    ``process_label`` follows the pid on every line (``[4711 billing/2]``), so the lines of several worker processes
+    say which app and which worker wrote them.
+    """
     level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+        label = f" {process_label.replace('%', '%%')}" if process_label else ""
+        line = f"%(asctime)s %(levelname)s [%(process)d{label}] %(name)s: %(message)s"
+        handler.setFormatter(RedactingFormatter(line))
         root.addHandler(handler)
         root.setLevel(level)
     logging.getLogger("otter").setLevel(level)

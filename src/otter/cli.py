@@ -191,8 +191,8 @@ def run(app_text: str | None, **options: Any) -> None:
         sys.dont_write_bytecode = True
     target, app = _load(app_text, options["debug"])
     config = _effective_config(app, options)
-    configure_logging(str(config["LOG_LEVEL"]))
     workers, reload = int(config["WORKERS"]), bool(config["RELOAD"])
+    configure_logging(str(config["LOG_LEVEL"]), _name_process(app, target, workers, reload))
     url = str(config["BROKER_URL"])
     if url.startswith(MEMORY_URL):
         if workers > 1:
@@ -208,6 +208,23 @@ def run(app_text: str | None, **options: Any) -> None:
     if workers > 1 or reload:
         sys.exit(_supervise(target, options, config, workers, reload))
     _serve_here(app, config)
+
+
+def _name_process(app: Otter, target: AppTarget, workers: int, reload: bool) -> str | None:
+    """Under a supervisor, name the process (``ps``/``top``) after the app and the worker's number; the label for its
+    log lines (``billing/2``, ``billing/supervisor``), or None for a lone process."""
+    from .supervisor import WORKER_NUMBER_ENV, set_process_title
+
+    number = os.environ.get(WORKER_NUMBER_ENV)
+    if number:
+        label = f"{app.name}/{number}"
+        set_process_title(f"otter worker {number}: {app.name} ({target.text})", label)
+    elif workers > 1 or reload:
+        label = f"{app.name}/supervisor"
+        set_process_title(f"otter supervisor: {app.name} ({target.text})", label)
+    else:
+        return None
+    return label
 
 
 def _serve_here(app: Otter, config: dict[str, Any]) -> NoReturn:
