@@ -52,7 +52,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 EXIT_CALL_FAILED = 1  # the handler raised, the arguments did not validate, or nobody serves the name
 EXIT_TIMEOUT = 3  # no reply within --timeout
 EXIT_BROKER_UNAVAILABLE = 4  # the broker cannot be reached
-# Exit code of otter run/routes/config when the app's own code raises while it is imported or built.
+# otter run/routes/config: the app's code raised while it was imported or built, or the app failed to serve.
 EXIT_APP_FAILED = 1
 
 PRECEDENCE = (
@@ -232,9 +232,12 @@ def _serve_here(app: Otter, config: dict[str, Any]) -> NoReturn:
     # does not hold the exit up.
     try:
         run_loop(app.serve(config))
+    except BrokerUnavailable as exc:
+        log.error("%s", exc)
+        sys.exit(EXIT_BROKER_UNAVAILABLE)
     except OtterError as exc:
         log.error("%s", exc)
-        sys.exit(1)
+        sys.exit(EXIT_APP_FAILED)
     sys.exit(0)
 
 
