@@ -39,6 +39,8 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+import orjson
+
 from . import eventloop, protocol
 from .config import resolve
 from .errors import MessageError
@@ -55,6 +57,7 @@ __all__ = [
 ]
 
 PREVIEW_CHARS = 200
+PREVIEW_DECODE_LIMIT = 1 << 20  # bodies above 1 MiB are previewed as raw text: listing stays fast
 T = TypeVar("T")
 
 
@@ -193,17 +196,20 @@ def _text(value: Any) -> str | None:
 
 def _payload(body: bytes) -> Any:
     try:
-        envelope = json.loads(body)
-    except ValueError as exc:  # UnicodeDecodeError too
+        envelope = orjson.loads(body)  # bounded nesting: a hostile letter raises here, not RecursionError
+    except ValueError as exc:
         raise MessageError(f"not JSON: {exc}") from None
     return protocol.read_task(envelope)[0]
 
 
 def _preview(body: bytes) -> str:
-    """The start of the task body as compact JSON; the start of the raw text when it is no readable task."""
+    """The start of the task body as compact JSON; the start of the raw text when it is no readable task (or too
+    big to decode just for a preview)."""
     try:
-        text = json.dumps(_payload(body), separators=(",", ":"), ensure_ascii=False)
-    except MessageError:
+        if len(body) > PREVIEW_DECODE_LIMIT:
+            raise MessageError("too big to preview decoded")
+        text = json.dumps(_payload(body), separators=(",", ":"), ensure_ascii=False, default=str)
+    except (MessageError, ValueError, RecursionError):
         text = body[: PREVIEW_CHARS * 4].decode("utf-8", "replace")
         if len(body) > PREVIEW_CHARS * 4:
             text += "..."
