@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from otter import Blueprint, ConfigurationError, Otter
-from otter.routing import RpcRoute
+from otter.routing import TaskRoute
 
 
-def echo(comm: Any, data: Any) -> Any:
+def echo(comm: Any, data: Any, *broadcast_fields: Any) -> Any:  # also takes a broadcast's sender, subject, id
     return data
 
 
@@ -59,8 +59,8 @@ def test_hooks_added_to_a_blueprint_before_the_app_starts_apply_to_its_handlers(
 
 def test_add_route_is_the_public_registration_that_decorators_and_blueprints_use() -> None:
     app = Otter()
-    route = app.add_route("rpc", "svc.echo", echo, {"doc": "x"})
-    assert isinstance(route, RpcRoute) and route.options == {"doc": "x"} and app.routes == [route]
+    route = app.add_route("task", "svc.echo", echo, {"max_retries": 2})
+    assert isinstance(route, TaskRoute) and route.options == {"max_retries": 2} and app.routes == [route]
     bp = Blueprint("bp")
     bp.add_rpc("echo")(echo)
     app.register_blueprint(bp, name_prefix="p")

@@ -10,7 +10,7 @@ from otter import Blueprint, Otter
 from otter.errors import ConfigurationError
 
 
-def echo(comm: Any, data: Any) -> Any:
+def echo(comm: Any, data: Any, *broadcast_fields: Any) -> Any:  # also takes a broadcast's sender, subject, id
     return data
 
 

@@ -223,6 +223,47 @@ def test_cli_exits_2_with_what_to_type(tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
 
 
+def _raising_app(directory: Path) -> None:
+    (directory / "failing_app.py").write_text("import failing_helper\nfrom otter import Otter\napp = Otter()\n")
+    (directory / "failing_helper.py").write_text("def boom():\n    return 1 / 0\n\nboom()\n")
+
+
+@pytest.mark.parametrize("command", ["run", "routes", "config"])
+def test_an_app_that_raises_at_import_shows_only_the_users_frames_and_exits_1(tmp_path: Path, command: str) -> None:
+    _raising_app(tmp_path)
+    result = otter(command, "failing_app.py", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("Error: the app 'failing_app.py' raised ZeroDivisionError while loading")
+    frames = [line.strip() for line in lines if line.strip().startswith("File ")]
+    assert frames == [
+        f'File "{tmp_path / "failing_app.py"}", line 1, in <module>',
+        f'File "{tmp_path / "failing_helper.py"}", line 4, in <module>',
+        f'File "{tmp_path / "failing_helper.py"}", line 2, in boom',
+    ]
+    assert lines[-1] == "ZeroDivisionError: division by zero"
+
+
+def test_debug_shows_every_frame_of_a_startup_error(tmp_path: Path) -> None:
+    _raising_app(tmp_path)
+    for result in (otter("run", "--debug", "failing_app.py", cwd=tmp_path),
+                   otter("routes", "failing_app.py", cwd=tmp_path, env={"OTTER_DEBUG": "true"})):
+        assert result.returncode == 1
+        assert "/click/" in result.stderr and "importlib" in result.stderr and "otter/cli.py" in result.stderr
+        assert result.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
+
+
+def test_a_registration_mistake_points_at_the_users_decorator_line(tmp_path: Path) -> None:
+    (tmp_path / "bad_handler.py").write_text(
+        "from otter import Otter\napp = Otter()\n\n@app.add_rpc('svc.hash')\ndef hash_(comm):\n    pass\n"
+    )
+    result = otter("routes", "bad_handler.py", cwd=tmp_path)
+    assert result.returncode == 1
+    frames = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("File ")]
+    assert frames == [f'File "{tmp_path / "bad_handler.py"}", line 4, in <module>']
+    assert "cannot be called with (comm, data)" in result.stderr.splitlines()[-1]
+
+
 # -- routes and config ------------------------------------------------------------------------------------------
 def test_routes_ignores_a_module_level_app_run_and_prints_a_table() -> None:
     # cli_service.py ends with app.run("amqp://..."): without OTTER_RUN_FROM_CLI this would serve forever.
@@ -303,6 +344,36 @@ def test_every_run_option_has_an_env_var() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("command", "env", "line"),
+    [
+        (["run", SERVICE], {"OTTER_CONCURRENCY": "abc"},
+         "CONCURRENCY is 'abc' (from env OTTER_CONCURRENCY); it must be a whole number of at least 1"),
+        (["config", ROUTES_APP], {"OTTER_PREFETCH_MULTIPLIER": "-3"},
+         "PREFETCH_MULTIPLIER is -3 (from env OTTER_PREFETCH_MULTIPLIER); it must be a whole number of at least 1"),
+        (["routes", ROUTES_APP], {"OTTER_DEFAULT_TASK_QUEUE": '""'},
+         "DEFAULT_TASK_QUEUE is '' (from env OTTER_DEFAULT_TASK_QUEUE); it must be a non-empty string"),
+        (["call", "x", "--broker", "amqp://guest:guest@127.0.0.1:1/"], {"OTTER_RPC_TIMEOUT": "soon"},
+         "RPC_TIMEOUT is 'soon' (from env OTTER_RPC_TIMEOUT); it must be a number of seconds, more than 0"),
+    ],
+    ids=["run", "config", "routes", "call"],
+)
+def test_an_invalid_config_value_exits_2_naming_key_source_and_range(
+    command: list[str], env: dict[str, str], line: str
+) -> None:
+    result = otter(*command, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == ["Error: invalid configuration:", f"  {line}"]
+
+
+def test_a_typo_in_app_config_exits_2_with_the_key_it_resembles(tmp_path: Path) -> None:
+    (tmp_path / "typo_app.py").write_text("from otter import Otter\napp = Otter('typo', CONCURENCY=2)\n")
+    result = otter("config", "typo_app.py", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "CONCURENCY (from app.config) is not a config key; did you mean CONCURRENCY?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_workers_need_a_real_broker() -> None:
     result = otter("run", SERVICE, "--workers", "2", "--broker", "memory://")
     assert result.returncode == 2
@@ -356,6 +427,29 @@ def test_call_exit_codes_for_timeout_nobody_serving_and_bad_json(served: Served)
     bad_json = otter("call", "cli.echo", "{'single': 'quotes'}", env=served.env)
     assert bad_json.returncode == 2
     assert "is not JSON" in bad_json.stderr and "Quote strings twice" in bad_json.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["call", "example.hash", '"otter"'], ["task", "example.task", "5"], ["task", "--default-queue", "5"],
+     ["broadcast", "message.send", '"otter"']],
+    ids=["call", "task", "default-queue-task", "broadcast"],
+)
+@pytest.mark.parametrize("env", [{}, {"OTTER_BROKER_URL": ""}], ids=["unset", "empty"])
+def test_client_commands_without_a_broker_exit_2_instead_of_sending_into_memory(
+    command: list[str], env: dict[str, str]
+) -> None:
+    result = otter(*command, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "no broker given: name it with --broker amqp://" in result.stderr
+    assert "or set OTTER_BROKER_URL" in result.stderr
+    assert result.stdout == ""  # not "task queued ..." / "broadcast sent ..."
+
+
+def test_client_commands_may_still_name_memory_on_purpose() -> None:
+    result = otter("broadcast", "message.send", '"otter"', "--broker", "memory://")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "broadcast sent with subject 'message.send'"
 
 
 def test_call_exits_4_when_the_broker_cannot_be_reached() -> None:
@@ -423,7 +517,7 @@ def test_a_refused_password_is_not_printed(amqp_url: str) -> None:
     bad = amqp_url.replace("guest:guest@", "guest:wrong-secret-42@")
     assert bad != amqp_url, "this test needs the broker URL to carry guest:guest credentials"
     result = otter("run", SERVICE, "--broker", bad, "--log-level", "debug", env={"OTTER_CONNECT_TIMEOUT": "5"})
-    assert result.returncode == 1
+    assert result.returncode == 4  # the broker cannot be reached (docs/cli.md's exit codes)
     assert "wrong-secret-42" not in result.stdout + result.stderr
     assert "guest:***@" in result.stderr
 

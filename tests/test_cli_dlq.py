@@ -136,7 +136,7 @@ def test_list_shows_queue_reason_error_attempts_and_body_and_counts_them(setup: 
         ["4", shop.other, "bad-message", rows[3][3], "0"],  # never ran
     ]
     assert rows[3][3].startswith("MessageError: ") and "not valid JSON" in rows[3][3]
-    assert rows[0][5] == '[{"order":1},true]'  # the task as kiwipy sends it: [body, no_reply]
+    assert rows[0][5] == '{"order":1}'  # the task's body, not kiwipy's [body, no_reply] around it
     assert rows[3][5] == "{not json"
     assert result.stdout.rstrip().endswith(f"4 dead letters in {setup.queue!r}")
     assert setup.letter_count() == 4  # listing consumed nothing
@@ -152,12 +152,41 @@ def test_list_json_and_limit(setup: Setup) -> None:
     ]
     first = letters[0]
     assert (first["error_type"], first["error_message"], first["attempts"]) == ("LookupError", "no order 1", 1)
-    assert first["body_preview"] == '[{"order":1},true]' and first["size"] == len(first["body_preview"])
+    assert first["body_preview"] == '{"order":1}' and first["size"] == len('[{"order":1},true]')
     limited = otter("dlq", "list", "--limit", "1", env=setup.env)
     assert limited.returncode == 0, limited.stderr
     assert [row[0] for row in table_rows(limited.stdout)] == ["1"]
     assert f"1 dead letter in {setup.queue!r} shown (--limit 1: there may be more)" in limited.stdout
 
+
+
+def test_show_prints_one_dead_letter_whole(setup: Setup) -> None:
+    shop = setup.shop
+    big = otter("dlq", "show", "2", env=setup.env)
+    assert big.returncode == 0, big.stderr
+    lines = big.stdout.splitlines()
+    assert lines[0] == f"dead letter 2 in {setup.queue!r}"
+    assert f"  queue:          {shop.job}" in lines and "  reason:         handler-error" in lines
+    assert "  error_message:  no order 2" in lines and "  attempts:       1" in lines
+    assert "    x-otter-reason: handler-error" in lines and f"    x-otter-task: {shop.job}" in lines
+    body = lines[lines.index("  body (the task, as its handler gets it):") + 1:]
+    assert body == ["    {", '      "order": 2', "    }"]  # whole and pretty, without the [body, no_reply] envelope
+
+    as_json = otter("dlq", "show", "1", "--json", env=setup.env)
+    assert as_json.returncode == 0, as_json.stderr
+    letter = json.loads(as_json.stdout)
+    assert (letter["body"], letter["readable"], letter["reason"]) == ({"order": 1}, True, "handler-error")
+    assert letter["headers"]["x-otter-error-type"] == "LookupError"
+
+    unreadable = otter("dlq", "show", "4", "--json", env=setup.env)
+    letter = json.loads(unreadable.stdout)
+    assert (letter["body"], letter["readable"], letter["reason"]) == ("{not json", False, "bad-message")
+
+    missing = otter("dlq", "show", "5", env=setup.env)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"no dead letter 5: there are 4 dead letters in {setup.queue!r}"
+    assert setup.letter_count() == 4  # showing consumed nothing
+    assert otter("dlq", "show", "0", env=setup.env).returncode == 2
 
 
 def test_list_finds_the_queue_through_otter_dead_letter_queue_alone(setup: Setup) -> None:
@@ -180,8 +209,8 @@ def test_replay_one_letter_of_one_task_runs_it_again_and_leaves_the_rest(setup: 
     wait_until(lambda: shop.runs_of(shop.job) == [{"order": 1}, {"order": 2}, {"order": 1}], what="order 1 rerun")
     remaining = listed(setup)  # order 1 succeeded this time, so it did not come back
     assert [(letter["queue"], letter["body_preview"]) for letter in remaining] == [
-        (shop.job, '[{"order":2},true]'),
-        (shop.other, '[{"order":3},true]'),
+        (shop.job, '{"order":2}'),
+        (shop.other, '{"order":3}'),
         (shop.other, "{not json"),
     ]
     assert shop.runs_of(shop.job) == [{"order": 1}, {"order": 2}, {"order": 1}]  # exactly one was replayed
@@ -236,8 +265,17 @@ def test_dlq_exits_4_when_the_broker_cannot_be_reached_and_2_on_a_bad_limit() ->
     assert "--limit" in bad.stderr
 
 
-def test_without_a_broker_it_warns_that_memory_holds_no_dead_letters() -> None:
-    result = otter("dlq", "list", env={})
+def test_without_a_broker_it_exits_2_saying_how_to_name_one() -> None:
+    for command in (["list"], ["replay"], ["purge", "--yes"]):
+        result = otter("dlq", *command, env={"OTTER_BROKER_URL": ""})
+        assert result.returncode == 2, (command, result.stderr)
+        assert "no broker given: name it with --broker amqp://" in result.stderr
+        assert "or set OTTER_BROKER_URL" in result.stderr
+        assert result.stdout == ""
+
+
+def test_memory_named_on_purpose_warns_that_it_holds_no_dead_letters() -> None:
+    result = otter("dlq", "list", "--broker", "memory://", env={})
     assert result.returncode == 0, result.stderr
     assert "warning: memory:// is a broker inside this process" in result.stderr
     assert "use --broker amqp://... or OTTER_BROKER_URL" in result.stderr

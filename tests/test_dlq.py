@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from helpers_process import wait_until
-from otter import Client, Otter
+from otter import Client, MessageError, Otter
 from otter.dlq import DeadLetter, list_dead_letters, list_dead_letters_async, purge, replay
 from otter.testing import ServedApp
 from reliability_support import RawBroker, delete_amqp_queues, unique
@@ -75,10 +75,13 @@ def test_list_shows_each_dead_letter_with_its_reason_and_leaves_them_in_place(
 
     assert (first.queue, first.task, first.reason) == (service.alpha, service.alpha, "handler-error")
     assert (first.error_type, first.error_message, first.attempts) == ("LookupError", "no record 'a1'", 1)
-    assert first.body_preview == '["a1",true]' and first.size == len(first.body)
+    assert first.body == b'["a1",true]' and first.size == len(first.body)  # kiwipy's [body, no_reply] on the wire
+    assert first.body_preview == '"a1"' and first.payload == "a1"  # the task body, as its handler got it
     assert (second.queue, second.reason, second.error_type) == (service.beta, "bad-message", "MessageError")
     assert "not valid JSON" in (second.error_message or "")
     assert second.body == b"\xff\xfe not json" and second.body_preview.endswith(" not json")
+    with pytest.raises(MessageError, match="not JSON"):
+        second.payload  # noqa: B018
 
 
 def test_replay_sends_only_the_chosen_tasks_back_as_fresh_tasks_and_removes_them(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-import re
 from pathlib import Path
 
 import pytest
@@ -34,12 +33,6 @@ def test_every_exported_name_imports(name: str) -> None:
     namespace: dict[str, object] = {}
     exec(f"from otter import {name}", namespace)
     assert namespace[name] is getattr(otter, name)
-
-
-def test_version_matches_the_project() -> None:
-    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    version = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
-    assert version is not None and otter.__version__ == version.group(1)
 
 
 def test_seed_imports() -> None:

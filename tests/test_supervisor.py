@@ -6,7 +6,9 @@ parent is read from ``/proc``, so these tests need Linux.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import signal
 import sys
 import uuid
@@ -89,6 +91,30 @@ def test_workers_share_calls_and_a_killed_worker_is_replaced(amqp_url: str, serv
         assert supervisor.stop(signal.SIGTERM) == 0, supervisor.output
     assert parent_of(survivor) is None and parent_of(replacement) is None
     assert "stopping 2 workers" in supervisor.output
+
+
+def test_workers_are_named_after_the_app_and_their_number_in_ps_and_in_their_log_lines(
+    amqp_url: str, service_env: Any
+) -> None:
+    env, names = service_env
+    with (
+        AppProcess("-m", "otter", "run", SERVICE, "--workers", "2", "--grace", "2", env=env) as supervisor,
+        Client(amqp_url, **names) as client,
+    ):
+        wait_until(lambda: supervisor.output.count(READY) == 2, what="both workers started")
+        workers = serving_pids(client, lambda pids: len(pids) == 2, "two workers answering")
+        if importlib.util.find_spec("setproctitle") is None:  # prctl(PR_SET_NAME): the name top and ps -o comm show
+            names_shown = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in workers}
+            assert names_shown == {"cli-service/1", "cli-service/2"}
+            assert Path(f"/proc/{supervisor.pid}/comm").read_text().strip() == "cli-service/sup"  # 15 bytes kept
+        else:  # setproctitle: the whole title, in ps's command column
+            titles = {Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").strip() for pid in workers}
+            assert titles == {f"otter worker {n}: cli-service ({SERVICE})" for n in (1, 2)}
+        for pid in workers:
+            assert re.search(rf"\[{pid} cli-service/[12]\] otter: cli-service is running on", supervisor.output)
+        assert re.search(rf"\[{supervisor.pid} cli-service/supervisor\] otter.supervisor: started worker 1/2",
+                         supervisor.output)
+        assert supervisor.stop(signal.SIGTERM) == 0, supervisor.output
 
 
 def test_workers_do_not_outlive_a_killed_supervisor(amqp_url: str, service_env: Any) -> None:

@@ -22,7 +22,16 @@ from .blueprints import Blueprint
 from .config import Config, redact_url, resolve
 from .errors import ConfigurationError
 from .pipeline import Pipeline, RouteTable
-from .routing import BroadcastRoute, Route, RpcRoute, TaskRoute, make_filters
+from .routing import (
+    HANDLER_ARGUMENTS,
+    BroadcastRoute,
+    Route,
+    RpcRoute,
+    TaskRoute,
+    check_handler,
+    check_options,
+    make_filters,
+)
 from .scaffold import Scaffold
 from .transports import open_transport
 from .worker import Observer, Worker
@@ -64,8 +73,10 @@ class Otter(Scaffold):
         decorators and blueprints call. ``options`` are the decorator's keyword arguments."""
         self.check_setup(f"add the {kind} handler {name!r}")
         options = dict(options or {})
-        if not callable(handler):
-            raise ConfigurationError(f"the {kind} handler for {name!r} is not callable: {handler!r}")
+        if kind not in HANDLER_ARGUMENTS:
+            raise ConfigurationError(f"kind must be one of {', '.join(HANDLER_ARGUMENTS)}, got {kind!r}")
+        check_options(kind, name, {key: value for key, value in options.items() if key != "filters"})
+        check_handler(f"{kind} handler", handler, HANDLER_ARGUMENTS[kind], f" for {name!r}")
         route: Route
         if kind == "rpc":
             route = RpcRoute(name, handler, blueprint, options)
@@ -223,13 +234,19 @@ class RedactingFormatter(logging.Formatter):
         return self._CREDENTIALS.sub(r"\1:***@", super().format(record))
 
 
-def configure_logging(level: str | int = "INFO") -> None:
-    """Log to stderr at ``level`` unless the program configured logging itself; aio-pika's chatter only at DEBUG."""
+def configure_logging(level: str | int = "INFO", process_label: str | None = None) -> None:
+    """Log to stderr at ``level`` unless the program configured logging itself; aio-pika's chatter only at DEBUG.
+
+    ``process_label`` follows the pid on every line (``[4711 billing/2]``), so the lines of several worker processes
+    say which app and which worker wrote them.
+    """
     level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+        label = f" {process_label.replace('%', '%%')}" if process_label else ""
+        line = f"%(asctime)s %(levelname)s [%(process)d{label}] %(name)s: %(message)s"
+        handler.setFormatter(RedactingFormatter(line))
         root.addHandler(handler)
         root.setLevel(level)
     logging.getLogger("otter").setLevel(level)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
+from .routing import HANDLER_ARGUMENTS, check_handler
 from .scaffold import Scaffold
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Blueprint(Scaffold):
             raise ConfigurationError(
                 f"blueprint {self.name!r} was already registered; add its handlers before register_blueprint()"
             )
+        check_handler(f"{kind} handler", handler, HANDLER_ARGUMENTS[kind], f" for {name!r}")  # now, not at replay
 
         def replay(state: BlueprintSetupState) -> None:
             state.app.add_route(kind, state.prefixed(kind, name), handler, options, blueprint=self.name)

@@ -12,10 +12,12 @@ See docs/cli.md.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -24,7 +26,7 @@ import click
 
 from . import __version__
 from .app import RUN_FROM_CLI_ENV, Otter, configure_logging, run_loop
-from .config import ARGUMENT, DEFAULTS, ResolvedConfig, redacted, resolve
+from .config import ARGUMENT, DEFAULT, DEFAULTS, LOG_LEVELS, ResolvedConfig, redacted, resolve
 from .discovery import APP_ENV, AppTarget, NoAppFound, load_target, parse_target
 from .errors import (
     BrokerUnavailable,
@@ -50,6 +52,8 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 EXIT_CALL_FAILED = 1  # the handler raised, the arguments did not validate, or nobody serves the name
 EXIT_TIMEOUT = 3  # no reply within --timeout
 EXIT_BROKER_UNAVAILABLE = 4  # the broker cannot be reached
+# otter run/routes/config: the app's code raised while it was imported or built, or the app failed to serve.
+EXIT_APP_FAILED = 1
 
 PRECEDENCE = (
     "Each option is also a config key and an OTTER_<KEY> environment variable. Precedence, highest first: "
@@ -67,7 +71,6 @@ RUN_SETTINGS = {
     "log_level": "LOG_LEVEL",
     "debug": "DEBUG",
 }
-LOG_LEVELS = ["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -182,14 +185,14 @@ def run(app_text: str | None, **options: Any) -> None:
     acks what finished and returns the rest to the queue. With --workers N, N processes share the RPC and task
     queues, and each of them receives every broadcast.
     """
-    if resolve({"RELOAD": options["reload"]})["RELOAD"]:  # before the app (and its config) is imported
+    if _resolve({"RELOAD": options["reload"]})["RELOAD"]:  # before the app (and its config) is imported
         # No .pyc from this import: an edit of the same size within the same second would look unchanged to the
         # restarted worker, which would then run the old bytecode.
         sys.dont_write_bytecode = True
-    target, app = _load(app_text)
+    target, app = _load(app_text, options["debug"])
     config = _effective_config(app, options)
-    configure_logging(str(config["LOG_LEVEL"]))
-    workers, reload = _positive_int(config, "WORKERS"), bool(config["RELOAD"])
+    workers, reload = int(config["WORKERS"]), bool(config["RELOAD"])
+    configure_logging(str(config["LOG_LEVEL"]), _name_process(app, target, workers, reload))
     url = str(config["BROKER_URL"])
     if url.startswith(MEMORY_URL):
         if workers > 1:
@@ -207,14 +210,34 @@ def run(app_text: str | None, **options: Any) -> None:
     _serve_here(app, config)
 
 
+def _name_process(app: Otter, target: AppTarget, workers: int, reload: bool) -> str | None:
+    """Under a supervisor, name the process (``ps``/``top``) after the app and the worker's number; the label for its
+    log lines (``billing/2``, ``billing/supervisor``), or None for a lone process."""
+    from .supervisor import WORKER_NUMBER_ENV, set_process_title
+
+    number = os.environ.get(WORKER_NUMBER_ENV)
+    if number:
+        label = f"{app.name}/{number}"
+        set_process_title(f"otter worker {number}: {app.name} ({target.text})", label)
+    elif workers > 1 or reload:
+        label = f"{app.name}/supervisor"
+        set_process_title(f"otter supervisor: {app.name} ({target.text})", label)
+    else:
+        return None
+    return label
+
+
 def _serve_here(app: Otter, config: dict[str, Any]) -> NoReturn:
     # Handler threads are daemons: one still running after the grace period (its message is back on the queue)
     # does not hold the exit up.
     try:
         run_loop(app.serve(config))
+    except BrokerUnavailable as exc:
+        log.error("%s", exc)
+        sys.exit(EXIT_BROKER_UNAVAILABLE)
     except OtterError as exc:
         log.error("%s", exc)
-        sys.exit(1)
+        sys.exit(EXIT_APP_FAILED)
     sys.exit(0)
 
 
@@ -262,7 +285,7 @@ def show_config(app_text: str | None, as_json: bool, **options: Any) -> None:
 
     Takes the same options as `otter run`. Passwords in URLs are masked.
     """
-    _, app = _load(app_text)
+    _, app = _load(app_text, options["debug"])
     config = _effective_config(app, options)
     shown = redacted(config)
     rows = {}
@@ -284,34 +307,70 @@ def show_config(app_text: str | None, as_json: bool, **options: Any) -> None:
 def _effective_config(app: Otter, options: dict[str, Any]) -> ResolvedConfig:
     """The options are the arguments of ``otter.config.resolve``, ``app.config`` its app config."""
     overrides = {key: options.get(param) for param, key in RUN_SETTINGS.items()}
-    if isinstance(options.get("log_level"), str):
-        overrides["LOG_LEVEL"] = options["log_level"].upper()
-    config = resolve(overrides, app_config=app.config)
-    level = str(config.get("LOG_LEVEL") or "INFO").upper()
-    if level not in LOG_LEVELS:
-        raise click.UsageError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
-    config["LOG_LEVEL"] = level
-    return config
+    return _resolve(overrides, app_config=app.config)
 
 
-def _positive_int(config: dict[str, Any], key: str) -> int:
+def _resolve(arguments: dict[str, Any], app_config: dict[str, Any] | None = None) -> ResolvedConfig:
+    """``otter.config.resolve``; an invalid value (from an option, ``OTTER_*`` or ``app.config``) exits 2."""
     try:
-        value = int(config[key])
-    except (TypeError, ValueError):
-        value = 0
-    if value < 1 or isinstance(config[key], bool):
-        raise click.UsageError(
-            f"{key} must be a whole number of at least 1, got {config[key]!r} (check OTTER_{key} and app.config)"
-        )
-    return value
+        return resolve(arguments, app_config=app_config)
+    except ConfigurationError as exc:
+        raise InvalidConfig(str(exc)) from None
 
 
-def _load(app_text: str | None) -> tuple[AppTarget, Otter]:
+class InvalidConfig(click.ClickException):
+    """A config value that is not valid, wherever it came from: exit 2 (usage), without the usage line, which
+    would point at the options when the value may come from ``OTTER_*`` or ``app.config``."""
+
+    exit_code = 2
+
+
+def _load(app_text: str | None, debug: bool | None = None) -> tuple[AppTarget, Otter]:
+    """Find and import the app. When the app's own code raises, print its traceback with the user's frames only
+    (as ``flask run`` does: no click, importlib or otter frames) and exit 1; all of it with ``--debug``."""
     try:
         target = parse_target(app_text)
+    except NoAppFound as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
         return target, load_target(target)
     except NoAppFound as exc:
         raise click.UsageError(str(exc)) from None
+    except Exception as exc:
+        if _resolve({"DEBUG": debug})["DEBUG"]:
+            raise
+        click.echo(
+            f"Error: the app {target.text!r} raised {type(exc).__name__} while loading "
+            f"(your code's frames only; --debug or OTTER_DEBUG=true shows every frame):\n",
+            err=True,
+        )
+        click.echo("".join(_user_traceback(exc).format()).rstrip(), err=True)
+        sys.exit(EXIT_APP_FAILED)
+
+
+# Frames of these never show in a startup traceback: the error is in the user's code.
+_OUR_DIRS = tuple(str(Path(str(file)).parent) + os.sep for file in (__file__, click.__file__, importlib.__file__))
+
+
+def _user_traceback(exc: BaseException) -> traceback.TracebackException:
+    """``exc``'s traceback (and those of its causes) without otter's, click's and importlib's frames."""
+    shown = traceback.TracebackException.from_exception(exc)
+    seen: set[int] = set()
+    pending = [shown]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = traceback.StackSummary.from_list(
+            [frame for frame in current.stack if not _is_machinery(frame.filename)]
+        )
+        pending.extend(chained for chained in (current.__cause__, current.__context__) if chained is not None)
+    return shown
+
+
+def _is_machinery(filename: str) -> bool:
+    return filename.startswith(_OUR_DIRS) or filename.startswith("<frozen importlib")
 
 
 # -- routes ----------------------------------------------------------------------------------------------------------
@@ -324,7 +383,7 @@ def routes(app_text: str | None, as_json: bool) -> None:
     Fields marked * are required. The task marked "default queue" also takes nameless tasks (client.task(body)).
     """
     _, app = _load(app_text)
-    default_queue = app.resolve_config()["DEFAULT_TASK_QUEUE"]  # OTTER_DEFAULT_TASK_QUEUE outranks app.config
+    default_queue = _resolve({}, app.config)["DEFAULT_TASK_QUEUE"]  # OTTER_DEFAULT_TASK_QUEUE outranks app.config
     try:
         default_owner = app.task_queues(default_queue).get(default_queue)
     except ConfigurationError as exc:
@@ -396,7 +455,8 @@ BROKER_OPTION = click.option(
     "--broker",
     "broker_url",
     metavar="URL",
-    help="The broker [env OTTER_BROKER_URL; default memory://]. Exchange and queue names come from OTTER_* too.",
+    help="The broker, e.g. amqp://user:password@host:5672/vhost [env OTTER_BROKER_URL; required]. Exchange and "
+    "queue names come from OTTER_* too.",
 )
 
 
@@ -522,6 +582,57 @@ def dlq_list(broker_url: str | None, limit: int | None, as_json: bool) -> None:
 
 
 @dlq.command(
+    "show",
+    context_settings=CONTEXT_SETTINGS,
+    epilog=DLQ_EPILOG,
+    short_help="Print one dead letter whole.",
+)
+@click.argument("number", type=click.IntRange(min=1), metavar="N")
+@BROKER_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object, with the body and headers.")
+def dlq_show(number: int, broker_url: str | None, as_json: bool) -> None:
+    """Print dead letter N (numbered as `otter dlq list` numbers them, 1 the oldest) whole: where it came from,
+    why it failed, its headers and its whole task body. Exit 1 when there is no dead letter N.
+
+    Showing changes nothing: the dead letter stays in the queue, in its place.
+    """
+    from .dlq import list_dead_letters
+
+    url, config = _dlq_target(broker_url)
+    letters = _outcome(lambda: list_dead_letters(url, config, number))
+    queue = config["DEAD_LETTER_QUEUE"]
+    if len(letters) < number:
+        noun = "dead letter" if len(letters) == 1 else "dead letters"
+        click.echo(f"no dead letter {number}: there are {len(letters)} {noun} in {queue!r}", err=True)
+        sys.exit(EXIT_CALL_FAILED)
+    letter = letters[number - 1]
+    row = _describe_dead_letter(letter)
+    del row["body_preview"]
+    try:
+        body, readable = letter.payload, True
+    except OtterError as exc:
+        body, readable = letter.body.decode("utf-8", "replace"), False
+        row["body_error"] = str(exc)
+    if as_json:
+        _print_json({**row, "body": body, "readable": readable, "headers": dict(letter.headers)})
+        return
+    click.echo(f"dead letter {number} in {queue!r}")
+    for field, value in row.items():
+        if field != "body_error":
+            click.echo(f"  {field + ':':<16}{'-' if value is None else value}")
+    click.echo("  headers:")
+    for key, value in sorted(letter.headers.items()):
+        click.echo(f"    {key}: {value.decode('utf-8', 'replace') if isinstance(value, bytes) else value}")
+    if readable:
+        click.echo("  body (the task, as its handler gets it):")
+        text = json.dumps(body, indent=2, ensure_ascii=False, default=str)
+    else:
+        click.echo(f"  body (no readable task: {row['body_error']}; the raw bytes as text):")
+        text = body
+    click.echo("\n".join(f"    {line}" for line in str(text).splitlines() or [""]))
+
+
+@dlq.command(
     "replay",
     context_settings=CONTEXT_SETTINGS,
     epilog=DLQ_EPILOG,
@@ -564,7 +675,7 @@ def dlq_purge(broker_url: str | None, yes: bool) -> None:
 def _dlq_target(broker_url: str | None) -> tuple[str, dict[str, Any]]:
     _quiet_logging()
     config = _broker_config(broker_url)
-    url = str(config["BROKER_URL"])
+    url = str(config["BROKER_URL"])  # memory:// only when asked for by name
     if url.startswith(MEMORY_URL):
         click.echo(
             f"warning: {url} is a broker inside this process, so it holds no dead letters of running services; "
@@ -583,7 +694,7 @@ def _client(broker_url: str | None, timeout: float | None) -> Any:
     from .client import Client
 
     _quiet_logging()
-    client = Client(broker_url, timeout=timeout)
+    client = Client(str(_broker_config(broker_url)["BROKER_URL"]), timeout=timeout)
     if not client.comm:
         error = client.error or BrokerUnavailable(f"cannot connect to {client.url}")
         client.close()
@@ -599,8 +710,18 @@ def _quiet_logging() -> None:
 
 
 def _broker_config(broker_url: str | None) -> ResolvedConfig:
-    """The config a ``Client`` would use: ``--broker``, else ``OTTER_BROKER_URL``; names from ``OTTER_*``."""
-    return resolve({"BROKER_URL": broker_url})
+    """The config a ``Client`` would use: ``--broker``, else ``OTTER_BROKER_URL``; names from ``OTTER_*``.
+
+    A client command never falls back to the in-process ``memory://`` broker: nothing else could receive what it
+    sends, so the message would vanish while the command reported success. Naming ``memory://`` is allowed.
+    """
+    config = _resolve({"BROKER_URL": broker_url})
+    if config.sources["BROKER_URL"] == DEFAULT:
+        raise click.UsageError(
+            "no broker given: name it with --broker amqp://user:password@host:5672/vhost or set OTTER_BROKER_URL "
+            f"(without one, what this command sends would go to an in-process {MEMORY_URL} broker and vanish)"
+        )
+    return config
 
 
 def _outcome(action: Callable[[], Any]) -> Any:

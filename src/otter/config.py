@@ -12,6 +12,12 @@ Precedence, highest first, for the app, ``Client``/``AsyncClient``/``TestClient`
 ``BROKER_URL`` falls through an empty value at every layer (``OTTER_BROKER_URL=`` is as good as unset) and ends at
 the embedded ``memory://`` broker when no layer names one.
 
+Each of Otter's keys is checked once, here, against ``RULES`` (its type and range, and the conversion to the type
+Otter uses): a bad value raises ``ConfigurationError`` naming the key, where it came from and what it must be. Keys
+that are not Otter's pass through (an app may keep its own settings in ``app.config``), except one that looks like a
+typo of Otter's (``CONCURENCY``): as an argument or in ``app.config`` it is refused with the key it resembles; as an
+``OTTER_`` variable it gets a warning, because the environment is shared with other programs and other versions.
+
 >>> config = resolve({"RPC_TIMEOUT": 5}, app_config={"RPC_TIMEOUT": 1}, environ={"OTTER_DEBUG": "true"})
 >>> config["RPC_TIMEOUT"], config.sources["RPC_TIMEOUT"], config["DEBUG"], config.sources["DEBUG"]
 (5, 'argument', True, 'env OTTER_DEBUG')
@@ -22,15 +28,18 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .codec import DEFAULT_MAX_MESSAGE_SIZE
+from .codec import DEFAULT_MAX_MESSAGE_SIZE, import_object
+from .errors import ConfigurationError
 from .protocol import KiwipyDefaults as kiwipy_defaults
 
-__all__ = ["DEFAULTS", "Config", "ResolvedConfig", "redact_url", "redacted", "resolve"]
+__all__ = ["DEFAULTS", "RULES", "Config", "ResolvedConfig", "Rule", "redact_url", "redacted", "resolve"]
 
 log = logging.getLogger("otter.config")
 
@@ -85,6 +94,145 @@ DEFAULTS: dict[str, Any] = {
     "DEAD_LETTER_QUEUE": "otter.dead-letter",
 }
 
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one config key accepts: ``convert`` returns the value as Otter uses it or raises ``ValueError``;
+    ``expects`` says what is valid, for the error message. ``None`` is accepted only when ``optional``."""
+
+    expects: str
+    convert: Callable[[Any], Any]
+    optional: bool = False
+
+
+def _whole(minimum: int) -> Rule:
+    def convert(value: Any) -> int:
+        if isinstance(value, str):
+            value = value.strip()
+            number = int(value) if value.lstrip("+-").isdigit() else None
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        else:
+            number = value if isinstance(value, int) and not isinstance(value, bool) else None
+        if number is None or number < minimum:
+            raise ValueError
+        return number
+
+    return Rule(f"a whole number of at least {minimum}", convert)
+
+
+def _seconds(minimum: float, *, inclusive: bool) -> Rule:
+    def convert(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError
+        number = float(value)
+        if not math.isfinite(number) or number < minimum or (number == minimum and not inclusive):
+            raise ValueError
+        return number
+
+    bound = f"at least {minimum:g}" if inclusive else f"more than {minimum:g}"
+    return Rule(f"a number of seconds, {bound}", convert)
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError
+
+
+def _text(*, empty: bool = False) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or (not empty and not value.strip()):
+            raise ValueError
+        return value
+
+    return convert
+
+
+def _broker_url(value: Any) -> str:
+    if not isinstance(value, str) or value.partition("://")[0].lower() not in ("amqp", "amqps", "memory"):
+        raise ValueError
+    return value
+
+
+def _log_level(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().upper() not in LOG_LEVELS:
+        raise ValueError
+    return value.strip().upper()
+
+
+def _exception_names(value: Any) -> Any:
+    """The shape only; the names are imported when a task's retry policy is built (``otter.retry``)."""
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    if not items or not all(_is_exception_name(item) for item in items):
+        raise ValueError
+    return value
+
+
+def _is_exception_name(item: Any) -> bool:
+    return isinstance(item, str) or (isinstance(item, type) and issubclass(item, BaseException))
+
+
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+def _function(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value = import_object(value, "JSON_DEFAULT")
+        except ConfigurationError:
+            raise ValueError from None
+    if not callable(value):
+        raise ValueError
+    return value
+
+
+_FLAG = Rule("true or false", _flag)
+_NAME = Rule("a non-empty string", _text())
+_PATH = Rule("a file path", _text(), optional=True)
+
+# Every key of DEFAULTS, what it accepts and how it is converted; checked once, by resolve().
+RULES: dict[str, Rule] = {
+    "BROKER_URL": Rule("a URL: amqp://user:password@host:5672/vhost, amqps://... or memory://", _broker_url, True),
+    "DEBUG": _FLAG,
+    "CONCURRENCY": _whole(1),
+    "PREFETCH_MULTIPLIER": _whole(1),
+    "RPC_TIMEOUT": _seconds(0, inclusive=False),
+    "CONNECT_TIMEOUT": _seconds(0, inclusive=False),
+    "SHUTDOWN_GRACE": _seconds(0, inclusive=True),
+    "MAX_MESSAGE_SIZE": Rule("a number of bytes, at least 1", _whole(1).convert),
+    "JSON_DEFAULT": Rule("a function, or its dotted path (e.g. 'myapp.encoding:default')", _function, True),
+    "PUBLISH_TIMEOUT": _seconds(0, inclusive=False),
+    "RECONNECT_INTERVAL": _seconds(0, inclusive=False),
+    "TLS_CA_FILE": _PATH,
+    "TLS_CERT_FILE": _PATH,
+    "TLS_KEY_FILE": _PATH,
+    "TLS_KEY_PASSWORD": Rule("a string", _text(empty=True), optional=True),
+    "TLS_VERIFY": _FLAG,
+    "TASK_MAX_RETRIES": _whole(0),
+    "TASK_RETRY_ON": Rule(
+        "an exception class, its dotted name (e.g. 'builtins.OSError'), or a list of them", _exception_names, True
+    ),
+    "TASK_RETRY_BACKOFF": _seconds(0, inclusive=True),
+    "TASK_RETRY_BACKOFF_MAX": _seconds(0, inclusive=True),
+    "TASK_RETRY_JITTER": _FLAG,
+    "WORKERS": _whole(1),
+    "RELOAD": _FLAG,
+    "LOG_LEVEL": Rule(f"one of {', '.join(LOG_LEVELS)}", _log_level),
+    "MESSAGE_EXCHANGE": _NAME,
+    "TASK_EXCHANGE": _NAME,
+    "DEFAULT_TASK_QUEUE": _NAME,
+    "RPC_QUEUE_PREFIX": Rule("a string", _text(empty=True)),
+    "DEAD_LETTER_QUEUE": _NAME,
+}
 
 # OTTER_* variables that steer the command line or the test plugin rather than configure an app.
 NOT_CONFIG = frozenset({"APP", "RUN_FROM_CLI", "WORKER_NUMBER", "TEST_BROKER_URL"})
@@ -158,6 +306,7 @@ def resolve(
     env.from_prefixed_env(ENV_PREFIX, environ=os.environ if environ is None else environ)
     app_config = app_config or {}
     given = {key: value for key, value in (arguments or {}).items() if value is not None}
+    problems = [*_typos(given, ARGUMENT), *_typos(app_config, APP_CONFIG)]
     _warn_about_typos(env, app_config, given)
 
     values: dict[str, Any] = {}
@@ -179,9 +328,35 @@ def resolve(
             break
     if not values.get("BROKER_URL"):
         values["BROKER_URL"], sources["BROKER_URL"] = EMBEDDED_BROKER_URL, DEFAULT
+    for key, rule in RULES.items():
+        value = values[key]
+        if value is None and rule.optional:
+            continue
+        try:
+            values[key] = rule.convert(value)
+        except (TypeError, ValueError, OverflowError):
+            shown = redacted({key: value})[key]
+            problems.append(f"{key} is {shown!r} (from {sources[key]}); it must be {rule.expects}")
+    if problems:
+        raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(problems))
     return ResolvedConfig(values, sources)
 
 
+def _typos(layer: Mapping[str, Any], source: str) -> list[str]:
+    """A key of ``layer`` that is not Otter's but is a typo-sized edit away from one (``CONCURENCY``)."""
+    problems = []
+    for key in layer:
+        if key in DEFAULTS or key in NOT_CONFIG:
+            continue
+        nearest = difflib.get_close_matches(key, DEFAULTS, n=1, cutoff=TYPO_CUTOFF)
+        if nearest:
+            problems.append(f"{key} (from {source}) is not a config key; did you mean {nearest[0]}?")
+    return problems
+
+
+# How alike (difflib's ratio) a key must be to one of Otter's to count as its typo: CONCURENCY, MAX_RETRIES and
+# BROKER_ULR do; an app's own GREETING or BROKER_URL_BACKUP do not.
+TYPO_CUTOFF = 0.8
 _typos_reported: set[str] = set()
 
 
@@ -191,7 +366,7 @@ def _warn_about_typos(env: Mapping[str, Any], *known_layers: Mapping[str, Any]) 
     for key in env:
         if key in known or key in _typos_reported:
             continue
-        nearest = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        nearest = difflib.get_close_matches(key, known, n=1, cutoff=TYPO_CUTOFF)
         if nearest:
             _typos_reported.add(key)
             log.warning(

@@ -1,6 +1,6 @@
 """See and act on dead letters: the tasks that failed for good, or could not be read at all.
 
-The API (the ``otter dlq list|replay|purge`` commands call these)::
+The API (the ``otter dlq list|show|replay|purge`` commands call these)::
 
     list_dead_letters(url: str | None, config: Mapping[str, Any] | None = None, limit: int | None = None)
         -> list[DeadLetter]
@@ -20,9 +20,11 @@ The plain functions run their own event loop, so call the ``_async`` ones from i
 
 A dead letter keeps the task's original body and headers, plus ``x-otter-reason`` (``bad-message``,
 ``handler-error`` or ``retries-exhausted``), ``x-otter-error-type``, ``x-otter-error-message``,
-``x-otter-attempts``, ``x-otter-task`` and ``x-otter-queue``. ``replay`` sends it back to the queue it came from as a
-fresh task (Otter's headers dropped, so its attempts start again); ``task=`` picks only the dead letters of that task
-name (or queue). ``list_dead_letters`` leaves the queue as it was.
+``x-otter-attempts``, ``x-otter-task`` and ``x-otter-queue``. ``DeadLetter.payload`` is the task body as its handler
+gets it (kiwipy's ``[body, no_reply]`` envelope taken off), and ``body_preview`` shows that, not the envelope.
+``replay`` sends it back to the queue it came from as a fresh task (Otter's headers dropped, so its attempts start
+again); ``task=`` picks only the dead letters of that task name (or queue). ``list_dead_letters`` leaves the queue as
+it was.
 
 >>> for letter in list_dead_letters("amqp://guest:guest@127.0.0.1/"):
 ...     print(letter.queue, letter.reason, letter.error_type, letter.attempts)
@@ -32,12 +34,16 @@ name (or queue). ``list_dead_letters`` leaves the queue as it was.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+import orjson
+
 from . import eventloop, protocol
 from .config import resolve
+from .errors import MessageError
 from .transports import Delivery, Transport, open_transport
 
 __all__ = [
@@ -51,6 +57,7 @@ __all__ = [
 ]
 
 PREVIEW_CHARS = 200
+PREVIEW_DECODE_LIMIT = 1 << 20  # bodies above 1 MiB are previewed as raw text: listing stays fast
 T = TypeVar("T")
 
 
@@ -87,6 +94,12 @@ class DeadLetter:
             body=delivery.body,
             headers=dict(headers),
         )
+
+    @property
+    def payload(self) -> Any:
+        """The task body as its handler gets it (kiwipy's ``[body, no_reply]`` envelope taken off);
+        ``MessageError`` when the bytes are no readable task (a ``bad-message`` letter, say)."""
+        return _payload(self.body)
 
     def matches(self, task: str) -> bool:
         """Whether this letter belongs to the task ``task``, by task name or by queue name."""
@@ -181,6 +194,23 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+def _payload(body: bytes) -> Any:
+    try:
+        envelope = orjson.loads(body)  # bounded nesting: a hostile letter raises here, not RecursionError
+    except ValueError as exc:
+        raise MessageError(f"not JSON: {exc}") from None
+    return protocol.read_task(envelope)[0]
+
+
 def _preview(body: bytes) -> str:
-    text = body[: PREVIEW_CHARS * 4].decode("utf-8", "replace")
-    return text if len(text) <= PREVIEW_CHARS and len(body) <= PREVIEW_CHARS * 4 else text[:PREVIEW_CHARS] + "..."
+    """The start of the task body as compact JSON; the start of the raw text when it is no readable task (or too
+    big to decode just for a preview)."""
+    try:
+        if len(body) > PREVIEW_DECODE_LIMIT:
+            raise MessageError("too big to preview decoded")
+        text = json.dumps(_payload(body), separators=(",", ":"), ensure_ascii=False, default=str)
+    except (MessageError, ValueError, RecursionError):
+        text = body[: PREVIEW_CHARS * 4].decode("utf-8", "replace")
+        if len(body) > PREVIEW_CHARS * 4:
+            text += "..."
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "..."

@@ -9,16 +9,30 @@ or more, and the pattern is anchored at both ends. A broadcast without a subject
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
 
 from .errors import ConfigurationError
+from .retry import RETRY_OPTIONS
 
-__all__ = ["BroadcastRoute", "Route", "RpcRoute", "SubjectFilter", "TaskRoute", "check_name"]
+__all__ = [
+    "HANDLER_ARGUMENTS",
+    "HOOK_ARGUMENTS",
+    "ROUTE_OPTIONS",
+    "BroadcastRoute",
+    "Route",
+    "RpcRoute",
+    "SubjectFilter",
+    "TaskRoute",
+    "check_handler",
+    "check_name",
+    "check_options",
+]
 
 Handler = Callable[..., Any]
 Kind = Literal["rpc", "task", "broadcast"]
@@ -128,3 +142,62 @@ def make_filters(patterns: str | Iterable[str]) -> tuple[SubjectFilter, ...]:
     if not filters:
         raise ConfigurationError("add_broadcast needs at least one subject filter, for example ['message.*']")
     return filters
+
+
+# The options each kind of route takes (add_rpc/add_task/add_broadcast's keyword arguments, add_route's options).
+ROUTE_OPTIONS: dict[str, frozenset[str]] = {
+    "rpc": frozenset(),
+    "task": frozenset({"default", *RETRY_OPTIONS}),
+    "broadcast": frozenset(),  # its filters are add_broadcast's argument (add_route's "filters" option)
+}
+# What the worker passes each kind of handler, positionally; and each hook.
+HANDLER_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "rpc": ("comm", "data"),
+    "task": ("comm", "body"),
+    "broadcast": ("comm", "body", "sender", "subject", "correlation_id"),
+}
+HOOK_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "before_handler": ("ctx",),
+    "after_handler": ("ctx", "result"),
+    "errorhandler": ("ctx", "exc"),
+}
+
+
+def check_options(kind: str, name: str, options: Mapping[str, Any]) -> None:
+    """Refuse an option the ``kind`` of route does not take (``max_retry=3``), naming the nearest one it does."""
+    valid = ROUTE_OPTIONS[kind]
+    for option in options:
+        if option in valid:
+            continue
+        where = f"add_{kind}({name!r})"
+        if not valid:
+            raise ConfigurationError(f"{where} got the option {option!r}, but add_{kind} takes no options")
+        nearest = difflib.get_close_matches(option, valid, n=1, cutoff=0.6)
+        hint = f"did you mean {nearest[0]!r}? " if nearest else ""
+        raise ConfigurationError(
+            f"{where} got an unknown option {option!r}; {hint}(it takes: {', '.join(sorted(valid))})"
+        )
+
+
+def check_handler(role: str, handler: Any, arguments: tuple[str, ...], where: str = "") -> None:
+    """Refuse a handler (or hook) that could not be called with ``arguments``, now rather than at the first message.
+
+    Functions, ``async def`` functions, objects with ``__call__``, ``functools.partial`` and ``@use_args``-wrapped
+    handlers (whose ``__wrapped__`` signature counts) are inspected; a callable with no signature to read (a builtin)
+    is let through. ``role`` and ``where`` name it in the error: "the rpc handler" "for 'svc.echo'".
+    """
+    if not callable(handler):
+        raise ConfigurationError(f"the {role}{where} is not callable: {handler!r}")
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*arguments)
+    except TypeError as exc:
+        wanted = ", ".join(arguments)
+        label = getattr(handler, "__qualname__", None) or type(handler).__qualname__
+        raise ConfigurationError(
+            f"the {role} {label}{signature}{where} cannot be called with ({wanted}): {exc}; "
+            f"define it as def {getattr(handler, '__name__', 'handler')}({wanted}): ..."
+        ) from None

@@ -1,7 +1,9 @@
 """The registration decorators and hooks shared by ``Otter`` and ``Blueprint``.
 
 Each decorator is a thin wrapper over an ``add_*``/``register_*`` method and returns the function unchanged, so a
-handler stays a plain function you can call in a unit test.
+handler stays a plain function you can call in a unit test. Mistakes are refused when the decorator runs, with a
+``ConfigurationError``: an option the decorator does not take (with the nearest one it does), and a handler or hook
+that could not be called with the arguments it will get (``handler(comm, data)``; ``before(ctx)``...).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigurationError
 from .retry import validate_retry_options
-from .routing import check_name
+from .routing import HOOK_ARGUMENTS, check_handler, check_name, check_options
 
 __all__ = ["ErrorHandler", "Hook", "Scaffold"]
 
@@ -36,6 +38,7 @@ class Scaffold:
         ... def example_hash(comm, data): return {"result": data}
         """
         _check_name(name, "RPC")
+        check_options("rpc", name, options)
 
         def decorator(handler: F) -> F:
             self._register("rpc", name, handler, options)
@@ -73,6 +76,7 @@ class Scaffold:
             raise ConfigurationError("use @app.add_task('queue.name'), with parentheses and a name")
         if name is not None:
             _check_name(name, "task")
+        check_options("task", name or "", options)
         retry = {"max_retries": max_retries, "retry_on": retry_on, "backoff": backoff, "backoff_max": backoff_max,
                  "jitter": jitter}
         validate_retry_options(retry)
@@ -91,6 +95,7 @@ class Scaffold:
         ... def on_message(comm, body, sender, subject, correlation_id): ...
         """
         patterns = [filters] if isinstance(filters, str) else list(filters)
+        check_options("broadcast", ",".join(map(str, patterns)), options)
 
         def decorator(handler: F) -> F:
             self._register("broadcast", ",".join(patterns), handler, {**options, "filters": patterns})
@@ -120,6 +125,7 @@ class Scaffold:
 
     # -- what subclasses implement ------------------------------------------------------------------------------
     def _register(self, kind: str, name: str, handler: Callable[..., Any], options: dict[str, Any]) -> None:
+        """Record the route (checking the handler's signature: ``routing.check_handler``)."""
         raise NotImplementedError
 
     def check_setup(self, what: str) -> None:
@@ -127,10 +133,13 @@ class Scaffold:
 
     def _add_hook(self, when: str, func: Hook) -> None:
         self.check_setup(f"add the {when}_handler hook {getattr(func, '__qualname__', func)!s}")
+        check_handler(f"{when}_handler hook", func, HOOK_ARGUMENTS[f"{when}_handler"])
         (self.before_handler_funcs if when == "before" else self.after_handler_funcs).append(func)
 
     def _add_error_handler(self, exc_type: type[BaseException], func: ErrorHandler) -> None:
         self.check_setup(f"add an errorhandler for {getattr(exc_type, '__name__', exc_type)!s}")
+        where = f" for {getattr(exc_type, '__name__', exc_type)!s}"
+        check_handler("errorhandler", func, HOOK_ARGUMENTS["errorhandler"], where)
         self.error_handlers[exc_type] = func
 
 

@@ -10,7 +10,8 @@ queues (work spreads across them) and each receives every broadcast. The supervi
   ones still running, and returns 0 when every worker stopped cleanly.
 
 Workers get their settings through ``OTTER_*`` variables, never the command line, so a broker password does not
-show in ``ps``. On Linux a worker is sent SIGTERM if the supervisor itself dies, so none is left orphaned.
+show in ``ps``. On Linux a worker is sent SIGTERM if the supervisor itself dies, so none is left orphaned. Each
+worker learns its number from ``OTTER_WORKER_NUMBER`` and names its process after it (``set_process_title``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Supervisor"]
+__all__ = ["WORKER_NUMBER_ENV", "Supervisor", "set_process_title"]
+
+WORKER_NUMBER_ENV = "OTTER_WORKER_NUMBER"  # set in each worker's environment: 1..N
 
 log = logging.getLogger("otter.supervisor")
 
@@ -150,7 +153,7 @@ class Supervisor:
                     await asyncio.wait_for(slot.wake.wait(), pause)
 
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
-        env = {**self.env, "OTTER_WORKER_NUMBER": str(slot.number)}
+        env = {**self.env, WORKER_NUMBER_ENV: str(slot.number)}
         process = await asyncio.create_subprocess_exec(
             *self.command, env=env, preexec_fn=_die_with_parent if sys.platform == "linux" else None
         )
@@ -217,3 +220,33 @@ def _die_with_parent() -> None:
     pr_set_pdeathsig = 1
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+PR_SET_NAME = 15  # linux/prctl.h
+COMM_LENGTH = 15  # Linux keeps 15 bytes of a process name (TASK_COMM_LEN, 16, with the NUL)
+
+
+def set_process_title(title: str, short: str) -> str | None:
+    """Name this process, so ``ps``/``top`` tell workers apart; returns how it was done, or None.
+
+    With ``setproctitle`` installed (it is optional: ``pip install setproctitle``), ``ps`` shows the whole ``title``.
+    Without it, on Linux, ``prctl(PR_SET_NAME)`` sets the process name that ``top``, ``ps -o comm`` and ``pgrep`` show
+    to ``short``, cut to 15 bytes; the command line in ``ps aux`` stays ``python -m otter run``. Elsewhere: nothing.
+    """
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        pass
+    else:
+        setproctitle(title)
+        return "setproctitle"
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    name = short.encode("utf-8")[:COMM_LENGTH]
+    try:
+        done = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return None
+    return "prctl" if done else None
