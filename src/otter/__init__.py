@@ -18,6 +18,7 @@ from .errors import (
     ValidationError,
 )
 from .futures import CallFuture
+from .pipeline import HandlerContext
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "Config",
     "ConfigurationError",
     "DeadlineExceeded",
+    "HandlerContext",
     "MessageError",
     "MessageTooLarge",
     "Otter",

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any, overload
 
 from . import eventloop
@@ -24,6 +25,8 @@ from .transports import Transport, open_transport
 __all__ = ["AsyncClient", "Client"]
 
 log = logging.getLogger("otter.client")
+
+Headers = Mapping[str, Any] | None  # a caller's own message headers, seen by the service as ctx.headers
 
 
 def _client_config(url: str | None, config: dict[str, Any], timeout: float | None = None) -> ResolvedConfig:
@@ -88,33 +91,38 @@ class Client:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def rpc(self, name: str, data: Any = None, *, timeout: float | None = None) -> CallFuture:
-        """Call the RPC ``name``; ``.result()`` returns the reply or raises a typed ``OtterError``."""
-        return self._connected().rpc_send(name, data, timeout=timeout)
+    def rpc(
+        self, name: str, data: Any = None, *, timeout: float | None = None, headers: Mapping[str, Any] | None = None
+    ) -> CallFuture:
+        """Call the RPC ``name``; ``.result()`` returns the reply or raises a typed ``OtterError``. ``headers`` (an
+        auth token, a tenant) reach the service's hooks as ``ctx.headers``."""
+        return self._connected().rpc_send(name, data, timeout=timeout, headers=headers)
 
     @overload
-    def task(self, name: str, body: Any = None, /) -> None: ...
+    def task(self, name: str, body: Any = None, /, *, headers: Headers = None) -> None: ...
     @overload
-    def task(self, body: Any, /) -> None: ...
+    def task(self, body: Any, /, *, headers: Headers = None) -> None: ...
     @overload
-    def task(self, *, body: Any) -> None: ...
+    def task(self, *, body: Any, headers: Headers = None) -> None: ...
     @overload
-    def task(self, name: str, /, *, body: Any) -> None: ...
+    def task(self, name: str, /, *, body: Any, headers: Headers = None) -> None: ...
 
-    def task(self, *args: Any, **kwargs: Any) -> None:
+    def task(self, *args: Any, headers: Headers = None, **kwargs: Any) -> None:
         """Queue a task and return once the broker has it (publisher confirm).
 
         ``task(name, body)`` and ``task(name)`` send the named task; ``task(body=...)`` a nameless one, to the default
         queue; the seed's ``task(5)`` too, when the lone argument is not a string (a lone string is a name).
         """
         name, body = task_target(args, kwargs)
-        self._connected().task_send(body, name=name).result()
+        self._connected().task(name, body=body, headers=headers).result()
 
     def broadcast(
-        self, body: Any, subject: str | None = None, sender: Any = None, correlation_id: Any = None
+        self, body: Any, subject: str | None = None, sender: Any = None, correlation_id: Any = None, *,
+        headers: Headers = None,
     ) -> None:
         """Send ``body`` to every app with a broadcast filter matching ``subject``."""
-        self._connected().broadcast_send(body, sender=sender, subject=subject, correlation_id=correlation_id).result()
+        self._connected().broadcast_send(
+            body, sender=sender, subject=subject, correlation_id=correlation_id, headers=headers).result()
 
     def close(self) -> None:
         if self._loop.is_closed():
@@ -158,27 +166,30 @@ class AsyncClient:
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.close()
 
-    async def rpc(self, name: str, data: Any = None, *, timeout: float | None = None) -> Any:
-        return await self._connected().call(name, data, timeout=timeout)
+    async def rpc(
+        self, name: str, data: Any = None, *, timeout: float | None = None, headers: Headers = None
+    ) -> Any:
+        return await self._connected().call(name, data, timeout=timeout, headers=headers)
 
     @overload
-    async def task(self, name: str, body: Any = None, /) -> None: ...
+    async def task(self, name: str, body: Any = None, /, *, headers: Headers = None) -> None: ...
     @overload
-    async def task(self, body: Any, /) -> None: ...
+    async def task(self, body: Any, /, *, headers: Headers = None) -> None: ...
     @overload
-    async def task(self, *, body: Any) -> None: ...
+    async def task(self, *, body: Any, headers: Headers = None) -> None: ...
     @overload
-    async def task(self, name: str, /, *, body: Any) -> None: ...
+    async def task(self, name: str, /, *, body: Any, headers: Headers = None) -> None: ...
 
-    async def task(self, *args: Any, **kwargs: Any) -> None:
+    async def task(self, *args: Any, headers: Headers = None, **kwargs: Any) -> None:
         """As ``Client.task``."""
         name, body = task_target(args, kwargs)
-        await self._connected().send_task(name, body)
+        await self._connected().send_task(name, body, headers)
 
     async def broadcast(
-        self, body: Any, subject: str | None = None, sender: Any = None, correlation_id: Any = None
+        self, body: Any, subject: str | None = None, sender: Any = None, correlation_id: Any = None, *,
+        headers: Headers = None,
     ) -> None:
-        await self._connected().send_broadcast(body, sender, subject, correlation_id)
+        await self._connected().send_broadcast(body, sender, subject, correlation_id, headers)
 
     async def close(self) -> None:
         if self.comm is not None:

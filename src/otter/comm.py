@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import kiwipy
@@ -66,19 +66,23 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         return f"<otter.Communicator {self.transport.url}>"
 
     # -- coroutines (run on self.loop) --------------------------------------------------------------------------
-    async def call(self, name: str, data: Any = None, *, timeout: float | None = None) -> Any:
-        """Call the RPC ``name`` and return its result, or raise the typed error it replied with."""
+    async def call(
+        self, name: str, data: Any = None, *, timeout: float | None = None, headers: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Call the RPC ``name`` and return its result, or raise the typed error it replied with; ``headers`` reach
+        the handler's hooks as ``ctx.headers``."""
         self._check_open()
         check_name(name, "RPC")
         timeout = self.rpc_timeout if timeout is None else float(timeout)
         body = self.codec.encode(data, what="RPC request")
-        headers = {protocol.DEADLINE_HEADER: protocol.deadline_ms(time.time() + timeout)}
+        sent = protocol.caller_headers(headers)
+        sent[protocol.DEADLINE_HEADER] = protocol.deadline_ms(time.time() + timeout)
         reply = await self.transport.call(
-            name, body, correlation_id=self._next_id(), timeout=timeout, headers=headers
+            name, body, correlation_id=self._next_id(), timeout=timeout, headers=sent
         )
         return protocol.raise_for_reply(self.codec.decode(reply.body, reply.content_type))
 
-    async def send_task(self, name: str | None, body: Any = None) -> None:
+    async def send_task(self, name: str | None, body: Any = None, headers: Mapping[str, Any] | None = None) -> None:
         """Queue a task (``name=None``: the default queue) and return once the broker has it. The first send to a
         queue that no worker consumes says so in the log (the task waits there; is the name right?)."""
         self._check_open()
@@ -86,26 +90,32 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
             check_name(name, "task")
         queue = name or self.transport.topology.default_task_queue  # type: ignore[attr-defined]
         payload = self.codec.encode(protocol.task_body(body, no_reply=True), what="task body", payload=body)
-        consumers = await self.transport.publish_task(queue, payload, correlation_id=self._next_id())
+        consumers = await self.transport.publish_task(
+            queue, payload, correlation_id=self._next_id(), headers=protocol.caller_headers(headers) or None)
         if consumers == 0:
             what = f"task {name!r}" if name is not None else f"nameless task (default queue {queue!r})"
             log.warning("no worker consumes the %s yet: it waits in its queue until one starts (is the name "
                         "right, and is the service that handles it running?)", what)
 
     async def send_broadcast(
-        self, body: Any, sender: Any = None, subject: str | None = None, correlation_id: Any = None
+        self, body: Any, sender: Any = None, subject: str | None = None, correlation_id: Any = None,
+        headers: Mapping[str, Any] | None = None,
     ) -> bool:
         self._check_open()
         message = protocol.Broadcast(body, sender, subject, correlation_id).to_wire()
-        await self.transport.publish_broadcast(self.codec.encode(message, what="broadcast body", payload=body))
+        await self.transport.publish_broadcast(self.codec.encode(message, what="broadcast body", payload=body),
+                                               headers=protocol.caller_headers(headers) or None)
         return True
 
     # -- kiwipy's interface: thread-safe, returns futures -------------------------------------------------------
-    def rpc_send(self, recipient_id: str, msg: Any = None, *, timeout: float | None = None) -> CallFuture:
+    def rpc_send(
+        self, recipient_id: str, msg: Any = None, *, timeout: float | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> CallFuture:
         wait = (self.rpc_timeout if timeout is None else timeout) + 1.0
-        return self._submit(self.call(recipient_id, msg, timeout=timeout), wait)
+        return self._submit(self.call(recipient_id, msg, timeout=timeout, headers=headers), wait)
 
-    def task(self, *args: Any, **kwargs: Any) -> CallFuture:
+    def task(self, *args: Any, headers: Mapping[str, Any] | None = None, **kwargs: Any) -> CallFuture:
         """Queue a task, as ``Client.task`` does: ``comm.task(name, body)``, ``comm.task(name)``, or the nameless
         ``comm.task(body=...)``; returns a future that resolves once the broker has it (``.result()`` in a plain
         handler, ``await`` in an ``async def`` one).
@@ -113,7 +123,7 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         >>> comm.task("mail.send", {"to": "a@example.com"}).result()
         """
         name, body = task_target(args, kwargs)
-        return self._submit(self.send_task(name, body), self._send_wait())
+        return self._submit(self.send_task(name, body, headers), self._send_wait())
 
     def task_send(self, task: Any, no_reply: bool = True, *, name: str | None = None) -> CallFuture:
         """kiwipy's call: queue ``task`` (the body) on the default task queue, or on ``name``; resolves to None once
@@ -129,9 +139,10 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         return self._submit(self.send_task(name, task), self._send_wait())
 
     def broadcast_send(
-        self, body: Any, sender: Any = None, subject: str | None = None, correlation_id: Any = None
+        self, body: Any, sender: Any = None, subject: str | None = None, correlation_id: Any = None,
+        headers: Mapping[str, Any] | None = None,
     ) -> CallFuture:
-        return self._submit(self.send_broadcast(body, sender, subject, correlation_id), self._send_wait())
+        return self._submit(self.send_broadcast(body, sender, subject, correlation_id, headers), self._send_wait())
 
     def is_closed(self) -> bool:
         return self._closed

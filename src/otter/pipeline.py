@@ -22,7 +22,14 @@ __all__ = ["HandlerContext", "Pipeline", "RouteTable"]
 
 @dataclass(slots=True)
 class HandlerContext:
-    """What hooks and error handlers are told about the message being handled."""
+    """What hooks and error handlers are told about the message being handled: its ``kind`` ("rpc", "task",
+    "broadcast"), the route's ``name``, the ``comm`` to make calls with, and the message's ``headers``, among them
+    the caller's own (``client.rpc(name, data, headers={"tenant": "acme"})``).
+
+    >>> @app.before_handler
+    ... def require_tenant(ctx: HandlerContext) -> None:
+    ...     if "tenant" not in (ctx.headers or {}): raise PermissionError("no tenant")
+    """
 
     kind: str
     name: str

@@ -38,6 +38,7 @@ __all__ = [
     "TASK_QUEUE_ARGUMENTS",
     "Broadcast",
     "KiwipyDefaults",
+    "caller_headers",
     "dead_letter_headers",
     "describe_error",
     "error_reply",
@@ -130,6 +131,47 @@ def forwarded_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     """The headers a copy of a message keeps: the sender's own, without Otter's or the broker's bookkeeping."""
     return {key: value for key, value in headers.items()
             if not (isinstance(key, str) and key.startswith(_NOT_FORWARDED_PREFIXES))}
+
+
+_HEADER_SCALARS = (str, bytes, bool, int, float, type(None))
+_RESERVED_PREFIXES = ("x-otter-", "x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
+
+
+def caller_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A caller's own headers (``client.rpc(..., headers={"tenant": "acme"})``), checked before anything is sent:
+    string keys that are not Otter's or the broker's, and values an AMQP header table holds. Handlers see them as
+    ``ctx.headers``; retries and dead letters keep them."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a mapping of names to values, got {type(headers).__name__}")
+    for key, value in headers.items():
+        if not isinstance(key, str) or not key or len(key.encode("utf-8")) > 255:
+            raise ValueError(f"a header name must be a non-empty string of at most 255 bytes, got {key!r:.60}")
+        if key.lower().startswith(_RESERVED_PREFIXES):
+            raise ValueError(f"header {key!r} is reserved: names starting with x-otter-, x-death or x-delivery-count "
+                             f"are Otter's or the broker's")
+        _check_header_value(key, value)
+    return dict(headers)
+
+
+def _check_header_value(key: str, value: Any, depth: int = 0) -> None:
+    if depth > 8:
+        raise ValueError(f"header {key!r} is nested too deeply")
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise ValueError(f"header {key!r}: {value} does not fit AMQP's 64-bit integers")
+    if isinstance(value, _HEADER_SCALARS):
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_header_value(key, item, depth + 1)
+        return
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        for item in value.values():
+            _check_header_value(key, item, depth + 1)
+        return
+    raise ValueError(f"header {key!r}: a {type(value).__name__} cannot travel in AMQP headers; send strings, "
+                     f"numbers, booleans, None, or lists and mappings of them")
 
 
 def read_attempts(headers: Mapping[str, Any]) -> int:

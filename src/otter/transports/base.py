@@ -137,7 +137,7 @@ class Transport(abc.ABC):
         transport's first to ``queue``, return how many consumers the queue had (0: nobody runs it yet); else None."""
 
     @abc.abstractmethod
-    async def publish_broadcast(self, body: bytes) -> None: ...
+    async def publish_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None = None) -> None: ...
 
     @abc.abstractmethod
     async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:

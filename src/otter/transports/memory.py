@@ -355,9 +355,10 @@ class MemoryTransport(Transport):
         self.broker.publish(queue, _Message(body, protocol.CONTENT_TYPE, dict(headers or {}), correlation_id))
         return consumers if first else None
 
-    async def publish_broadcast(self, body: bytes) -> None:
+    async def publish_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None = None) -> None:
         self._check()
-        self.broker.broadcast(_Message(body, protocol.CONTENT_TYPE, {}, None), self.topology.message_exchange)
+        message = _Message(body, protocol.CONTENT_TYPE, dict(headers or {}), None)
+        self.broker.broadcast(message, self.topology.message_exchange)
 
     async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
         self.broker.reply(reply_to, _Message(body, protocol.CONTENT_TYPE, {}, correlation_id))

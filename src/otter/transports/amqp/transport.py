@@ -141,14 +141,14 @@ class AmqpTransport(Transport):
             raise Unroutable(f"the broker could not route the task to queue {queue!r}: {exc}") from None
         return queues.consumers.pop(queue, None)
 
-    async def publish_broadcast(self, body: bytes) -> None:
+    async def publish_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None = None) -> None:
         """Sent once (at-most-once, as kiwipy's broadcasts are), after waiting for the connection if it is being
         re-established, and confirmed: ``client.broadcast()`` returns once the broker has routed it, so a
         broadcast followed at once by ``close()`` is not lost on the way (unconfirmed, it could be)."""
         assert self._link is not None, "call connect() first"
         fields = {
             "mandatory": False, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
-            "delivery_mode": DeliveryMode.NOT_PERSISTENT.value,
+            "delivery_mode": DeliveryMode.NOT_PERSISTENT.value, "headers": headers,
         }
         with translated("broadcast"):
             try:
