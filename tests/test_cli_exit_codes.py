@@ -76,6 +76,7 @@ def test_an_app_that_cannot_serve_as_written_exits_1(tmp_path: Path) -> None:
     ids=["run", "task", "broadcast", "dlq-show"],
 )
 def test_an_unreachable_broker_exits_4(args: list[str]) -> None:
-    result = otter(*args, "--broker", UNREACHABLE, env={"OTTER_CONNECT_TIMEOUT": "3"})
+    # STARTUP_WAIT=0: otter run gives up at once (its waiting is tested in tests/test_connection_errors.py).
+    result = otter(*args, "--broker", UNREACHABLE, env={"OTTER_CONNECT_TIMEOUT": "3", "OTTER_STARTUP_WAIT": "0"})
     assert result.returncode == 4, result.stderr
     assert "Connection refused" in result.stderr or "cannot connect" in result.stderr

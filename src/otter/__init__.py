@@ -7,6 +7,7 @@ from .comm import Communicator
 from .config import Config
 from .decorators import use_args
 from .errors import (
+    BrokerRefused,
     BrokerUnavailable,
     ConfigurationError,
     DeadlineExceeded,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncClient",
     "Blueprint",
+    "BrokerRefused",
     "BrokerUnavailable",
     "CallFuture",
     "Client",

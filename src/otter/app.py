@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import eventloop
@@ -192,6 +193,9 @@ class Otter(Scaffold):
                 handled_signals.append(sig)
         worker = self.start_worker(config, observers)
         try:
+            if not await _until_stopped(worker.connect(), stop):  # a stop while waiting for the broker ends it
+                log.info("stopped before the broker could be reached")
+                return
             await worker.start()
             log.info("%s is running on %s; press Ctrl-C to stop", self.name, redact_url(config["BROKER_URL"]))
             if started is not None:
@@ -220,6 +224,26 @@ class Otter(Scaffold):
         return serve_in_thread(self, url, raise_errors=raise_errors, **config)
 
 
+async def _until_stopped(starting: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``starting`` unless ``stop`` is set first (then cancel it and return False)."""
+    start = asyncio.ensure_future(starting)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({start, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # serve itself was cancelled: so is the start
+        start.cancel()
+        raise
+    finally:
+        stopping.cancel()
+    if not start.done():
+        start.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await start
+        return False
+    start.result()
+    return True
+
+
 def _describe(handler: Callable[..., Any]) -> str:
     return f"{getattr(handler, '__module__', '?')}.{getattr(handler, '__qualname__', handler)!s}"
 
@@ -232,6 +256,13 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return self._CREDENTIALS.sub(r"\1:***@", super().format(record))
+
+
+class _SaidByOtter(logging.Filter):
+    """aiormq logs a failed connection attempt at ERROR; Otter reports each attempt itself, in words with the fix."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno < logging.CRITICAL and str(record.msg).startswith("error when creating transport"))
 
 
 def configure_logging(level: str | int = "INFO", process_label: str | None = None) -> None:
@@ -250,6 +281,9 @@ def configure_logging(level: str | int = "INFO", process_label: str | None = Non
         root.addHandler(handler)
         root.setLevel(level)
     logging.getLogger("otter").setLevel(level)
+    connection_log = logging.getLogger("aiormq.connection")
+    if not any(isinstance(f, _SaidByOtter) for f in connection_log.filters):
+        connection_log.addFilter(_SaidByOtter())
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if level <= logging.DEBUG else max(level, logging.WARNING))
 

@@ -154,6 +154,14 @@ def _run_settings(command: Callable[..., Any]) -> Callable[..., Any]:
             metavar="SECONDS",
             help="On SIGTERM/Ctrl-C, how long running handlers get to finish; unfinished tasks go back to the queue.",
         ),
+        _setting(
+            "--startup-wait",
+            key="STARTUP_WAIT",
+            type=click.FloatRange(min=0),
+            metavar="SECONDS",
+            help="How long a starting worker waits for an unreachable broker, trying again with a log line each "
+            "time (0: give up at once). A broker that refuses the login, vhost or TLS is not waited for.",
+        ),
         _setting("--reload/--no-reload", key="RELOAD", help="Restart when a .py file changes (development)."),
         _setting(
             "--log-level",

@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "PREFETCH_MULTIPLIER": 4,
     "RPC_TIMEOUT": 30.0,  # seconds; every call has a deadline, sent as the message expiration
     "CONNECT_TIMEOUT": 5.0,
+    # A starting worker waits this long for a broker that cannot be reached yet (it starts first, in a deployment),
+    # trying again with a log line each time; a broker that answers and refuses is not waited for.
+    "STARTUP_WAIT": 30.0,
     "SHUTDOWN_GRACE": 30.0,  # seconds running handlers get to finish on SIGTERM/Ctrl-C
     "MAX_MESSAGE_SIZE": DEFAULT_MAX_MESSAGE_SIZE,  # bytes, enforced by senders and receivers alike
     # Encodes what JSON has no place for (Decimal, your classes): a function (or its dotted path) as orjson's default.
@@ -207,6 +210,7 @@ RULES: dict[str, Rule] = {
     "PREFETCH_MULTIPLIER": _whole(1),
     "RPC_TIMEOUT": _seconds(0, inclusive=False),
     "CONNECT_TIMEOUT": _seconds(0, inclusive=False),
+    "STARTUP_WAIT": _seconds(0, inclusive=True),
     "SHUTDOWN_GRACE": _seconds(0, inclusive=True),
     "MAX_MESSAGE_SIZE": Rule("a number of bytes, at least 1", _whole(1).convert),
     "JSON_DEFAULT": Rule("a function, or its dotted path (e.g. 'myapp.encoding:default')", _function, True),

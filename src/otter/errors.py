@@ -5,6 +5,7 @@
     OtterError
     ├── ConfigurationError       the app or a call is set up wrongly (a setup method after start, a bad URL...)
     ├── BrokerUnavailable        the broker cannot be reached, or the connection was lost
+    │   └── BrokerRefused        it answered, and said no: login, vhost, permissions, TLS; retrying cannot help
     ├── DeadlineExceeded         a call got no answer before its deadline (also a builtin ``TimeoutError``)
     ├── Unroutable               nobody serves this RPC name or task queue (also ``kiwipy.UnroutableError``)
     ├── MessageError             a message that cannot be read: undecodable, wrong content type, malformed
@@ -27,6 +28,7 @@ from typing import Any
 import kiwipy
 
 __all__ = [
+    "BrokerRefused",
     "BrokerUnavailable",
     "ConfigurationError",
     "DeadlineExceeded",
@@ -49,6 +51,12 @@ class ConfigurationError(OtterError):
 
 class BrokerUnavailable(OtterError):
     """The broker cannot be reached, or the connection to it was lost."""
+
+
+class BrokerRefused(BrokerUnavailable):
+    """The broker (or whatever listens at the URL) answered and refused the connection: wrong credentials, an
+    unknown vhost, no permissions, a TLS failure, not an AMQP port. Waiting or retrying cannot fix it; the message
+    says what will."""
 
 
 # On Python 3.10 the futures TimeoutError is not yet the builtin one; catch both with one class.

@@ -39,7 +39,7 @@ from .core import (
     Run,
     TaskRules,
 )
-from .errors import OtterError
+from .errors import BrokerRefused, BrokerUnavailable, OtterError
 from .pipeline import HandlerContext, Pipeline, RouteTable
 from .retry import RetryPolicy
 from .routing import BroadcastRoute
@@ -95,6 +95,7 @@ class Worker:
         self._subscriptions: list[Subscription] = []
         self._running: dict[asyncio.Task[Any], tuple[Delivery, Rules]] = {}
         self._idle: asyncio.Event | None = None
+        self._connected = False
         self.started = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -102,7 +103,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         self._idle = asyncio.Event()
         self._idle.set()
-        await self.transport.connect()
+        if not self._connected:
+            await self.connect()
         self.comm = Communicator(
             self.transport, self.codec, loop, rpc_timeout=float(self.config["RPC_TIMEOUT"]),
             loop_thread=threading.current_thread(),  # so .result() on the loop fails fast instead of freezing it
@@ -149,6 +151,32 @@ class Worker:
         self._subscriptions.append(subscription)
         log.info("nameless tasks (the default queue %r) go to %s%s", queue, name,
                  ", shared with other workers (default=True)" if shared else ", and to no other consumer")
+
+    async def connect(self) -> None:
+        """Connect, waiting up to ``STARTUP_WAIT`` for a broker that cannot be reached yet (a worker often starts
+        before its broker). A broker that answers and refuses (``BrokerRefused``) is not waited for. ``start``
+        connects too; calling this first lets a caller give up the wait (cancel it) without stopping a start."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(self.config.get("STARTUP_WAIT", 0.0))
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self.transport.connect()
+                break
+            except BrokerRefused:
+                raise
+            except BrokerUnavailable as exc:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise
+                pause = min(0.5 * 2 ** (attempt - 1), 5.0, left)
+                log.warning("%s; attempt %d, trying again in %.1fs (STARTUP_WAIT: %.0fs left)", exc, attempt, pause,
+                            left)
+                await asyncio.sleep(pause)
+        self._connected = True
+        if attempt > 1:
+            log.info("connected to %s after %d attempts", self.transport.url, attempt)
 
     async def stop(self) -> None:
         """Stop taking messages, let running handlers finish within the grace period, requeue the rest.

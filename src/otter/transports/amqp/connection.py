@@ -19,10 +19,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import aio_pika
 import aiormq
+import pamqp.exceptions
 from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, AbstractRobustConnection
 
-from ...errors import BrokerUnavailable
+from ...errors import BrokerRefused, BrokerUnavailable
 from ...protocol import TASK_QUEUE_ARGUMENTS
 from ..base import Delivery, Subscription, Topology
 from . import fence
@@ -48,9 +49,14 @@ async def connect(
             client_properties={"connection_name": "otter"},
             **_reconnect_options(raw_url, reconnect_interval),
         )
-    except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-        tls = raw_url.lower().startswith("amqps:")
-        raise BrokerUnavailable(f"cannot connect to RabbitMQ at {url}: {connect_failure(exc, tls)}") from None
+    except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, pamqp.exceptions.AMQPError, ConnectionError,
+            RuntimeError) as exc:  # pamqp's: the broker's connection.close during the handshake (vhost, permissions)
+        parts = urlsplit(raw_url)
+        tls = parts.scheme.lower() == "amqps"
+        where = f"{parts.hostname or 'localhost'}:{parts.port or (5671 if tls else 5672)}"
+        why, refused = connect_failure(exc, tls, where)
+        error = BrokerRefused if refused else BrokerUnavailable
+        raise error(f"cannot connect to RabbitMQ at {url}: {why}") from None
 
 
 def _reconnect_options(raw_url: str, reconnect_interval: float) -> dict[str, Any]:

@@ -5,6 +5,7 @@ Nothing here ever puts a broker URL's password into a message.
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any, Literal
 
@@ -24,30 +25,62 @@ REFUSALS = (
 )
 
 
-def connect_failure(exc: BaseException, tls: bool) -> str:
-    """Why a connection could not be made, in words that point at the fix; never includes the URL's password."""
+def connect_failure(exc: BaseException, tls: bool, where: str = "the broker") -> tuple[str, bool]:
+    """Why a connection could not be made, in words that point at the fix, and whether it is a refusal (retrying
+    cannot help) rather than an outage; never includes the URL's password. ``where`` is ``host:port``."""
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return (
                 f"TLS: the broker's certificate was not accepted ({cause.verify_message}); check TLS_CA_FILE "
                 f"(the CA that signed the broker's certificate) and that the URL's host name is on the certificate"
-            )
+            ), True
         if isinstance(cause, ssl.SSLError):
             return (
                 f"TLS handshake failed ({cause.reason or describe(cause)}); check the port is the broker's TLS "
                 f"port and, if the broker verifies clients, TLS_CERT_FILE and TLS_KEY_FILE"
-            )
+            ), True
         if isinstance(cause, aiormq.exceptions.ProbableAuthenticationError):
-            return "the broker refused the login: check the user name and password in the URL"
+            return "the broker refused the login: check the user name and password in the URL", True
+        refusal = _connection_close(cause)
+        if refusal is not None:
+            return refusal, True
         if tls and isinstance(cause, (ConnectionResetError, aiormq.exceptions.IncompatibleProtocolError, EOFError)):
             # A TLS listener that verifies clients drops one without a certificate right after the handshake.
             return (
                 f"the broker closed the TLS connection ({describe(exc)}); if it verifies clients, set "
                 f"TLS_CERT_FILE and TLS_KEY_FILE to a client certificate its CA signed"
-            )
+            ), True
+        if isinstance(cause, ConnectionRefusedError):
+            return (f"nothing accepts connections at {where} (connection refused): is RabbitMQ running there, and "
+                    f"is that its AMQP port (5672; 5671 for amqps)?"), False
+        if isinstance(cause, aiormq.exceptions.IncompatibleProtocolError) or "bytes expected" in str(cause):
+            return (f"{where} did not answer as an AMQP broker ({describe(cause)}): is that RabbitMQ's AMQP port "
+                    f"(5672; 5671 for amqps), not its management or another service's port?"), True
+        if isinstance(cause, OSError) and cause.errno is not None and "Name or service not known" in str(cause):
+            return f"cannot resolve the host of {where} ({describe(cause)}): check the URL's host name", False
         cause = cause.__cause__ or cause.__context__
-    return describe(exc)
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {where} within CONNECT_TIMEOUT", False
+    return describe(exc), False
+
+
+def _connection_close(exc: BaseException) -> str | None:
+    """The broker's ``connection.close`` during the handshake (its reason is in pamqp's error arguments)."""
+    close = next((arg for arg in getattr(exc, "args", ()) if hasattr(arg, "reply_text")), None)
+    if close is None:
+        return None
+    text = str(close.reply_text)
+    vhost = re.search(r"vhost (\S+) not found", text)
+    if vhost:
+        return (f"the broker has no virtual host {vhost.group(1)!r} ({text}): create it (rabbitmqctl add_vhost "
+                f"{vhost.group(1)}) or fix the path at the end of the URL")
+    access = re.search(r"access to vhost '([^']*)' refused for user '([^']*)'", text)
+    if access:
+        vhost_name, user = access.groups()
+        return (f"user {user!r} may not use the virtual host {vhost_name!r} ({text}): grant it, e.g. rabbitmqctl "
+                f"set_permissions -p {vhost_name} {user} '.*' '.*' '.*', or use another user")
+    return f"the broker closed the connection: {text}"
 
 
 def describe(exc: BaseException) -> str:
