@@ -108,3 +108,12 @@ def test_closing_while_tasks_are_being_sent_fails_them_with_broker_unavailable(a
     assert set(outcomes) <= {"ok", "BrokerUnavailable"}, outcomes
     assert "BrokerUnavailable" in outcomes
     delete_names(amqp_url, names, queues=[task])
+
+
+def test_keyword_config_is_read_in_any_case_and_a_typo_is_refused() -> None:
+    from otter.errors import ConfigurationError
+
+    with Client("memory://client-kwargs", rpc_timeout=5) as client:
+        assert client.config["RPC_TIMEOUT"] == 5.0  # not silently dropped, as lowercase keys used to be
+    with pytest.raises(ConfigurationError, match="did you mean RPC_TIMEOUT"):
+        Client("memory://client-kwargs", rpc_timout=5)

@@ -30,9 +30,10 @@ Headers = Mapping[str, Any] | None  # a caller's own message headers, seen by th
 
 
 def _client_config(url: str | None, config: dict[str, Any], timeout: float | None = None) -> ResolvedConfig:
-    """``otter.config.resolve`` with the client's arguments (``url``, ``timeout`` as the default RPC deadline and
-    the UPPERCASE keyword arguments); a client has no app config, so ``OTTER_*`` then the defaults fill the rest."""
-    arguments = {key: value for key, value in config.items() if key.isupper()}
+    """``otter.config.resolve`` with the client's arguments (``url``, ``timeout`` as the default RPC deadline and the
+    keyword arguments, as config keys in any case: ``rpc_timeout=5`` is ``RPC_TIMEOUT``); a client has no app
+    config, so ``OTTER_*`` then the defaults fill the rest. A mistyped key is refused by the resolver."""
+    arguments = {key.upper(): value for key, value in config.items()}
     arguments["BROKER_URL"] = url or arguments.get("BROKER_URL")
     if timeout is not None:
         arguments["RPC_TIMEOUT"] = float(timeout)
