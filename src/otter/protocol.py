@@ -34,6 +34,7 @@ __all__ = [
     "REASON_HEADER",
     "RETRY_QUEUE_SPARE_MS",
     "RPC_PREFIX",
+    "RPC_QUEUE_ARGUMENTS",
     "TASK_HEADER",
     "TASK_QUEUE_ARGUMENTS",
     "Broadcast",
@@ -75,6 +76,11 @@ class KiwipyDefaults:
 TASK_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-message-ttl": KiwipyDefaults.TASK_MESSAGE_TTL}
 BROADCAST_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-message-ttl": KiwipyDefaults.MESSAGE_TTL}
 RETRY_QUEUE_SPARE_MS = 60_000  # a retry delay queue outlives its longest wait by this much, then goes when unused
+# An RPC queue is shared by the replicas serving a name, so it cannot be exclusive, and RabbitMQ 4.3 refuses
+# transient (non-durable) queues that are not exclusive: it is durable, deleted when its last consumer leaves
+# (auto-delete), and, should a broker restart recover it with no consumer at all, deleted after a minute unused, so
+# that calls to a name nobody serves fail fast (unroutable) again.
+RPC_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-expires": 60_000}
 
 
 def retry_queue_arguments(queue: str, delay_ms: int) -> dict[str, Any]:

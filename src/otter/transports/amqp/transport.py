@@ -215,7 +215,8 @@ class AmqpTransport(Transport):
         async with self._link.consumer_channel(prefetch) as channel:
             try:
                 exchange = await channel.declare_exchange(self.topology.message_exchange, ExchangeType.TOPIC)
-                queue = await channel.declare_queue(self.topology.rpc_queue(name), auto_delete=True)
+                queue = await channel.declare_queue(self.topology.rpc_queue(name), durable=True, auto_delete=True,
+                                                    arguments=protocol.RPC_QUEUE_ARGUMENTS)
                 await queue.bind(exchange, protocol.rpc_routing_key(name))
                 return await self._consume(channel, queue, on_delivery)
             except aiormq.exceptions.ChannelNotFoundEntity:
