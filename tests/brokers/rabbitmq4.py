@@ -46,10 +46,12 @@ from faults.rabbitmq_node import PrivateRabbitMQ, _free_ports
 
 __all__ = [
     "DENIED_FEATURES",
+    "OPT_IN_ENV",
     "Rabbitmq4Cluster",
     "Rabbitmq4Node",
     "Rabbitmq4Unavailable",
     "ensure_root",
+    "opted_in",
     "rabbitmq4_cluster_fixture",
     "rabbitmq4_node_fixture",
     "rabbitmq4_url_fixture",
@@ -60,6 +62,8 @@ ROOT_NAME = "rabbitmq4-trixie"
 SUITE = "trixie"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 REQUIRE_ENV = "OTTER_TEST_REQUIRE_RABBITMQ_SERVER"
+# Opts in to the RabbitMQ 4 tests beyond the node smoke test: the contract suite's third transport, the cluster.
+OPT_IN_ENV = "OTTER_TEST_RABBITMQ4"
 COMPLETE_MARKER = ".otter-root-complete"
 # Where the nodes' own folders live inside the root (each node: config, cookie, data, logs, pid file).
 NODES_DIR = PurePosixPath("/otter-nodes")
@@ -368,10 +372,14 @@ class Rabbitmq4Node(PrivateRabbitMQ):
         self.pid_file.unlink(missing_ok=True)
         return self.start(timeout)
 
-    def is_permitted(self, feature: str) -> bool:
-        """What the running node says about one deprecated feature (``rabbit_deprecated_features:is_permitted``)."""
-        out = self.ctl("eval", f"rabbit_deprecated_features:is_permitted({feature}).")
-        return out.strip().splitlines()[-1] == "true"
+    def permitted(self, features: tuple[str, ...] | list[str]) -> dict[str, bool]:
+        """What the running node says of each deprecated feature (``rabbit_deprecated_features:is_permitted``), in
+        one rabbitmqctl call (each one costs a second or two of CPU)."""
+        listed = ",".join(features)
+        out = self.ctl("eval", f"[{{F, rabbit_deprecated_features:is_permitted(F)}} || F <- [{listed}]].")
+        # The node also logs each denied feature's long message to the CLI's output; the answer is the last term.
+        answers = dict(re.findall(r"\{(\w+),\s*(true|false)\}", out))
+        return {feature: answers[feature] == "true" for feature in features}
 
     def _command(self, script: str) -> list[str]:
         # A mount namespace of the node's own gets a /proc (RabbitMQ's memory monitor reads /proc/self/status and
@@ -533,6 +541,10 @@ class Rabbitmq4Cluster:
 
 
 # -- fixtures -----------------------------------------------------------------------------------------------------
+def opted_in() -> bool:
+    return os.environ.get(OPT_IN_ENV) == "1"
+
+
 def root_or_skip() -> Path:
     """The root, or skip the test (fail it under ``OTTER_TEST_REQUIRE_RABBITMQ_SERVER=1``) if none can be built."""
     try:

@@ -11,7 +11,6 @@ the test, and on RabbitMQ everything the test declared is deleted afterwards.
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 import otter
+from brokers.rabbitmq4 import opted_in
 from otter.testing import ServedApp
 from otter.transports.memory import MemoryBroker
 
@@ -29,10 +29,9 @@ Serve = Callable[..., otter.Client]
 # Short enough that a forgotten blocked handler cannot stall the suite for the default 30 s.
 TEST_SHUTDOWN_GRACE = 5.0
 
-# Opt-in until Otter passes on RabbitMQ 4; then the lead makes it the default.
-RABBITMQ4_ENV = "OTTER_TEST_RABBITMQ4"
+# Opt-in (OTTER_TEST_RABBITMQ4=1) until Otter passes on RabbitMQ 4; then the lead makes it the default.
 TRANSPORTS = ["memory", "amqp"]
-if os.environ.get(RABBITMQ4_ENV) == "1":
+if opted_in():
     TRANSPORTS.append(pytest.param("rabbitmq4", marks=pytest.mark.rabbitmq4))
 
 
