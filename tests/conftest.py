@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 
+from brokers.rabbitmq4 import rabbitmq4_cluster_fixture, rabbitmq4_node_fixture, rabbitmq4_url_fixture
 from otter.testing import unique_names as _unique_names
 from otter.transports.memory import MemoryBroker
+
+__all__ = ["rabbitmq4_cluster_fixture", "rabbitmq4_node_fixture", "rabbitmq4_url_fixture"]
 
 AMQP_URL = os.environ.get("OTTER_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 

@@ -1,5 +1,8 @@
 """Fixtures for the contract suite: every test here runs once on ``memory://`` and once on RabbitMQ.
 
+With ``OTTER_TEST_RABBITMQ4=1`` each also runs a third time, on a RabbitMQ 4.x node with the deprecated features
+denied (``brokers.rabbitmq4``; its tests carry the ``rabbitmq4`` marker and a ``[rabbitmq4]`` id).
+
 ``serve(app)`` serves an app in the background and returns a real ``Client`` wired to the test's unique names;
 ``probe`` reads the broker below Otter (dead letters, raw messages); ``queue_name`` makes task queue names unique to
 the test, and on RabbitMQ everything the test declared is deleted afterwards.
@@ -8,13 +11,16 @@ the test, and on RabbitMQ everything the test declared is deleted afterwards.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import otter
+from brokers.rabbitmq4 import opted_in
 from otter.testing import ServedApp
+from otter.transports.memory import MemoryBroker
 
 from .helpers import BrokerProbe, probe_for
 
@@ -22,6 +28,24 @@ Serve = Callable[..., otter.Client]
 
 # Short enough that a forgotten blocked handler cannot stall the suite for the default 30 s.
 TEST_SHUTDOWN_GRACE = 5.0
+
+# Opt-in (OTTER_TEST_RABBITMQ4=1) until Otter passes on RabbitMQ 4; then the lead makes it the default.
+TRANSPORTS = ["memory", "amqp"]
+if opted_in():
+    TRANSPORTS.append(pytest.param("rabbitmq4", marks=pytest.mark.rabbitmq4))
+
+
+@pytest.fixture(params=TRANSPORTS)
+def broker_url(request: pytest.FixtureRequest, amqp_url: str) -> Iterator[str]:
+    """The contract suite's own ``broker_url``: the in-memory broker, the shared RabbitMQ, and optionally 4.x."""
+    if request.param == "memory":
+        name = f"memory://test-{uuid.uuid4().hex}"
+        yield name
+        MemoryBroker.reset(name.partition("://")[2])
+    elif request.param == "rabbitmq4":
+        yield request.getfixturevalue("rabbitmq4_url")
+    else:
+        yield amqp_url
 
 
 @pytest.fixture

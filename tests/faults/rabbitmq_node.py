@@ -95,10 +95,8 @@ class PrivateRabbitMQ:
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> PrivateRabbitMQ:
-        server = _script("rabbitmq-server")
-        assert server is not None
         subprocess.run(
-            [server, "-detached"],
+            [*self._command("rabbitmq-server"), "-detached"],
             env=self._env,
             cwd=self.base,
             check=True,
@@ -109,7 +107,8 @@ class PrivateRabbitMQ:
         self._watchdog = self._start_watchdog(timeout)
         # The listeners open at the very end of the boot, so an open port means the broker is ready.
         self._wait_for_port(self.port, timeout)
-        self._wait_for_port(self.tls_port, timeout)
+        if self.tls_port is not None:
+            self._wait_for_port(self.tls_port, timeout)
         return self
 
     def stop(self) -> None:
@@ -141,10 +140,9 @@ class PrivateRabbitMQ:
 
     # -- inspection ---------------------------------------------------------------------------------------------
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
-        ctl = _script("rabbitmqctl")
-        assert ctl is not None
         done = subprocess.run(
-            [ctl, "-n", self.node, *args], env=self._env, cwd=self.base, capture_output=True, text=True, timeout=timeout
+            [*self._command("rabbitmqctl"), "-n", self.node, *args],
+            env=self._env, cwd=self.base, capture_output=True, text=True, timeout=timeout,
         )
         if done.returncode != 0:
             raise subprocess.SubprocessError(f"rabbitmqctl {' '.join(args)} failed: {done.stdout}{done.stderr}")
@@ -165,6 +163,12 @@ class PrivateRabbitMQ:
         return "\n".join(path.read_text(errors="replace") for path in (self.base / "log").glob("*.log"))
 
     # -- internals ----------------------------------------------------------------------------------------------
+    def _command(self, script: str) -> list[str]:
+        """The argv that runs one of RabbitMQ's scripts (a subclass may run another installation's, e.g. chrooted)."""
+        path = _script(script)
+        assert path is not None, f"{script} is not installed"
+        return [path]
+
     def _environment(self) -> dict[str, str]:
         home = self.base / "home"
         home.mkdir(parents=True, exist_ok=True)
