@@ -1,7 +1,6 @@
-"""Fixtures for the contract suite: every test here runs once on ``memory://`` and once on RabbitMQ.
-
-With ``OTTER_TEST_RABBITMQ4=1`` each also runs a third time, on a RabbitMQ 4.x node with the deprecated features
-denied (``brokers.rabbitmq4``; its tests carry the ``rabbitmq4`` marker and a ``[rabbitmq4]`` id).
+"""Fixtures for the contract suite: every test here runs on ``memory://``, on the shared RabbitMQ 3.10, and on a
+RabbitMQ 4.x node with the deprecated features denied (``brokers.rabbitmq4``; those carry the ``rabbitmq4`` marker and
+a ``[rabbitmq4]`` id; ``OTTER_TEST_RABBITMQ4=0`` leaves them out of a quick local run).
 
 ``serve(app)`` serves an app in the background and returns a real ``Client`` wired to the test's unique names;
 ``probe`` reads the broker below Otter (dead letters, raw messages); ``queue_name`` makes task queue names unique to
@@ -29,7 +28,7 @@ Serve = Callable[..., otter.Client]
 # Short enough that a forgotten blocked handler cannot stall the suite for the default 30 s.
 TEST_SHUTDOWN_GRACE = 5.0
 
-# Opt-in (OTTER_TEST_RABBITMQ4=1) until Otter passes on RabbitMQ 4; then the lead makes it the default.
+# RabbitMQ 4.x with the deprecated features denied is the third transport, unless OTTER_TEST_RABBITMQ4=0.
 TRANSPORTS = ["memory", "amqp"]
 if opted_in():
     TRANSPORTS.append(pytest.param("rabbitmq4", marks=pytest.mark.rabbitmq4))
