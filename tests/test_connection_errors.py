@@ -116,3 +116,14 @@ def test_sigterm_while_waiting_for_the_broker_exits_0_at_once() -> None:
         assert process.stop(signal.SIGTERM, timeout=10) == 0
         assert time.monotonic() - started < 5
         assert "stopped before the broker could be reached" in process.output
+
+
+def test_a_refused_deprecated_feature_is_named_with_its_fix() -> None:
+    from otter.transports.amqp.errors import deprecated_feature
+
+    refusal = Exception("INTERNAL_ERROR - Feature `transient_nonexcl_queues` is deprecated. Its use is not permitted "
+                        "per the configuration")
+    text = deprecated_feature(refusal)
+    assert text is not None and "'transient_nonexcl_queues'" in text
+    assert "deprecated_features.permit.transient_nonexcl_queues = true" in text
+    assert deprecated_feature(Exception("NOT_FOUND - no queue 'x'")) is None

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import aio_pika
 import aiormq
 
-from ...errors import BrokerUnavailable, OtterError, Unroutable
+from ...errors import BrokerRefused, BrokerUnavailable, OtterError, Unroutable
 
 __all__ = ["CONNECTION_ERRORS", "REFUSALS", "connect_failure", "describe", "translated"]
 
@@ -110,10 +110,25 @@ class translated:
                 f"could not {self.action}: the broker returned the message ({describe(exc)})"
             ) from None
         if isinstance(exc, CONNECTION_ERRORS):
+            refused = deprecated_feature(exc)
+            if refused is not None:
+                raise BrokerRefused(f"could not {self.action}: {refused}") from None
             raise BrokerUnavailable(
                 f"could not {self.action}: the broker connection failed ({describe(exc)})"
             ) from None
         return False
+
+
+def deprecated_feature(exc: BaseException) -> str | None:
+    """A RabbitMQ 4 refusal of a deprecated feature (541, which closes the whole connection), in words with the fix;
+    None for any other error. Reconnecting cannot help, so callers stop rather than retry."""
+    found = re.search(r"Feature `?(\w+)`? is deprecated", str(exc))
+    if found is None:
+        return None
+    feature = found.group(1)
+    return (f"RabbitMQ refused the deprecated feature {feature!r} ({describe(exc)}). Otter itself uses none, so "
+            f"this queue or setting comes from elsewhere (an older Otter, a policy, another client); remove it, or "
+            f"allow it with deprecated_features.permit.{feature} = true in rabbitmq.conf")
 
 
 CONNECTION_ERRORS = (
