@@ -258,13 +258,6 @@ class RedactingFormatter(logging.Formatter):
         return self._CREDENTIALS.sub(r"\1:***@", super().format(record))
 
 
-class _SaidByOtter(logging.Filter):
-    """aiormq logs a failed connection attempt at ERROR; Otter reports each attempt itself, in words with the fix."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno < logging.CRITICAL and str(record.msg).startswith("error when creating transport"))
-
-
 def configure_logging(level: str | int = "INFO", process_label: str | None = None) -> None:
     """Log to stderr at ``level`` unless the program configured logging itself; aio-pika's chatter only at DEBUG.
 
@@ -281,9 +274,6 @@ def configure_logging(level: str | int = "INFO", process_label: str | None = Non
         root.addHandler(handler)
         root.setLevel(level)
     logging.getLogger("otter").setLevel(level)
-    connection_log = logging.getLogger("aiormq.connection")
-    if not any(isinstance(f, _SaidByOtter) for f in connection_log.filters):
-        connection_log.addFilter(_SaidByOtter())
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if level <= logging.DEBUG else max(level, logging.WARNING))
 

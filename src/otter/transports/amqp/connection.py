@@ -27,7 +27,7 @@ from ...errors import BrokerRefused, BrokerUnavailable
 from ...protocol import TASK_QUEUE_ARGUMENTS
 from ..base import Delivery, Subscription, Topology
 from . import fence
-from .errors import connect_failure, translated
+from .errors import connect_failure, quiet_outage_noise, translated
 from .public import PublicOutlet, PublicSubscription
 from .publishing import Outlet
 
@@ -41,6 +41,7 @@ async def connect(
     raw_url: str, url: str, *, timeout: float, ssl_context: ssl.SSLContext | None, reconnect_interval: float
 ) -> AbstractRobustConnection:
     """aio-pika's robust connection, or ``BrokerUnavailable`` saying why not (``url`` is the redacted one)."""
+    quiet_outage_noise()
     try:
         return await aio_pika.connect_robust(
             raw_url,

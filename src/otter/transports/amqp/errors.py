@@ -5,6 +5,7 @@ Nothing here ever puts a broker URL's password into a message.
 
 from __future__ import annotations
 
+import logging
 import re
 import ssl
 from typing import Any, Literal
@@ -14,7 +15,7 @@ import aiormq
 
 from ...errors import BrokerRefused, BrokerUnavailable, OtterError, Unroutable
 
-__all__ = ["CONNECTION_ERRORS", "REFUSALS", "connect_failure", "describe", "translated"]
+__all__ = ["CONNECTION_ERRORS", "REFUSALS", "connect_failure", "describe", "quiet_outage_noise", "translated"]
 
 # Refusals are answers, not outages: retrying them cannot help. (NOT_FOUND is retried: the robust channel
 # re-declares the exchanges and queues it declared when it re-opens.)
@@ -138,3 +139,37 @@ CONNECTION_ERRORS = (
     OSError,
     RuntimeError,
 )
+
+
+class _SaidByOtter(logging.Filter):
+    """Drop aiormq's and aio-pika's own lines about an outage that Otter reports itself, once, in words with the fix:
+    a failed connection attempt (aiormq: ERROR each time, aio-pika: WARNING each time), the broker closing the
+    connection (ERROR with a bare ``NoneType: None``), and robust channels failing to re-open while the connection is
+    down (ERROR with a traceback each; aio-pika re-opens them once it reconnects)."""
+
+    _OUTAGE_MESSAGES = ("error when creating transport", "Unexpected connection close from remote",
+                        "Connection attempt to")
+    _REOPEN_ERRORS = (RuntimeError, ConnectionError, aiormq.exceptions.ChannelInvalidStateError,
+                      aiormq.exceptions.AMQPConnectionError)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.CRITICAL:
+            return True
+        message = str(record.msg)
+        if message.startswith(self._OUTAGE_MESSAGES):
+            return False
+        if message.startswith("Callback") and "RobustChannel._on_close" in record.getMessage():
+            failure = record.exc_info[1] if record.exc_info else None
+            return not isinstance(failure, self._REOPEN_ERRORS)
+        return True
+
+
+_NOISY_LOGGERS = ("aiormq.connection", "aio_pika.tools", "aio_pika.robust_connection")
+
+
+def quiet_outage_noise() -> None:
+    """Install ``_SaidByOtter`` on the library loggers (once; idempotent), for workers and plain clients alike."""
+    for name in _NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _SaidByOtter) for existing in logger.filters):
+            logger.addFilter(_SaidByOtter())

@@ -26,6 +26,8 @@ __all__ = ["AmqpDelivery", "AmqpSubscription", "FastOutlet"]
 
 log = logging.getLogger("otter.amqp")
 
+CANCEL_TIMEOUT = 2.0  # seconds a consumer's cancel may wait on a channel; past it the connection is going anyway
+
 
 class FastOutlet(Outlet):
     """Publishes written by ``frames`` on the aiormq channel last seen under the robust one."""
@@ -111,11 +113,15 @@ class AmqpSubscription(Subscription):
         self._channel.reopen_callbacks.add(self._restart)  # type: ignore[attr-defined]
 
     async def cancel(self) -> None:
+        """Stop the consumer. During an outage there is nothing to cancel (the broker dropped the consumer with the
+        connection), and waiting for the channel to come back would hold a stopping worker until the broker does."""
         self._cancelled = True
         self._channel.reopen_callbacks.discard(self._restart)  # type: ignore[attr-defined]
+        if self._channel.is_closed:
+            return
         with contextlib.suppress(Exception):
-            underlay = await self._channel.get_underlay_channel()
-            await underlay.basic_cancel(self._tag)
+            underlay = await asyncio.wait_for(self._channel.get_underlay_channel(), CANCEL_TIMEOUT)
+            await asyncio.wait_for(underlay.basic_cancel(self._tag), CANCEL_TIMEOUT)
 
     async def _consume(self) -> None:
         underlay = await self._channel.get_underlay_channel()

@@ -20,6 +20,8 @@ from .publishing import Fields, Outlet
 
 __all__ = ["PublicDelivery", "PublicOutlet", "PublicSubscription"]
 
+CANCEL_TIMEOUT = 2.0  # seconds a consumer's cancel may wait on a channel; past it the connection is going anyway
+
 
 class PublicOutlet(Outlet):
     """``Exchange.publish`` of an ``aio_pika.Message``; on a confirming channel it returns once confirmed."""
@@ -99,7 +101,7 @@ class PublicSubscription(Subscription):
     async def cancel(self) -> None:
         if self._tag is not None:
             tag, self._tag = self._tag, None
-            try:
-                await self._queue.cancel(tag)
+            try:  # bounded: during an outage the channel may not come back before the worker must be gone
+                await asyncio.wait_for(self._queue.cancel(tag), CANCEL_TIMEOUT)
             except Exception:  # the channel is gone: nothing left to cancel
                 return
