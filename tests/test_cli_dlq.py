@@ -138,6 +138,7 @@ def test_list_shows_queue_reason_error_attempts_and_body_and_counts_them(setup: 
     assert rows[3][3].startswith("MessageError: ") and "not valid JSON" in rows[3][3]
     assert rows[0][5] == '{"order":1}'  # the task's body, not kiwipy's [body, no_reply] around it
     assert rows[3][5] == "{not json"
+    assert rows[0][6].startswith("test_cli_dlq.py:") and rows[0][6].endswith("in handler")  # where it raised
     assert result.stdout.rstrip().endswith(f"4 dead letters in {setup.queue!r}")
     assert setup.letter_count() == 4  # listing consumed nothing
 
@@ -171,6 +172,11 @@ def test_show_prints_one_dead_letter_whole(setup: Setup) -> None:
     assert "    x-otter-reason: handler-error" in lines and f"    x-otter-task: {shop.job}" in lines
     body = lines[lines.index("  body (the task, as its handler gets it):") + 1:]
     assert body == ["    {", '      "order": 2', "    }"]  # whole and pretty, without the [body, no_reply] envelope
+    # The handler's traceback, kept in the dead letter: where it raised, whatever DEBUG was.
+    trace = lines[lines.index("  traceback (where the handler raised):") + 1:lines.index("  headers:")]
+    assert trace[0] == "    Traceback (most recent call last):" and trace[-1] == "    LookupError: no order 2"
+    assert any("test_cli_dlq.py" in line or "raise LookupError" in line for line in trace)
+    assert not any(line.startswith("    x-otter-error-traceback") for line in lines)  # shown once, above
 
     as_json = otter("dlq", "show", "1", "--json", env=setup.env)
     assert as_json.returncode == 0, as_json.stderr

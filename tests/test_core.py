@@ -284,3 +284,24 @@ def test_a_failed_broadcast_handler_is_logged_and_nothing_is_sent() -> None:
     assert rules.finished(broadcast("message.a"), route) == Drop("ok")
     failed = rules.finished(broadcast("message.a"), route, MessageError("nope"))
     assert isinstance(failed, Drop) and failed.notes[0].level == logging.ERROR
+
+
+def test_a_dead_letter_keeps_the_handlers_traceback_bounded_to_its_last_frames() -> None:
+    def ping(n: int) -> None:
+        if n == 0:
+            raise KeyError("at the bottom")
+        pong(n - 1)
+
+    def pong(n: int) -> None:
+        ping(n)
+
+    try:
+        ping(100)  # 200 distinct frames (Python folds only repeats of one line): some 30,000 characters
+    except KeyError as exc:
+        decision = task_rules().failed(Message(b""), Run(("x",)), exc)
+    assert isinstance(decision, DeadLetter) and decision.headers is not None
+    trace = decision.headers[protocol.ERROR_TRACEBACK_HEADER]
+    assert len(trace) <= protocol.TRACEBACK_LIMIT + 4 and trace.startswith("...\n")
+    assert trace.rstrip().endswith("KeyError: 'at the bottom'")
+    unraised = task_rules().failed(Message(b""), Run(("x",)), ValueError("never raised"))
+    assert isinstance(unraised, DeadLetter) and protocol.ERROR_TRACEBACK_HEADER not in (unraised.headers or {})

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from . import __version__
+from . import __version__, protocol
 from .app import RUN_FROM_CLI_ENV, Otter, configure_logging, run_loop
 from .config import ARGUMENT, DEFAULT, DEFAULTS, LOG_LEVELS, ResolvedConfig, redacted, resolve
 from .discovery import APP_ENV, AppTarget, NoAppFound, load_target, parse_target
@@ -573,7 +573,8 @@ def dlq_list(broker_url: str | None, limit: int | None, as_json: bool) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        table = Table("#", "Queue / task", "Reason", "Error", "Attempts", "Body", title=f"dead letters in {queue!r}")
+        table = Table("#", "Queue / task", "Reason", "Error", "Attempts", "Body", "Raised at",
+                      title=f"dead letters in {queue!r}")
         for number, letter in enumerate(letters, 1):
             row = _describe_dead_letter(letter)
             where = row["queue"] or "?"
@@ -581,7 +582,8 @@ def dlq_list(broker_url: str | None, limit: int | None, as_json: bool) -> None:
                 where = f"{where} / {row['task']}"
             error = ": ".join(part for part in (row["error_type"], row["error_message"]) if part)
             attempts = "-" if row["attempts"] is None else str(row["attempts"])
-            cells = (str(number), where, row["reason"] or "-", error or "-", attempts, row["body_preview"])
+            cells = (str(number), where, row["reason"] or "-", error or "-", attempts, row["body_preview"],
+                     row["error_location"] or "-")
             table.add_row(*map(escape, cells))
         _console().print(table)
     noun = "dead letter" if count == 1 else "dead letters"
@@ -626,11 +628,15 @@ def dlq_show(number: int, broker_url: str | None, as_json: bool) -> None:
         return
     click.echo(f"dead letter {number} in {queue!r}")
     for field, value in row.items():
-        if field != "body_error":
+        if field not in ("body_error", "error_traceback"):
             click.echo(f"  {field + ':':<16}{'-' if value is None else value}")
+    if letter.error_traceback:
+        click.echo("  traceback (where the handler raised):")
+        click.echo("\n".join(f"    {line}" for line in letter.error_traceback.rstrip().splitlines()))
     click.echo("  headers:")
     for key, value in sorted(letter.headers.items()):
-        click.echo(f"    {key}: {value.decode('utf-8', 'replace') if isinstance(value, bytes) else value}")
+        if key != protocol.ERROR_TRACEBACK_HEADER:
+            click.echo(f"    {key}: {value.decode('utf-8', 'replace') if isinstance(value, bytes) else value}")
     if readable:
         click.echo("  body (the task, as its handler gets it):")
         text = json.dumps(body, indent=2, ensure_ascii=False, default=str)
@@ -694,8 +700,10 @@ def _dlq_target(broker_url: str | None) -> tuple[str, dict[str, Any]]:
 
 
 def _describe_dead_letter(letter: DeadLetter) -> dict[str, Any]:
-    fields = ("queue", "task", "reason", "error_type", "error_message", "attempts", "correlation_id", "size")
-    return {**{name: getattr(letter, name) for name in fields}, "body_preview": letter.body_preview}
+    fields = ("queue", "task", "reason", "error_type", "error_message", "error_location", "attempts",
+              "correlation_id", "size")
+    return {**{name: getattr(letter, name) for name in fields}, "body_preview": letter.body_preview,
+            "error_traceback": letter.error_traceback}
 
 
 def _client(broker_url: str | None, timeout: float | None) -> Any:

@@ -35,6 +35,7 @@ it was.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -76,6 +77,16 @@ class DeadLetter:
     body_preview: str
     body: bytes = field(repr=False)
     headers: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    error_traceback: str | None = field(repr=False, default=None)  # the handler's, bounded (see protocol)
+
+    @property
+    def error_location(self) -> str | None:
+        """Where the handler raised: the last frame of the traceback (``app.py:12 in charge``)."""
+        frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', self.error_traceback or "")
+        if not frames:
+            return None
+        path, line, function = frames[-1]
+        return f"{path.rsplit('/', 1)[-1]}:{line} in {function}"
 
     @classmethod
     def from_delivery(cls, delivery: Delivery) -> DeadLetter:
@@ -93,6 +104,7 @@ class DeadLetter:
             body_preview=_preview(delivery.body),
             body=delivery.body,
             headers=dict(headers),
+            error_traceback=_text(headers.get(protocol.ERROR_TRACEBACK_HEADER)),
         )
 
     @property

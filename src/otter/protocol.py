@@ -29,6 +29,7 @@ __all__ = [
     "DEADLINE_HEADER",
     "DEAD_LETTER_REASONS",
     "ERROR_MESSAGE_HEADER",
+    "ERROR_TRACEBACK_HEADER",
     "ERROR_TYPE_HEADER",
     "QUEUE_HEADER",
     "REASON_HEADER",
@@ -110,6 +111,7 @@ ATTEMPTS_HEADER = "x-otter-attempts"  # how many runs of this task failed so far
 REASON_HEADER = "x-otter-reason"  # why a task was dead-lettered: one of DEAD_LETTER_REASONS
 ERROR_TYPE_HEADER = "x-otter-error-type"
 ERROR_MESSAGE_HEADER = "x-otter-error-message"
+ERROR_TRACEBACK_HEADER = "x-otter-error-traceback"  # its last TRACEBACK_LIMIT characters: the frames nearest the raise
 TASK_HEADER = "x-otter-task"  # the task name whose handler failed
 QUEUE_HEADER = "x-otter-queue"  # the queue a dead letter came from, where a replay sends it back
 DEAD_LETTER_REASONS = ("bad-message", "handler-error", "retries-exhausted")
@@ -117,6 +119,7 @@ _NOT_FORWARDED_PREFIXES = ("x-otter-", "x-death", "x-first-death-", "x-last-deat
 # The most attempts a header may claim; beyond it the header is garbage, not a count.
 MAX_ATTEMPTS = 2**31 - 1
 ERROR_MESSAGE_LIMIT = 1000  # characters of an error message kept in a dead letter's header
+TRACEBACK_LIMIT = 4000  # characters of a traceback kept in a dead letter's header
 
 
 def rpc_routing_key(name: str) -> str:
@@ -198,13 +201,19 @@ def read_attempts(headers: Mapping[str, Any]) -> int:
 def dead_letter_headers(reason: str, exc: BaseException, task: str, attempts: int) -> dict[str, Any]:
     """The headers that tell a dead letter's story; text is made valid UTF-8, which AMQP header tables require."""
     assert reason in DEAD_LETTER_REASONS, reason
-    return {
+    headers: dict[str, Any] = {
         REASON_HEADER: reason,
         ERROR_TYPE_HEADER: type(exc).__name__,
         ERROR_MESSAGE_HEADER: _wire_text(describe_error(exc), ERROR_MESSAGE_LIMIT),
         TASK_HEADER: task,
         ATTEMPTS_HEADER: attempts,
     }
+    if exc.__traceback__ is not None:
+        trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        if len(trace) > TRACEBACK_LIMIT:
+            trace = "...\n" + trace[-TRACEBACK_LIMIT:]
+        headers[ERROR_TRACEBACK_HEADER] = _wire_text(trace, TRACEBACK_LIMIT + 4)
+    return headers
 
 
 def describe_error(exc: BaseException) -> str:
