@@ -371,7 +371,10 @@ class AmqpRawBroker(RawBroker):
         return asyncio.run_coroutine_threadsafe(coro, self._event_loop()).result(timeout)
 
     async def _connected(self) -> aio_pika.abc.AbstractConnection:
-        if self._connection is None or self._connection.is_closed:
+        if self._connection is None or not self._connection.connected.is_set():  # never opened, or closed
+            if self._connection is not None:
+                with contextlib.suppress(Exception):
+                    await self._connection.close()
             self._connection = await aio_pika.connect(self.url)
             self._publisher = None
         return self._connection
