@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import unique_names
-from helpers_process import REPO_ROOT, app_env, delete_names, wait_until
+from helpers_process import REPO_ROOT, app_env, wait_until
 from otter import Client, Otter
 from otter.dlq import list_dead_letters
 from otter.testing import ServedApp
@@ -95,7 +95,8 @@ def setup(amqp_url: str) -> Iterator[Setup]:
             wait_until(lambda: state.letter_count() == 4, what="the unreadable task dead-lettered")
             yield state
     finally:
-        delete_names(amqp_url, names, [shop.job, shop.other])
+        with RawBroker.open(amqp_url, names) as raw:
+            raw.delete(shop.job, shop.other)
 
 
 def table_rows(stdout: str) -> list[list[str]]:
