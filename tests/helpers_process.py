@@ -1,4 +1,4 @@
-"""Run Otter apps as real subprocesses, watch their output, stop them with real signals; tidy the broker after.
+"""Run Otter apps as real subprocesses, watch their output, stop them with real signals.
 
 Tests that need separate processes (the seed examples, replicas, a blocking task) use ``AppProcess``: reader threads
 collect stdout and stderr line by line, so a test can wait for a line (``wait_for``) instead of sleeping.
@@ -6,7 +6,6 @@ collect stdout and stderr line by line, so a test can wait for a line (``wait_fo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
@@ -16,12 +15,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
-
-import aio_pika
-import aiormq
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY = "is running on"  # what app.run() logs once every consumer is in place
@@ -167,68 +163,3 @@ def machine_wide_lock(name: str) -> Iterator[None]:
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
-
-# -- the broker -------------------------------------------------------------------------------------------------
-def purge_queue(url: str, queue: str) -> None:
-    """Empty ``queue`` if it exists, so a test starts without another run's leftovers."""
-
-    async def purge() -> None:
-        connection = await aio_pika.connect(url)
-        try:
-            channel = await connection.channel()
-            with contextlib.suppress(aiormq.exceptions.ChannelNotFoundEntity):
-                declared = await channel.declare_queue(queue, passive=True)
-                await declared.purge()
-        finally:
-            await connection.close()
-
-    asyncio.run(purge())
-
-
-def queue_depth(url: str, queue: str) -> int:
-    """How many messages wait in ``queue`` (ready, not counting those a consumer holds unacked)."""
-
-    async def depth() -> int:
-        connection = await aio_pika.connect(url)
-        try:
-            channel = await connection.channel()
-            declared = await channel.declare_queue(queue, passive=True)
-            return int(declared.declaration_result.message_count or 0)
-        finally:
-            await connection.close()
-
-    return asyncio.run(depth())
-
-
-def queue_consumers(url: str, queue: str) -> int:
-    """How many consumers ``queue`` has, as the broker counts them."""
-
-    async def count() -> int:
-        connection = await aio_pika.connect(url)
-        try:
-            channel = await connection.channel()
-            declared = await channel.declare_queue(queue, passive=True)
-            return int(declared.declaration_result.consumer_count or 0)
-        finally:
-            await connection.close()
-
-    return asyncio.run(count())
-
-
-def delete_names(url: str, names: Mapping[str, Any], queues: Iterable[str] = ()) -> None:
-    """Delete a test's exchanges and durable queues (``names`` as from ``unique_names``) plus ``queues``."""
-    queue_names = [names["DEFAULT_TASK_QUEUE"], names["DEAD_LETTER_QUEUE"], *queues]
-    exchange_names = [names["MESSAGE_EXCHANGE"], names["TASK_EXCHANGE"]]
-
-    async def delete() -> None:
-        connection = await aio_pika.connect(url)
-        try:
-            channel = await connection.channel()
-            for queue in queue_names:
-                await channel.queue_delete(queue)
-            for exchange in exchange_names:
-                await channel.exchange_delete(exchange)
-        finally:
-            await connection.close()
-
-    asyncio.run(delete())

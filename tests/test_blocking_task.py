@@ -14,8 +14,9 @@ import uuid
 import pytest
 
 from conftest import unique_names
-from helpers_process import READY, AppProcess, delete_names, queue_depth
+from helpers_process import READY, AppProcess
 from otter import Client
+from rawbroker import RawBroker
 
 SLEEP = 10
 
@@ -42,6 +43,8 @@ def test_sleeping_task_does_not_delay_rpcs_or_shutdown(amqp_url: str) -> None:
             assert app.stop(signal.SIGTERM, timeout=SLEEP) == 0, app.output
             assert time.monotonic() - stopping < 5, "the process waited for the sleeping handler"
             assert "task finished" not in app.output
-        assert queue_depth(amqp_url, task_queue) == 1  # the abandoned task went back to its queue, not lost
+        with RawBroker.open(amqp_url) as raw:
+            assert raw.depth(task_queue) == 1  # the abandoned task went back to its queue, not lost
     finally:
-        delete_names(amqp_url, names, queues=[task_queue])
+        with RawBroker.open(amqp_url, names) as raw:
+            raw.delete(task_queue)

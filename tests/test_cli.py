@@ -22,11 +22,12 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import unique_names
-from helpers_process import READY, REPO_ROOT, AppProcess, app_env, delete_names, wait_until
+from helpers_process import READY, REPO_ROOT, AppProcess, app_env, wait_until
 from otter import Client, __version__
 from otter.cli import RUN_SETTINGS, cli
 from otter.config import DEFAULTS
 from otter.discovery import NoAppFound, load_app, parse_target
+from rawbroker import RawBroker
 
 SERVICE = "tests/apps/cli_service.py"
 ROUTES_APP = "tests/apps/cli_routes.py"
@@ -84,7 +85,8 @@ def served() -> Iterator[Served]:
         process.wait_for(READY)
         yield Served(process, env, names, task_queue)
         process.stop()
-    delete_names(amqp_url, names, [task_queue])
+    with RawBroker.open(amqp_url, names) as raw:
+        raw.delete(task_queue)
 
 
 # -- help and version -------------------------------------------------------------------------------------------
@@ -540,4 +542,5 @@ def test_without_debug_no_traceback_is_sent_but_the_log_has_it_and_ctrl_c_exits_
             assert "Traceback" in process.output and 'raise ValueError("boom")' in process.output
             assert "stopping" in process.output
     finally:
-        delete_names(amqp_url, names, [env["CLI_TASK_QUEUE"]])
+        with RawBroker.open(amqp_url, names) as raw:
+            raw.delete(env["CLI_TASK_QUEUE"])

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from conftest import unique_names
-from helpers_process import REPO_ROOT, app_env, delete_names, wait_until
+from helpers_process import REPO_ROOT, app_env, wait_until
 from otter import Client, Otter
 from otter.dlq import list_dead_letters
 from otter.testing import ServedApp
-from reliability_support import RawBroker
+from rawbroker import RawBroker
 
 
 def otter(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -90,12 +90,13 @@ def setup(amqp_url: str) -> Iterator[Setup]:
             for count, (task, order) in enumerate([(shop.job, 1), (shop.job, 2), (shop.other, 3)], 1):
                 client.task(task, {"order": order})
                 wait_until(lambda count=count: state.letter_count() == count, what=f"{count} dead letters")
-            with RawBroker(amqp_url, names) as raw:
+            with RawBroker.open(amqp_url, names) as raw:
                 raw.task(shop.other, b"{not json", content_type="application/json")
             wait_until(lambda: state.letter_count() == 4, what="the unreadable task dead-lettered")
             yield state
     finally:
-        delete_names(amqp_url, names, [shop.job, shop.other])
+        with RawBroker.open(amqp_url, names) as raw:
+            raw.delete(shop.job, shop.other)
 
 
 def table_rows(stdout: str) -> list[list[str]]:

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from helpers_process import delete_names
 from otter import AsyncClient, BrokerUnavailable, Client
 from otter.testing import unique_names
+from rawbroker import RawBroker
 
 
 def closed_port() -> int:
@@ -107,7 +107,8 @@ def test_closing_while_tasks_are_being_sent_fails_them_with_broker_unavailable(a
         thread.join(10)
     assert set(outcomes) <= {"ok", "BrokerUnavailable"}, outcomes
     assert "BrokerUnavailable" in outcomes
-    delete_names(amqp_url, names, queues=[task])
+    with RawBroker.open(amqp_url, names) as raw:
+        raw.delete(task)
 
 
 def test_keyword_config_is_read_in_any_case_and_a_typo_is_refused() -> None:

@@ -18,7 +18,7 @@ from helpers_process import wait_until
 from otter import Client, MessageError, Otter
 from otter.dlq import DeadLetter, list_dead_letters, list_dead_letters_async, purge, replay
 from otter.testing import ServedApp
-from reliability_support import RawBroker, delete_amqp_queues, unique
+from rawbroker import RawBroker, unique
 
 
 class Service:
@@ -51,8 +51,8 @@ class Service:
 def service(broker_url: str, names: dict[str, Any]) -> Iterator[Service]:
     service = Service(names)
     yield service
-    if not broker_url.startswith("memory://"):
-        delete_amqp_queues(broker_url, [service.alpha, service.beta, names["DEAD_LETTER_QUEUE"]], names)
+    with RawBroker.open(broker_url, names) as raw:
+        raw.delete(service.alpha, service.beta)
 
 
 def letters_when(url: str, names: dict[str, Any], count: int) -> list[DeadLetter]:
@@ -64,7 +64,7 @@ def test_list_shows_each_dead_letter_with_its_reason_and_leaves_them_in_place(
     broker_url: str, names: dict[str, Any], service: Service
 ) -> None:
     with ServedApp(service.app, broker_url, **names), Client(broker_url, **names) as client, \
-            RawBroker(broker_url, names) as raw:
+            RawBroker.open(broker_url, names) as raw:
         client.task(service.alpha, "a1")
         letters_when(broker_url, names, 1)  # one at a time, so the order below is known
         raw.task(service.beta, b"\xff\xfe not json", content_type="application/json")
@@ -131,8 +131,8 @@ def test_a_replayed_task_starts_its_attempts_again(broker_url: str, names: dict[
             wait_until(lambda: len(seen) == 3, what="the replayed run")
         assert not any(key.startswith("x-otter-") for key in seen[2])
     finally:
-        if not broker_url.startswith("memory://"):
-            delete_amqp_queues(broker_url, [name, names["DEAD_LETTER_QUEUE"]], names)
+        with RawBroker.open(broker_url, names) as raw:
+            raw.delete(name)
 
 
 def test_purge_removes_every_dead_letter_and_counts_them(

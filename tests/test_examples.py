@@ -14,9 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers_process import READY, REPO_ROOT, AppProcess, app_env, machine_wide_lock, purge_queue
+from helpers_process import READY, REPO_ROOT, AppProcess, app_env, machine_wide_lock
 from otter import Client, ValidationError
 from otter.config import DEFAULTS
+from rawbroker import RawBroker
 
 SEED_URL = "amqp://guest:guest@127.0.0.1/"  # what the examples connect to, verbatim
 DEFAULT_NAMES = {
@@ -29,7 +30,8 @@ DEFAULT_NAMES = {
 def seed_names() -> Iterator[None]:
     """The seed's fixed names to ourselves, and no task left from an earlier run (it would be served first)."""
     with machine_wide_lock("seed-default-names"):
-        purge_queue(SEED_URL, DEFAULTS["DEFAULT_TASK_QUEUE"])
+        with RawBroker.open(SEED_URL) as raw:
+            raw.purge(DEFAULTS["DEFAULT_TASK_QUEUE"])
         yield
 
 

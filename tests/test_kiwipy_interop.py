@@ -16,9 +16,9 @@ import kiwipy
 import kiwipy.rmq
 import pytest
 
-from helpers_process import delete_names
 from otter import Client, Otter
 from otter.testing import ServedApp
+from rawbroker import RawBroker
 
 
 def json_encoder(value: Any) -> bytes:
@@ -67,7 +67,8 @@ def kiwipy_world(amqp_url: str, names: dict[str, Any]) -> Iterator[tuple[kiwipy.
             finally:
                 kiwi.close()
     finally:
-        delete_names(amqp_url, names, queues=[task_name])
+        with RawBroker.open(amqp_url, names) as raw:
+            raw.delete(task_name)
 
 
 @pytest.mark.amqp

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import unique_names
-from helpers_process import READY, AppProcess, delete_names, wait_until
+from helpers_process import READY, AppProcess, wait_until
 from otter import Client
+from rawbroker import RawBroker
 
 CALLS = 40
 TASKS = 30
@@ -81,4 +82,5 @@ def test_replicas_share_rpcs_and_tasks_and_each_receives_broadcasts(amqp_url: st
             assert first.stop(signal.SIGTERM) == 0, first.output
             assert second.stop(signal.SIGINT) == 0, second.output
     finally:
-        delete_names(amqp_url, names, queues=[task_queue])
+        with RawBroker.open(amqp_url, names) as raw:
+            raw.delete(task_queue)

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from conftest import unique_names
-from helpers_process import AppProcess, delete_names, queue_depth, wait_until
+from helpers_process import AppProcess, wait_until
 from otter import Client
+from rawbroker import RawBroker
 
 SLOW_APP = "tests/apps/cli_slow.py"
 # The service's environment, its task queue, its record file, its release file and the unique names a client needs.
@@ -48,7 +49,8 @@ def slow_service(amqp_url: str, tmp_path: Path) -> Iterator[ServiceSetup]:
                CLI_RELEASE_FILE=str(release))
     yield env, queue, record, release, names
     release.touch()  # no task left holding a slot, whatever the test did
-    delete_names(amqp_url, names, [queue])
+    with RawBroker.open(amqp_url, names) as raw:
+        raw.delete(queue)
 
 
 @pytest.mark.amqp
@@ -69,7 +71,8 @@ def test_sigterm_finishes_running_tasks_and_returns_the_rest_to_the_queue(
         assert process.stop(signal.SIGTERM) == 0
     assert records(record) == {"start": running, "done": running}, "a task started after SIGTERM, or was cut off"
     # The finished ones were acked, the others are back: none lost, none twice.
-    assert queue_depth(amqp_url, queue) == total - len(running)
+    with RawBroker.open(amqp_url) as raw:
+        assert raw.depth(queue) == total - len(running)
 
 
 @pytest.mark.amqp
@@ -86,5 +89,6 @@ def test_a_handler_longer_than_the_grace_period_returns_its_task_to_the_queue(
         stopped_after = time.monotonic() - signalled
     assert stopped_after < 10, f"took {stopped_after:.1f}s to stop: it waited for the handler"
     assert records(record)["done"] == set()
-    assert queue_depth(amqp_url, queue) == 1
+    with RawBroker.open(amqp_url) as raw:
+        assert raw.depth(queue) == 1
     assert "did not finish within 0.3s; returning it to the queue" in process.output

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from conftest import unique_names
-from helpers_process import READY, AppProcess, delete_names, wait_until
+from helpers_process import READY, AppProcess, wait_until
 from otter import Client, OtterError
+from rawbroker import RawBroker
 
 pytestmark = [
     pytest.mark.amqp,
@@ -38,7 +39,8 @@ def service_env(amqp_url: str) -> Iterator[tuple[dict[str, str], dict[str, Any]]
     env = {f"OTTER_{key}": value for key, value in names.items()}
     env.update(OTTER_BROKER_URL=amqp_url, CLI_TASK_QUEUE=queue)
     yield env, names
-    delete_names(amqp_url, names, [queue])
+    with RawBroker.open(amqp_url, names) as raw:
+        raw.delete(queue)
 
 
 def parent_of(pid: int) -> int | None:
@@ -178,4 +180,5 @@ def test_reload_serves_edited_code_and_waits_out_a_broken_edit(amqp_url: str, tm
             wait_until(lambda: (version(client) or [None])[0] == "v3", what="v3 served after the fix")
             assert supervisor.stop(signal.SIGTERM) == 0
     finally:
-        delete_names(amqp_url, names)
+        with RawBroker.open(amqp_url, names) as raw:
+            raw.delete()

@@ -20,8 +20,7 @@ import otter
 from brokers.rabbitmq4 import opted_in
 from otter.testing import ServedApp
 from otter.transports.memory import MemoryBroker
-
-from .helpers import BrokerProbe, probe_for
+from rawbroker import RawBroker
 
 Serve = Callable[..., otter.Client]
 
@@ -53,10 +52,10 @@ def created_queues() -> list[str]:
 
 
 @pytest.fixture
-def probe(broker_url: str, names: dict[str, Any], created_queues: list[str]) -> Iterator[BrokerProbe]:
-    broker_probe = probe_for(broker_url, names)
-    yield broker_probe
-    broker_probe.cleanup(created_queues)
+def probe(broker_url: str, names: dict[str, Any], created_queues: list[str]) -> Iterator[RawBroker]:
+    with RawBroker.open(broker_url, names) as raw:
+        yield raw
+        raw.delete(*created_queues)
 
 
 @pytest.fixture
@@ -73,7 +72,7 @@ def queue_name(names: dict[str, Any], created_queues: list[str]) -> Callable[[st
 
 
 @pytest.fixture
-def serve(broker_url: str, names: dict[str, Any], probe: BrokerProbe) -> Iterator[Serve]:
+def serve(broker_url: str, names: dict[str, Any], probe: RawBroker) -> Iterator[Serve]:
     """``client = serve(app, CONCURRENCY=1)``: serve ``app`` with extra config until the test ends."""
     stack = contextlib.ExitStack()
 

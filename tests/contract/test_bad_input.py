@@ -1,6 +1,6 @@
 """Bad input on both transports: an RPC gets an error reply saying why, a task is dead-lettered with the reason, a
 broadcast is logged and dropped; and the app keeps serving. The bad messages go in below Otter's client, which would
-never send them: through the transports' own calls and ``BrokerProbe`` (first part), and through ``RawBroker``
+never send them: through the transports' own calls and the ``probe`` fixture (first part), and through ``RawBroker``
 straight to the exchanges, or ``MemoryBroker.publish_raw`` on ``memory://`` (second part, one service per transport
 that must survive every test's bad input in turn). Missing headers and content type are not errors: that is what a
 kiwipy program sends.
@@ -32,10 +32,9 @@ from otter.protocol import ATTEMPTS_HEADER
 from otter.testing import ServedApp
 from otter.transports import open_transport
 from otter.transports.memory import MemoryBroker
-from reliability_support import RawBroker, delete_amqp_queues, publish_hostile, raw_key, raw_text, unique
+from rawbroker import RawBroker, raw_key, raw_text, unique
 
 from .conftest import Serve
-from .helpers import BrokerProbe
 
 MAX_SIZE = 1024
 OVERSIZE_JSON = orjson.dumps("x" * (MAX_SIZE + 10))
@@ -108,10 +107,10 @@ def test_good_raw_rpc_bytes_get_a_result(broker_url: str, names: dict[str, Any],
     ],
 )
 def test_rpc_content_type(
-    serve: Serve, names: dict[str, Any], probe: BrokerProbe, content_type: str | None, expected: str | None
+    serve: Serve, names: dict[str, Any], probe: RawBroker, content_type: str | None, expected: str | None
 ) -> None:
     client = serve(echo_app(names))
-    reply = probe.rpc("svc.echo", b"[1, 2]", content_type)
+    reply = orjson.loads(probe.reply(probe.rpc("svc.echo", b"[1, 2]", content_type=content_type), timeout=5))
     if expected is None:
         assert reply == {"result": {"echo": [1, 2]}}
     else:
@@ -135,7 +134,7 @@ def test_bad_task_bytes_are_dead_lettered(
     broker_url: str,
     names: dict[str, Any],
     queue_name: Callable[[str], str],
-    probe: BrokerProbe,
+    probe: RawBroker,
     body: bytes,
     content_type: str | None,
     error_type: str,
@@ -149,7 +148,7 @@ def test_bad_task_bytes_are_dead_lettered(
     if content_type is None:
         raw_transport_task(broker_url, names, work, body)
     else:
-        probe.publish_task(work, body, content_type)
+        probe.task(work, body, content_type=content_type)
     [dead] = probe.dead_letters(1)
     assert dead.headers["x-otter-reason"] == "bad-message"
     assert dead.headers["x-otter-error-type"] == error_type
@@ -261,12 +260,12 @@ def service(request: pytest.FixtureRequest) -> Iterator[Service]:
     def on_probe(comm: Any, body: Any, sender: Any, subject: Any, correlation_id: Any) -> None:
         broadcasts.append(body)
 
-    with ServedApp(app, url, **names), Client(url, **names) as client, RawBroker(url, names) as raw:
-        yield Service(url, names, task, raw, client, task_bodies, broadcasts)
+    with RawBroker.open(url, names) as raw:
+        with ServedApp(app, url, **names), Client(url, **names) as client:
+            yield Service(url, names, task, raw, client, task_bodies, broadcasts)
+        raw.delete(task)
     if request.param == "memory":
         MemoryBroker.reset(url.partition("://")[2])
-    else:
-        delete_amqp_queues(url, [task, names["DEAD_LETTER_QUEUE"]], names)
 
 
 @pytest.fixture
@@ -431,11 +430,12 @@ def test_a_task_with_text_that_is_not_utf8_in_properties_and_headers_is_dead_let
 ) -> None:
     """pamqp alone would fail to decode the frame and close the connection, then the redelivery would close it
     again, forever; and it cannot encode such headers back when the task is dead-lettered."""
-    publish_hostile(service.url, service.names["TASK_EXCHANGE"], service.task, b'["x", true]', {
-        "content_type": raw_text(b"application/\xff"),
-        "correlation_id": raw_text(b"hostile-\xfe"),
-        "headers": {"small-negative": -3, "not-utf8": raw_text(b"\xff\xfe"), raw_key(b"key-\xff"): 1},
-    })
+    service.raw.task(
+        service.task, b'["x", true]', hostile=True,
+        content_type=raw_text(b"application/\xff"),
+        correlation_id=raw_text(b"hostile-\xfe"),
+        headers={"small-negative": -3, "not-utf8": raw_text(b"\xff\xfe"), raw_key(b"key-\xff"): 1},
+    )
     letter = service.dead_letter("hostile-\ufffd")
     assert (letter.reason, letter.error_type) == ("bad-message", "MessageError")
     assert "unsupported content type" in (letter.error_message or "")
@@ -450,12 +450,10 @@ def test_a_task_with_text_that_is_not_utf8_in_properties_and_headers_is_dead_let
 def test_an_rpc_and_a_broadcast_with_a_content_type_that_is_not_utf8_are_refused(
     service: Service, log: pytest.LogCaptureFixture
 ) -> None:
-    names = service.names
     heard_before = len(service.broadcasts)
-    publish_hostile(service.url, names["MESSAGE_EXCHANGE"], protocol.rpc_routing_key("echo"), b'"x"',
-                    {"content_type": raw_text(b"\xff"), "correlation_id": "hostile-rpc"})
-    publish_hostile(service.url, names["MESSAGE_EXCHANGE"], protocol.BROADCAST_ROUTING_KEY,
-                    b'{"body": 1, "subject": "probe.x"}', {"content_type": raw_text(b"\xfe")})
+    service.raw.rpc("echo", b'"x"', reply_to=None, hostile=True, content_type=raw_text(b"\xff"),
+                    correlation_id="hostile-rpc")
+    service.raw.broadcast(b'{"body": 1, "subject": "probe.x"}', hostile=True, content_type=raw_text(b"\xfe"))
     wait_until(lambda: logged(log, "bad request", "hostile-rpc", "unsupported content type"), what="the rpc log")
     wait_until(lambda: logged(log, "broadcast: bad message dropped", "unsupported content type"),
                what="the broadcast log")

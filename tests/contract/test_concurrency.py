@@ -13,9 +13,9 @@ import pytest
 import otter
 from helpers_process import wait_until
 from otter.testing import ServedApp
+from rawbroker import RawBroker
 
 from .conftest import Serve
-from .helpers import BrokerProbe
 
 BLOCK_AT_MOST = 5.0
 
@@ -138,7 +138,7 @@ def test_an_async_handler_runs_on_the_worker_loop_and_a_plain_one_in_its_pool(
 
 
 def test_a_stopping_worker_returns_its_prefetched_tasks_at_once_and_runs_none_of_them(
-    serve: Serve, broker_url: str, names: dict[str, Any], queue_name: Callable[[str], str], probe: BrokerProbe
+    serve: Serve, broker_url: str, names: dict[str, Any], queue_name: Callable[[str], str], probe: RawBroker
 ) -> None:
     """One slot, a multiplier of 4 and a long grace period: while its running task finishes, the three tasks
     waiting in a stopping worker go back to the queue at once (another worker runs them long before the grace
@@ -168,7 +168,7 @@ def test_a_stopping_worker_returns_its_prefetched_tasks_at_once_and_runs_none_of
             for n in range(1, 5):
                 client.task(work, n)
         assert started.wait(10), "the first task never started"
-        wait_until(lambda: probe.ready(work) == 0, 10, "the stopping worker to hold all four tasks")
+        wait_until(lambda: probe.depth(work) == 0, 10, "the stopping worker to hold all four tasks")
         stopper.start()
         serve(successor, CONCURRENCY=1)
         # Task 1 still holds the only slot of the stopping worker, which must not wait for it to return the rest.

@@ -15,9 +15,9 @@ from marshmallow import fields, validate
 
 import otter
 from otter.decorators import use_args
+from rawbroker import RawBroker
 
 from .conftest import Serve
-from .helpers import BrokerProbe
 
 
 def test_sync_and_async_handlers_return_results(serve: Serve, names: dict[str, Any]) -> None:
@@ -226,7 +226,7 @@ def test_blocking_result_in_async_handler_fails_fast(serve: Serve, names: dict[s
     assert client.rpc("outer.async", 3).result(timeout=5) == {"square": 9}
 
 
-def test_app_test_client_serves_and_stops(broker_url: str, names: dict[str, Any], probe: BrokerProbe) -> None:
+def test_app_test_client_serves_and_stops(broker_url: str, names: dict[str, Any], probe: RawBroker) -> None:
     """``app.test_client(url)`` on either transport (``probe`` only cleans up the broker afterwards)."""
     app = otter.Otter(**names)
     app.add_rpc("echo")(lambda comm, data: data)

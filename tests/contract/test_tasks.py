@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 import otter
+from rawbroker import RawBroker
 
 from .conftest import Serve
-from .helpers import BrokerProbe
 
 QueueName = Callable[[str], str]
 
@@ -32,7 +32,7 @@ def record_into(app: otter.Otter, name: str, seen: queue.Queue[Any], *, style: s
 
 @pytest.mark.parametrize("style", ["sync", "async"])
 def test_named_task_runs_once_with_its_body(
-    serve: Serve, names: dict[str, Any], queue_name: QueueName, probe: BrokerProbe, style: str
+    serve: Serve, names: dict[str, Any], queue_name: QueueName, probe: RawBroker, style: str
 ) -> None:
     app = otter.Otter(**names)
     work = queue_name("work")
@@ -93,7 +93,7 @@ def test_async_client_sends_tasks(serve: Serve, broker_url: str, names: dict[str
 
 @pytest.mark.parametrize("style", ["sync", "async"])
 def test_failing_task_is_dead_lettered_with_the_reason(
-    serve: Serve, names: dict[str, Any], queue_name: QueueName, probe: BrokerProbe, style: str
+    serve: Serve, names: dict[str, Any], queue_name: QueueName, probe: RawBroker, style: str
 ) -> None:
     app = otter.Otter(**names)
     work = queue_name("work")

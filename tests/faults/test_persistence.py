@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from helpers_process import delete_names, wait_until
+from helpers_process import wait_until
 from otter import Client, Otter
 from otter.dlq import list_dead_letters
 from otter.protocol import retry_queue_name
 from otter.testing import ServedApp
-from reliability_support import amqp_queue_state
+from rawbroker import RawBroker
 
 from .rabbitmq_node import PrivateRabbitMQ
 from .socket_leaks import LEAKED_SOCKET_FILTER
@@ -43,16 +43,17 @@ def test_a_dead_letter_and_a_parked_retry_survive_a_broker_restart(
     def fails_once(comm: Any, body: Any) -> None:
         raise OSError("try again later")
 
-    try:
-        with ServedApp(app, url, **names), Client(url, **names) as client:
-            client.task(doomed, "dead")
-            client.task(retried, "parked")
-            wait_until(lambda: amqp_queue_state(url, dead_letter_queue) == amqp_queue_state(url, delay_queue) == 1,
-                       10, "the dead letter and the parked retry")
-        private_broker.restart_app()
-        assert amqp_queue_state(url, dead_letter_queue) == 1, "the dead letter was lost in the restart"
-        assert amqp_queue_state(url, delay_queue) == 1, "the parked retry was lost in the restart"
-        [letter] = list_dead_letters(url, names)
-        assert (letter.queue, letter.reason, letter.error_type) == (doomed, "handler-error", "ValueError")
-    finally:
-        delete_names(url, names, [doomed, retried, delay_queue])
+    with RawBroker.open(url, names) as raw:  # connects again after the restart
+        try:
+            with ServedApp(app, url, **names), Client(url, **names) as client:
+                client.task(doomed, "dead")
+                client.task(retried, "parked")
+                wait_until(lambda: raw.depth(dead_letter_queue) == raw.depth(delay_queue) == 1,
+                           10, "the dead letter and the parked retry")
+            private_broker.restart_app()
+            assert raw.depth(dead_letter_queue) == 1, "the dead letter was lost in the restart"
+            assert raw.depth(delay_queue) == 1, "the parked retry was lost in the restart"
+            [letter] = list_dead_letters(url, names)
+            assert (letter.queue, letter.reason, letter.error_type) == (doomed, "handler-error", "ValueError")
+        finally:
+            raw.delete(doomed, retried, delay_queue)

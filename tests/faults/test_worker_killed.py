@@ -11,8 +11,9 @@ import signal
 
 import pytest
 
-from helpers_process import queue_consumers, wait_until
+from helpers_process import wait_until
 from otter import DeadlineExceeded
+from rawbroker import RawBroker
 
 from .processes import FaultRig
 from .socket_leaks import LEAKED_SOCKET_FILTER
@@ -65,7 +66,8 @@ def test_an_rpc_whose_worker_is_killed_mid_call_is_not_run_again_and_its_caller_
 
     # Once the broker has dropped the dead worker's consumer it has also put back whatever that worker held unacked.
     rpc_queue = f"{rig.names['RPC_QUEUE_PREFIX']}{name}"
-    wait_until(lambda: queue_consumers(rig.broker.url, rpc_queue) == 1, 10, "the broker to drop the dead consumer")
+    with RawBroker.open(rig.broker.url) as raw:
+        wait_until(lambda: raw.consumers(rpc_queue) == 1, 10, "the broker to drop the dead consumer")
     rig.release()
     # The survivor runs one call at a time, in queue order: a redelivered first call would run before this one.
     assert client.rpc(name, "the-marker", timeout=10).result() == "the-marker"

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
-import aio_pika
-import aiormq
 import pytest
+
+from rawbroker import RawBroker
 
 pytest_plugins = ["pytester"]
 
@@ -47,23 +46,6 @@ def user_project(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-def _exists(url: str, kind: str, name: str) -> bool:
-    async def check() -> bool:
-        connection = await aio_pika.connect(url)
-        async with connection:
-            channel = await connection.channel()
-            try:
-                if kind == "queue":
-                    await channel.declare_queue(name, passive=True)
-                else:
-                    await channel.get_exchange(name, ensure=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                return False
-            return True
-
-    return asyncio.run(check())
-
-
 @pytest.mark.amqp
 def test_fixtures_serve_the_users_app_in_memory_and_on_rabbitmq(user_project: pytest.Pytester, amqp_url: str) -> None:
     user_project.makepyfile(test_service=USER_TESTS)
@@ -72,9 +54,10 @@ def test_fixtures_serve_the_users_app_in_memory_and_on_rabbitmq(user_project: py
     names = json.loads(Path(user_project.path, "names.json").read_text())
     assert names["MESSAGE_EXCHANGE"] != "kiwipy.messages"  # unique to the test, not the shared defaults
     # and removed afterwards: the broker keeps nothing of the test
-    assert not _exists(amqp_url, "exchange", names["MESSAGE_EXCHANGE"])
-    assert not _exists(amqp_url, "exchange", names["TASK_EXCHANGE"])
-    assert not _exists(amqp_url, "queue", names["DEFAULT_TASK_QUEUE"])
+    with RawBroker.open(amqp_url) as raw:
+        assert not raw.exchange_exists(names["MESSAGE_EXCHANGE"])
+        assert not raw.exchange_exists(names["TASK_EXCHANGE"])
+        assert raw.depth(names["DEFAULT_TASK_QUEUE"]) is None  # no such queue
 
 
 def test_a_missing_or_wrong_app_fixture_is_explained(user_project: pytest.Pytester) -> None:

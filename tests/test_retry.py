@@ -24,7 +24,7 @@ from otter.protocol import ATTEMPTS_HEADER, read_attempts, retry_queue_name
 from otter.retry import RetryPolicy
 from otter.testing import ServedApp
 from otter.transports.amqp import TASK_QUEUE_ARGUMENTS
-from reliability_support import amqp_queue_state, delete_amqp_queues, unique
+from rawbroker import RawBroker, unique
 
 
 # -- the policy, without a broker ------------------------------------------------------------------------------
@@ -116,8 +116,8 @@ def tasks(broker_url: str, names: dict[str, Any]) -> Iterator[list[str]]:
     """Task names for one test, unique on the shared broker; their queues are removed afterwards."""
     created: list[str] = []
     yield created
-    if not broker_url.startswith("memory://"):
-        delete_amqp_queues(broker_url, [*created, names["DEAD_LETTER_QUEUE"]], names)
+    with RawBroker.open(broker_url, names) as raw:
+        raw.delete(*created)
 
 
 def dead_letters(url: str, names: dict[str, Any], count: int) -> list[DeadLetter]:
@@ -282,16 +282,17 @@ def test_on_rabbitmq_a_retry_waits_in_a_delay_queue_that_leaves_the_task_queue_a
         failed.set()
         raise OSError("later")
 
-    try:
-        with ServedApp(app, amqp_url, **names), Client(amqp_url, **names) as client:
-            client.task(name, 1)
-            assert failed.wait(10)
-            assert wait_until(lambda: amqp_queue_state(amqp_url, delay_queue) == 1, what="the parked retry")
-            assert amqp_queue_state(amqp_url, name) == 0  # the original was acked
-        # Declaring with kiwipy's arguments succeeds only if the queue still has exactly those.
-        assert amqp_queue_state(amqp_url, name, TASK_QUEUE_ARGUMENTS) == 0
-    finally:
-        delete_amqp_queues(amqp_url, [name, delay_queue, names["DEAD_LETTER_QUEUE"]], names)
+    with RawBroker.open(amqp_url, names) as raw:
+        try:
+            with ServedApp(app, amqp_url, **names), Client(amqp_url, **names) as client:
+                client.task(name, 1)
+                assert failed.wait(10)
+                assert wait_until(lambda: raw.depth(delay_queue) == 1, what="the parked retry")
+                assert raw.depth(name) == 0  # the original was acked
+            # Declaring with kiwipy's arguments succeeds only if the queue still has exactly those.
+            assert raw.declare_queue(name, TASK_QUEUE_ARGUMENTS) == 0
+        finally:
+            raw.delete(name, delay_queue)
 
 
 @pytest.mark.parametrize("refused", ["dead-letter", "retry"])
@@ -312,14 +313,15 @@ def test_on_rabbitmq_a_task_whose_retry_or_dead_letter_the_broker_refuses_goes_b
             raise OSError("the first run fails")
         done.set()
 
-    try:
-        assert amqp_queue_state(amqp_url, target, {"x-max-length": 1}) == 0  # declared with other arguments
-        with ServedApp(app, amqp_url, **names), Client(amqp_url, **names) as client:
-            client.task(name, 1)
-            assert done.wait(10), f"the task ran {len(runs.of(name))} time(s) and was lost after the refusal"
-        assert [item[1] for item in runs.of(name)] == [None, None]  # the original message, run again
-        assert any("could not retry or dead-letter it" in record.getMessage() for record in caplog.records)
-        assert amqp_queue_state(amqp_url, name) == 0
-        assert amqp_queue_state(amqp_url, target) == 0
-    finally:
-        delete_amqp_queues(amqp_url, [name, delay_queue, names["DEAD_LETTER_QUEUE"]], names)
+    with RawBroker.open(amqp_url, names) as raw:
+        try:
+            assert raw.declare_queue(target, {"x-max-length": 1}) == 0  # declared with other arguments
+            with ServedApp(app, amqp_url, **names), Client(amqp_url, **names) as client:
+                client.task(name, 1)
+                assert done.wait(10), f"the task ran {len(runs.of(name))} time(s) and was lost after the refusal"
+            assert [item[1] for item in runs.of(name)] == [None, None]  # the original message, run again
+            assert any("could not retry or dead-letter it" in record.getMessage() for record in caplog.records)
+            assert raw.depth(name) == 0
+            assert raw.depth(target) == 0
+        finally:
+            raw.delete(name, delay_queue)

@@ -14,7 +14,7 @@ import pytest
 from otter.protocol import KiwipyDefaults
 from otter.testing import unique_names
 from otter.transports.amqp import fence
-from reliability_support import delete_amqp_queues
+from rawbroker import RawBroker
 
 
 def test_the_installed_versions_are_the_ones_the_fast_path_was_written_for() -> None:
@@ -118,7 +118,8 @@ def test_out_of_series_versions_run_on_the_public_path_unpatched_with_one_warnin
         print(warnings[0])
         """)
     finally:
-        delete_amqp_queues(amqp_url, [task_queue, names["DEAD_LETTER_QUEUE"]], names)
+        with RawBroker.open(amqp_url, names) as raw:
+            raw.delete(task_queue)
     assert "aio-pika 9.6.0 (written for 9.5.x), aiormq 7.2.4 (written for 6.9.x)" in output
     assert "pamqp 4.0.1 (written for 3.3.x)" in output
     assert "slower" in output or "costs more" in output
@@ -156,4 +157,5 @@ def test_a_fresh_process_applies_the_fixes_at_its_first_connect_and_an_unserved_
 
     asyncio.run(main())
     """)
-    delete_amqp_queues(amqp_url, [], names)
+    with RawBroker.open(amqp_url, names) as raw:
+        raw.delete()
