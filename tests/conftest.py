@@ -18,14 +18,36 @@ __all__ = ["rabbitmq4_cluster_fixture", "rabbitmq4_node_fixture", "rabbitmq4_url
 AMQP_URL = os.environ.get("OTTER_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
+# Every set of names handed out in this process, so the session can delete what their tests left on the shared
+# broker (a test's default task queue, dead-letter queue and exchanges) in one connection at the end.
+_ISSUED: list[dict[str, Any]] = []
+
+
 def unique_names(prefix: str = "t") -> dict[str, Any]:
     """Config keys that put every exchange and queue of one test under its own prefix (the plugin's helper)."""
-    return dict(_unique_names(prefix))
+    names = dict(_unique_names(prefix))
+    _ISSUED.append(names)
+    return names
 
 
 @pytest.fixture
 def names() -> dict[str, Any]:
     return unique_names()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leave_nothing_behind() -> Iterator[None]:
+    """At the end of the session, delete the queues and exchanges named by every ``unique_names`` it handed out
+    (those already gone are skipped quietly): the shared broker keeps no test's leftovers."""
+    yield
+    if not _ISSUED:
+        return
+    from rawbroker import RawBroker
+
+    with RawBroker.open(AMQP_URL) as raw:
+        for issued in _ISSUED:
+            raw.names = issued
+            raw.delete()
 
 
 @pytest.fixture(params=["memory", "amqp"])
