@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from . import __version__, protocol
-from .app import RUN_FROM_CLI_ENV, Otter, configure_logging, run_loop
-from .config import ARGUMENT, DEFAULT, DEFAULTS, LOG_LEVELS, ResolvedConfig, redacted, resolve
-from .discovery import APP_ENV, AppTarget, NoAppFound, load_target, parse_target
-from .errors import (
+from .. import __version__, protocol
+from ..app import RUN_FROM_CLI_ENV, Otter, configure_logging, run_loop
+from ..config import ARGUMENT, DEFAULT, DEFAULTS, LOG_LEVELS, ResolvedConfig, redacted, resolve
+from ..discovery import APP_ENV, AppTarget, NoAppFound, load_target, parse_target
+from ..errors import (
     BrokerUnavailable,
     ConfigurationError,
     DeadlineExceeded,
@@ -36,11 +36,11 @@ from .errors import (
     RemoteError,
     ValidationError,
 )
-from .routing import BroadcastRoute, Route, TaskRoute
-from .transports import MEMORY_URL
+from ..routing import BroadcastRoute, Route, TaskRoute
+from ..transports import MEMORY_URL
 
 if TYPE_CHECKING:
-    from .dlq import DeadLetter
+    from ..dlq import DeadLetter
 
 __all__ = ["cli", "main"]
 
@@ -221,7 +221,7 @@ def run(app_text: str | None, **options: Any) -> None:
 def _name_process(app: Otter, target: AppTarget, workers: int, reload: bool) -> str | None:
     """Under a supervisor, name the process (``ps``/``top``) after the app and the worker's number; the label for its
     log lines (``billing/2``, ``billing/supervisor``), or None for a lone process."""
-    from .supervisor import WORKER_NUMBER_ENV, set_process_title
+    from ..supervisor import WORKER_NUMBER_ENV, set_process_title
 
     number = os.environ.get(WORKER_NUMBER_ENV)
     if number:
@@ -250,7 +250,7 @@ def _serve_here(app: Otter, config: dict[str, Any]) -> NoReturn:
 
 
 def _supervise(target: AppTarget, options: dict[str, Any], config: dict[str, Any], workers: int, reload: bool) -> int:
-    from .supervisor import Supervisor
+    from ..supervisor import Supervisor
 
     # Workers resolve their config themselves (the app's own config may change on reload); what the user gave on
     # the command line reaches them as OTTER_* variables, which outrank app.config as the option did.
@@ -356,8 +356,12 @@ def _load(app_text: str | None, debug: bool | None = None) -> tuple[AppTarget, O
         sys.exit(EXIT_APP_FAILED)
 
 
-# Frames of these never show in a startup traceback: the error is in the user's code.
-_OUR_DIRS = tuple(str(Path(str(file)).parent) + os.sep for file in (__file__, click.__file__, importlib.__file__))
+# Frames of these never show in a startup traceback: the error is in the user's code. The first is the otter
+# package itself (this file is otter/cli/__init__.py), so no frame of any otter module shows.
+_OUR_DIRS = tuple(
+    str(directory) + os.sep
+    for directory in (Path(__file__).parent.parent, Path(str(click.__file__)).parent, Path(importlib.__file__).parent)
+)
 
 
 def _user_traceback(exc: BaseException) -> traceback.TracebackException:
@@ -561,7 +565,7 @@ def dlq_list(broker_url: str | None, limit: int | None, as_json: bool) -> None:
 
     Listing changes nothing: every dead letter stays in the queue, in its place.
     """
-    from .dlq import list_dead_letters
+    from ..dlq import list_dead_letters
 
     url, config = _dlq_target(broker_url)
     letters = _outcome(lambda: list_dead_letters(url, config, limit))
@@ -606,7 +610,7 @@ def dlq_show(number: int, broker_url: str | None, as_json: bool) -> None:
 
     Showing changes nothing: the dead letter stays in the queue, in its place.
     """
-    from .dlq import list_dead_letters
+    from ..dlq import list_dead_letters
 
     url, config = _dlq_target(broker_url)
     letters = _outcome(lambda: list_dead_letters(url, config, number))
@@ -661,7 +665,7 @@ def dlq_replay(broker_url: str | None, task_name: str | None, limit: int | None)
     Each goes back as a fresh task with its original body, so its attempts and retries start again. The dead
     letters not chosen stay in the queue, in their order.
     """
-    from .dlq import replay
+    from ..dlq import replay
 
     url, config = _dlq_target(broker_url)
     count = _outcome(lambda: replay(url, config, task=task_name, limit=limit))
@@ -675,8 +679,8 @@ def dlq_replay(broker_url: str | None, task_name: str | None, limit: int | None)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 def dlq_purge(broker_url: str | None, yes: bool) -> None:
     """Delete every dead letter for good (asks first, unless --yes)."""
-    from .config import redact_url
-    from .dlq import purge
+    from ..config import redact_url
+    from ..dlq import purge
 
     url, config = _dlq_target(broker_url)
     queue = config["DEAD_LETTER_QUEUE"]
@@ -707,7 +711,7 @@ def _describe_dead_letter(letter: DeadLetter) -> dict[str, Any]:
 
 
 def _client(broker_url: str | None, timeout: float | None) -> Any:
-    from .client import Client
+    from ..client import Client
 
     _quiet_logging()
     client = Client(str(_broker_config(broker_url)["BROKER_URL"]), timeout=timeout)
