@@ -251,7 +251,7 @@ def test_debug_shows_every_frame_of_a_startup_error(tmp_path: Path) -> None:
     for result in (otter("run", "--debug", "failing_app.py", cwd=tmp_path),
                    otter("routes", "failing_app.py", cwd=tmp_path, env={"OTTER_DEBUG": "true"})):
         assert result.returncode == 1
-        assert "/click/" in result.stderr and "importlib" in result.stderr and "otter/cli.py" in result.stderr
+        assert "/click/" in result.stderr and "importlib" in result.stderr and "otter/cli/" in result.stderr
         assert result.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
 
 

@@ -1,0 +1,151 @@
+"""The config the commands act on: the options ``run`` and ``config`` share (each one a config key), the broker
+option of the client commands, and ``otter.config.resolve`` with its errors turned into usage errors.
+
+The precedence itself lives in ``otter.config``; this module only maps options to its keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..app import Otter
+from ..config import DEFAULT, DEFAULTS, LOG_LEVELS, ResolvedConfig, resolve
+from ..errors import ConfigurationError
+from ..transports import MEMORY_URL
+
+PRECEDENCE = (
+    "Each option is also a config key and an OTTER_<KEY> environment variable. Precedence, highest first: "
+    "the option, then OTTER_<KEY>, then app.config, then the default."
+)
+
+# The option of `otter run` -> the config key it sets.
+RUN_SETTINGS = {
+    "broker_url": "BROKER_URL",
+    "workers": "WORKERS",
+    "concurrency": "CONCURRENCY",
+    "prefetch_multiplier": "PREFETCH_MULTIPLIER",
+    "grace": "SHUTDOWN_GRACE",
+    "reload": "RELOAD",
+    "log_level": "LOG_LEVEL",
+    "debug": "DEBUG",
+}
+
+BROKER_OPTION = click.option(
+    "--broker",
+    "broker_url",
+    metavar="URL",
+    help="The broker, e.g. amqp://user:password@host:5672/vhost [env OTTER_BROKER_URL; required]. Exchange and "
+    "queue names come from OTTER_* too.",
+)
+
+
+def _setting(*decls: str, key: str, help: str, **kwargs: Any) -> Callable[[Any], Any]:
+    default = DEFAULTS.get(key)
+    shown = "memory://" if key == "BROKER_URL" else default
+    return click.option(*decls, default=None, help=f"{help} [{key}, env OTTER_{key}; default: {shown}]", **kwargs)
+
+
+def run_settings(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of ``otter run`` and the APP argument, for ``run`` and ``config`` alike."""
+    options = [
+        _setting(
+            "--broker",
+            "broker_url",
+            key="BROKER_URL",
+            metavar="URL",
+            help="The broker, e.g. amqp://user:password@host:5672/vhost.",
+        ),
+        _setting(
+            "--workers",
+            "-w",
+            key="WORKERS",
+            type=click.IntRange(min=1),
+            help="Worker processes under one supervisor that restarts any that dies. Each worker receives "
+            "every broadcast.",
+        ),
+        _setting(
+            "--concurrency",
+            "-c",
+            key="CONCURRENCY",
+            type=click.IntRange(min=1),
+            help="Handlers running at once per message kind in each worker (the prefetch is this times "
+            "PREFETCH_MULTIPLIER).",
+        ),
+        _setting(
+            "--prefetch-multiplier",
+            key="PREFETCH_MULTIPLIER",
+            type=click.IntRange(min=1),
+            help="Each consumer's prefetch is the concurrency times this (default 4); 1 for long-running handlers "
+            "with several replicas.",
+        ),
+        _setting(
+            "--grace",
+            key="SHUTDOWN_GRACE",
+            type=click.FloatRange(min=0),
+            metavar="SECONDS",
+            help="On SIGTERM/Ctrl-C, how long running handlers get to finish; unfinished tasks go back to the queue.",
+        ),
+        _setting(
+            "--startup-wait",
+            key="STARTUP_WAIT",
+            type=click.FloatRange(min=0),
+            metavar="SECONDS",
+            help="How long a starting worker waits for an unreachable broker, trying again with a log line each "
+            "time (0: give up at once). A broker that refuses the login, vhost or TLS is not waited for.",
+        ),
+        _setting("--reload/--no-reload", key="RELOAD", help="Restart when a .py file changes (development)."),
+        _setting(
+            "--log-level",
+            key="LOG_LEVEL",
+            type=click.Choice(LOG_LEVELS, case_sensitive=False),
+            help="How much to log; DEBUG also shows aio-pika's own logs.",
+        ),
+        _setting(
+            "--debug/--no-debug",
+            key="DEBUG",
+            help="Log one line per message handled and send tracebacks in error replies.",
+        ),
+        click.argument("app_text", metavar="[APP]", required=False),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def effective_config(app: Otter, options: dict[str, Any]) -> ResolvedConfig:
+    """The options are the arguments of ``otter.config.resolve``, ``app.config`` its app config."""
+    overrides = {key: options.get(param) for param, key in RUN_SETTINGS.items()}
+    return resolve_or_exit(overrides, app_config=app.config)
+
+
+def broker_config(broker_url: str | None) -> ResolvedConfig:
+    """The config a ``Client`` would use: ``--broker``, else ``OTTER_BROKER_URL``; names from ``OTTER_*``.
+
+    A client command never falls back to the in-process ``memory://`` broker: nothing else could receive what it
+    sends, so the message would vanish while the command reported success. Naming ``memory://`` is allowed.
+    """
+    config = resolve_or_exit({"BROKER_URL": broker_url})
+    if config.sources["BROKER_URL"] == DEFAULT:
+        raise click.UsageError(
+            "no broker given: name it with --broker amqp://user:password@host:5672/vhost or set OTTER_BROKER_URL "
+            f"(without one, what this command sends would go to an in-process {MEMORY_URL} broker and vanish)"
+        )
+    return config
+
+
+def resolve_or_exit(arguments: dict[str, Any], app_config: dict[str, Any] | None = None) -> ResolvedConfig:
+    """``otter.config.resolve``; an invalid value (from an option, ``OTTER_*`` or ``app.config``) exits 2."""
+    try:
+        return resolve(arguments, app_config=app_config)
+    except ConfigurationError as exc:
+        raise InvalidConfig(str(exc)) from None
+
+
+class InvalidConfig(click.ClickException):
+    """A config value that is not valid, wherever it came from: exit 2 (usage), without the usage line, which
+    would point at the options when the value may come from ``OTTER_*`` or ``app.config``."""
+
+    exit_code = 2
