@@ -67,6 +67,7 @@ class AmqpTransport(Transport):
         self._link: Link | None = None
         self._queues: Queues | None = None
         self._dead_letters: DeadLetters | None = None
+        self._down = False  # between a lost connection and the reconnection: its warning was given
         self._sender = Sender(self.url, publish_timeout)
         self._calls = Calls(protocol.reply_queue_name(topology.message_exchange, uuid.uuid4().hex))
         # Message ids for publishes: aiormq matches a confirmed publish's return by it and would otherwise draw a
@@ -264,6 +265,9 @@ class AmqpTransport(Transport):
         failed = self._calls.fail_all(
             "the connection to the broker was lost while waiting for the reply; the call may or may not have run"
         )
+        if self._down:  # aio-pika may report one loss more than once: one warning per outage
+            return
+        self._down = True
         log.warning(
             "lost the connection to %s (%s); reconnecting every %g s, sends wait for it up to %g s%s",
             self.url, describe(exc) if exc else "closed", self._reconnect_interval, self.publish_timeout,
@@ -271,6 +275,7 @@ class AmqpTransport(Transport):
         )
 
     def _on_reconnected(self, _sender: Any) -> None:
+        self._down = False
         log.info("reconnected to %s", self.url)
 
 
