@@ -34,7 +34,7 @@ from otter.transports import open_transport
 from otter.transports.memory import MemoryBroker
 from rawbroker import RawBroker, raw_key, raw_text, unique
 
-from .conftest import Serve
+from .conftest import TRANSPORTS, Serve
 
 MAX_SIZE = 1024
 OVERSIZE_JSON = orjson.dumps("x" * (MAX_SIZE + 10))
@@ -238,10 +238,13 @@ class Service:
         return letter
 
 
-@pytest.fixture(scope="module", params=["memory", "amqp"])
+@pytest.fixture(scope="module", params=TRANSPORTS)
 def service(request: pytest.FixtureRequest) -> Iterator[Service]:
     """One app per transport for the whole module: it must survive every test's bad input in turn."""
-    url = f"memory://bad-input-{uuid.uuid4().hex}" if request.param == "memory" else AMQP_URL
+    if request.param == "memory":
+        url = f"memory://bad-input-{uuid.uuid4().hex}"
+    else:
+        url = request.getfixturevalue("rabbitmq4_url") if request.param == "rabbitmq4" else AMQP_URL
     names = unique_names("bad")
     task = unique("work")
     app = Otter(MAX_MESSAGE_SIZE=LIMIT, CONCURRENCY=1, **names)  # one at a time, in order: markers are barriers
