@@ -133,6 +133,8 @@ def test_from_prefixed_env_reads_os_environ_and_other_prefixes(monkeypatch: pyte
         ("memory://", "memory://"),
         ("", ""),
         (None, None),
+        # Several brokers, as Celery writes them: every password goes, not only the first.
+        ("amqp://a:pw1@h1:5681/;amqp://b:pw2@h2:5682/", "amqp://a:***@h1:5681/;amqp://b:***@h2:5682/"),
     ],
 )
 def test_redact_url(url: str | None, redacted: str | None) -> None:

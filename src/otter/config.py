@@ -409,9 +409,12 @@ def redacted(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def redact_url(url: str | None) -> str | None:
-    """The URL with its password replaced by ``***``, safe for logs and reprs."""
+    """The URL with its password replaced by ``***``, safe for logs and reprs; in a ``;``-separated list of broker
+    URLs (Celery's way of naming several), every one of them."""
     if not url:
         return url
+    if ";" in url:
+        return ";".join(redact_url(part) or "" for part in url.split(";"))
     try:
         parts = urlsplit(url)
         if parts.password is None:
