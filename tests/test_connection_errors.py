@@ -127,3 +127,19 @@ def test_a_refused_deprecated_feature_is_named_with_its_fix() -> None:
     assert text is not None and "'transient_nonexcl_queues'" in text
     assert "deprecated_features.permit.transient_nonexcl_queues = true" in text
     assert deprecated_feature(Exception("NOT_FOUND - no queue 'x'")) is None
+
+
+def test_several_brokers_are_tried_in_order_and_no_password_leaks() -> None:
+    from otter import Client, Unroutable
+
+    down = f"amqp://guest:first-secret@127.0.0.1:{free_port()}/"
+    with Client(f"{down};{AMQP}") as client:  # the first refuses the connection: the second answers
+        assert client.comm, client.error
+        with pytest.raises(Unroutable):
+            client.rpc("nobody.serves.this", timeout=5).result()
+    with Client(f"{AMQP}no-such-vhost;amqp://guest:second-secret@127.0.0.1:{free_port()}/") as client:
+        assert not client.comm and client.error is not None
+        text = f"{client.error} {client!r}"
+        assert "none of the 2 brokers" in text and "no virtual host 'no-such-vhost'" in text
+        assert "connection refused" in text
+        assert "second-secret" not in text and "guest:guest" not in text

@@ -23,6 +23,7 @@ import pamqp.exceptions
 from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, AbstractRobustConnection
 
+from ...config import redact_url
 from ...errors import BrokerRefused, BrokerUnavailable
 from ...protocol import TASK_QUEUE_ARGUMENTS
 from ..base import Delivery, Subscription, Topology
@@ -40,8 +41,35 @@ OnDelivery = Callable[[Delivery], Awaitable[None]]
 async def connect(
     raw_url: str, url: str, *, timeout: float, ssl_context: ssl.SSLContext | None, reconnect_interval: float
 ) -> AbstractRobustConnection:
-    """aio-pika's robust connection, or ``BrokerUnavailable`` saying why not (``url`` is the redacted one)."""
+    """aio-pika's robust connection, or ``BrokerUnavailable`` saying why not (``url`` is the redacted one).
+
+    ``raw_url`` may name several brokers separated by ``;`` (as Celery's ``broker_url`` does): they are tried in
+    order and the first that answers is used. (Once connected, the connection comes back to that broker; moving to
+    another when it is lost is not done yet.) No URL reaches aio-pika with another one attached, so no password
+    can leak through a broker's error message.
+    """
     quiet_outage_noise()
+    candidates = [part.strip() for part in raw_url.split(";") if part.strip()]
+    failures: list[BrokerUnavailable] = []
+    for candidate in candidates:
+        try:
+            return await _connect_one(candidate, timeout=timeout, ssl_context=ssl_context,
+                                      reconnect_interval=reconnect_interval)
+        except BrokerUnavailable as exc:
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    refused = all(isinstance(failure, BrokerRefused) for failure in failures)
+    reasons = "; ".join(str(failure) for failure in failures)
+    raise (BrokerRefused if refused else BrokerUnavailable)(
+        f"none of the {len(failures)} brokers of {url} could be reached: {reasons}"
+    )
+
+
+async def _connect_one(
+    raw_url: str, *, timeout: float, ssl_context: ssl.SSLContext | None, reconnect_interval: float
+) -> AbstractRobustConnection:
+    url = redact_url(raw_url) or raw_url
     try:
         return await aio_pika.connect_robust(
             raw_url,
