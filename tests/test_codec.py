@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from otter.codec import CONTENT_TYPE, DEFAULT_MAX_MESSAGE_SIZE, JsonCodec
+from otter.config import resolve
 from otter.errors import ConfigurationError, MessageError, MessageTooLarge
 
 
@@ -132,14 +133,14 @@ def test_nan_and_infinity_are_refused_not_turned_into_null(number: float) -> Non
 def test_json_default_encodes_custom_types_and_is_read_from_config() -> None:
     from decimal import Decimal
 
-    codec = JsonCodec.from_config({"MAX_MESSAGE_SIZE": 1000, "JSON_DEFAULT": "tests.test_codec.decimal_as_str"})
+    config = resolve({"MAX_MESSAGE_SIZE": 1000, "JSON_DEFAULT": "tests.test_codec.decimal_as_str"})
+    codec = JsonCodec.from_config(config)
     assert codec.decode(codec.encode({"price": Decimal("1.50")})) == {"price": "1.50"}
     with pytest.raises(MessageError, match="JSON_DEFAULT did not handle it"):
         codec.encode({"x": Opaque()})
-    with pytest.raises(ConfigurationError, match=r"JSON_DEFAULT names 'no\.such:thing'"):
-        JsonCodec.from_config({"JSON_DEFAULT": "no.such:thing"})
-    with pytest.raises(ConfigurationError, match="must be a function"):
-        JsonCodec.from_config({"JSON_DEFAULT": 5})
+    for wrong in ("no.such:thing", 5):  # cannot be imported; not a function
+        with pytest.raises(ConfigurationError, match=r"JSON_DEFAULT is .* \(from argument\); it must be a function"):
+            resolve({"JSON_DEFAULT": wrong})
 
 
 def decimal_as_str(value: Any) -> Any:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import math
 import reprlib
 from collections.abc import Callable, Mapping
-from importlib import import_module
 from typing import Any
 
 import orjson
 
-from .errors import ConfigurationError, MessageError, MessageTooLarge
+from .errors import MessageError, MessageTooLarge
 from .protocol import ACCEPTED_CONTENT_TYPES, CONTENT_TYPE
 
 __all__ = ["CONTENT_TYPE", "DEFAULT_MAX_MESSAGE_SIZE", "JsonCodec"]
@@ -49,13 +48,8 @@ class JsonCodec:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> JsonCodec:
-        """The codec of ``MAX_MESSAGE_SIZE`` and ``JSON_DEFAULT`` (a function, or its dotted import path)."""
-        default = config.get("JSON_DEFAULT")
-        if isinstance(default, str):
-            default = import_object(default, "JSON_DEFAULT")
-        if default is not None and not callable(default):
-            raise ConfigurationError(f"JSON_DEFAULT must be a function (or its dotted path), got {default!r:.80}")
-        return cls(int(config.get("MAX_MESSAGE_SIZE", DEFAULT_MAX_MESSAGE_SIZE)), default)
+        """The codec of a resolved config (``otter.config.resolve``, which imports a dotted ``JSON_DEFAULT``)."""
+        return cls(int(config.get("MAX_MESSAGE_SIZE", DEFAULT_MAX_MESSAGE_SIZE)), config.get("JSON_DEFAULT"))
 
     def encode(self, value: Any, *, what: str = "message", payload: Any = _UNSET) -> bytes:
         """``value`` as JSON bytes. ``payload`` is the part of ``value`` that is the user's (a task's body inside
@@ -142,12 +136,3 @@ def _preview(value: Any) -> str:
         return _PREVIEW.repr(value)
     except Exception:
         return "unprintable"
-
-
-def import_object(path: str, setting: str) -> Any:
-    """``"package.module.name"`` or ``"package.module:name"``, imported; ``ConfigurationError`` naming ``setting``."""
-    module_name, _, name = path.rpartition(":") if ":" in path else path.rpartition(".")
-    try:
-        return getattr(import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError):
-        raise ConfigurationError(f"{setting} names {path!r}, which cannot be imported") from None

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .codec import DEFAULT_MAX_MESSAGE_SIZE, import_object
+from .codec import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import ConfigurationError
 from .protocol import KiwipyDefaults as kiwipy_defaults
 
@@ -190,8 +190,8 @@ LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 def _function(value: Any) -> Any:
     if isinstance(value, str):
         try:
-            value = import_object(value, "JSON_DEFAULT")
-        except ConfigurationError:
+            value = _import_string(value)
+        except (ImportError, AttributeError, ValueError):
             raise ValueError from None
     if not callable(value):
         raise ValueError

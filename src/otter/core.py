@@ -40,7 +40,6 @@ __all__ = [
     "TaskRules",
     "deadline_passed",
     "encode_error",
-    "encode_result",
 ]
 
 class Received(Protocol):
@@ -292,12 +291,8 @@ def deadline_passed(headers: Mapping[str, Any], now: float) -> bool:
     return deadline / 1000 < now
 
 
-def encode_result(codec: JsonCodec, value: Any, *, debug: bool) -> bytes:
-    """The reply for a result; a result that cannot be encoded becomes an error reply, never a hang."""
-    return _result_reply(codec, value, debug)[0]
-
-
 def _result_reply(codec: JsonCodec, value: Any, debug: bool) -> tuple[bytes, str, tuple[Note, ...]]:
+    """The reply for a result; a result that cannot be encoded becomes an error reply (and a log line), never a hang."""
     try:
         return codec.encode(protocol.result_reply(value), what="reply", payload=value), OK, NO_NOTES
     except MessageError as exc:

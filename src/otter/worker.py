@@ -96,7 +96,6 @@ class Worker:
         self._running: dict[asyncio.Task[Any], tuple[Delivery, Rules]] = {}
         self._idle: asyncio.Event | None = None
         self._connected = False
-        self.started = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -128,7 +127,6 @@ class Worker:
             self._subscriptions.append(await self.transport.consume_broadcasts(
                 self._broadcast_consumer(table.broadcasts), prefetch=self.prefetch))
         log.info("serving %d handlers on %s", len(table), self.transport.url)
-        self.started.set()
 
     async def _consume_default_queue(self, queue: str, pipeline: Pipeline) -> None:
         """Nameless tasks reach one well-defined consumer: the app's only task handler holds the default queue for
