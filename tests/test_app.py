@@ -42,6 +42,7 @@ def test_hooks_and_handlers_added_after_the_app_started_are_refused_not_ignored(
     with pytest.raises(ConfigurationError, match="already running"):  # and after it stopped: a new app is needed
         late(app, bp)
     assert app.before_handler_funcs == bp.before_handler_funcs == [] and app.error_handlers == bp.error_handlers == {}
+    assert app.after_handler_funcs == [] and [route.name for route in app.routes] == ["bp.echo"]
 
 
 def test_hooks_added_to_a_blueprint_before_the_app_starts_apply_to_its_handlers() -> None:
@@ -88,12 +89,16 @@ def test_serve_calls_started_once_consuming_and_stops_when_asked() -> None:
 
     async def main() -> None:
         stop, started = asyncio.Event(), asyncio.Event()
-        serving = asyncio.ensure_future(app.serve(app.resolve_config(), stop, started=started.set))
+
+        def on_started() -> None:
+            calls.append("started")
+            started.set()
+
+        serving = asyncio.ensure_future(app.serve(app.resolve_config(), stop, started=on_started))
         await asyncio.wait_for(started.wait(), 10)
-        calls.append("started")
         assert not serving.done()
         stop.set()
         await asyncio.wait_for(serving, 10)
 
     asyncio.run(main())
-    assert calls == ["started"]
+    assert calls == ["started"]  # once, and only by serve

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -320,6 +321,21 @@ def test_config_names_the_key_a_mistyped_variable_was_meant_to_be() -> None:
     assert "OTTER_CONCURRENCEY is not a known config key; did you mean OTTER_CONCURRENCY?" in result.stderr
     assert json.loads(result.stdout)["CONCURRENCY"] == {"value": 3, "source": "app.config"}
 
+def test_every_option_of_run_reaches_the_config_as_an_option() -> None:
+    """The options are read from the command itself, not from a list kept beside it: an option added to ``otter run``
+    and forgotten in the config mapping would be parsed and then ignored (``--startup-wait`` once was)."""
+    run_options = {param.name for param in cli.commands["run"].params if isinstance(param, click.Option)}
+    assert run_options - {"help"} == set(RUN_SETTINGS)
+    args = ["--broker", "amqp://u:pw@h/", "--workers", "2", "--concurrency", "4", "--prefetch-multiplier", "2",
+            "--grace", "1.5", "--startup-wait", "5", "--reload", "--log-level", "warning", "--debug"]
+    result = otter("config", ROUTES_APP, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert {key: config[key]["source"] for key in RUN_SETTINGS.values()} == dict.fromkeys(RUN_SETTINGS.values(),
+                                                                                            "option")
+    assert config["STARTUP_WAIT"]["value"] == 5.0
+
+
 def test_every_run_option_has_an_env_var() -> None:
     env = {
         "OTTER_BROKER_URL": "amqp://u:pw@h/",
@@ -327,6 +343,7 @@ def test_every_run_option_has_an_env_var() -> None:
         "OTTER_CONCURRENCY": "4",
         "OTTER_PREFETCH_MULTIPLIER": "2",
         "OTTER_SHUTDOWN_GRACE": "1.5",
+        "OTTER_STARTUP_WAIT": "5",
         "OTTER_RELOAD": "true",
         "OTTER_LOG_LEVEL": "warning",
         "OTTER_DEBUG": "true",

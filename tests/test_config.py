@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import otter.config
 from helpers_process import wait_until
 from otter import AsyncClient, Client, Otter
 from otter.cli import cli
@@ -253,7 +254,10 @@ def test_the_embedded_broker_is_the_in_memory_transport() -> None:
     assert EMBEDDED_BROKER_URL == MEMORY_URL
 
 
-def test_a_mistyped_variable_is_named_with_the_nearest_key_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_mistyped_variable_is_named_with_the_nearest_key_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(otter.config, "_typos_reported", set())  # once per process: start this test's process afresh
     environ = {"OTTER_BROKER_ULR": "amqp://h/", "OTTER_MY_OWN_SETTING": "1", "OTTER_APP": "svc:app"}
     with caplog.at_level(logging.WARNING, logger="otter.config"):
         config = resolve(environ=environ)

@@ -21,17 +21,9 @@ PRECEDENCE = (
     "the option, then OTTER_<KEY>, then app.config, then the default."
 )
 
-# The option of `otter run` -> the config key it sets.
-RUN_SETTINGS = {
-    "broker_url": "BROKER_URL",
-    "workers": "WORKERS",
-    "concurrency": "CONCURRENCY",
-    "prefetch_multiplier": "PREFETCH_MULTIPLIER",
-    "grace": "SHUTDOWN_GRACE",
-    "reload": "RELOAD",
-    "log_level": "LOG_LEVEL",
-    "debug": "DEBUG",
-}
+# The option of `otter run` -> the config key it sets; filled by ``_setting`` from the options themselves, so an
+# option can never be parsed and then left out of the config.
+RUN_SETTINGS: dict[str, str] = {}
 
 BROKER_OPTION = click.option(
     "--broker",
@@ -43,8 +35,8 @@ BROKER_OPTION = click.option(
 
 
 def _setting(*decls: str, key: str, help: str, **kwargs: Any) -> Callable[[Any], Any]:
-    default = DEFAULTS.get(key)
-    shown = "memory://" if key == "BROKER_URL" else default
+    RUN_SETTINGS[click.Option(list(decls)).name or key.lower()] = key
+    shown = MEMORY_URL if key == "BROKER_URL" else DEFAULTS.get(key)
     return click.option(*decls, default=None, help=f"{help} [{key}, env OTTER_{key}; default: {shown}]", **kwargs)
 
 
@@ -78,7 +70,7 @@ def run_settings(command: Callable[..., Any]) -> Callable[..., Any]:
             "--prefetch-multiplier",
             key="PREFETCH_MULTIPLIER",
             type=click.IntRange(min=1),
-            help="Each consumer's prefetch is the concurrency times this (default 4); 1 for long-running handlers "
+            help="Each consumer's prefetch is the concurrency times this; 1 for long-running handlers "
             "with several replicas.",
         ),
         _setting(

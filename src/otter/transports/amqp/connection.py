@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -26,7 +26,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, Abstr
 from ...config import redact_url
 from ...errors import BrokerRefused, BrokerUnavailable
 from ...protocol import TASK_QUEUE_ARGUMENTS
-from ..base import Delivery, Subscription, Topology
+from ..base import OnDelivery, Subscription, Topology
 from . import fence
 from .errors import connect_failure, quiet_outage_noise, translated
 from .public import PublicOutlet, PublicSubscription
@@ -35,7 +35,6 @@ from .publishing import Outlet
 __all__ = ["TASK_QUEUE_ARGUMENTS", "Link", "Queues", "connect", "open_link"]
 
 
-OnDelivery = Callable[[Delivery], Awaitable[None]]
 
 
 async def connect(
@@ -115,15 +114,15 @@ class Link:
         exclusive: bool = False,
     ) -> Subscription:
         """Consume ``queue`` on ``channel``, on this connection's path; ``exclusive``: as its only consumer."""
+        subscription: Subscription
         if self.fast:
             from .fast import AmqpSubscription
 
-            fast = AmqpSubscription(channel, queue, on_delivery, no_ack=no_ack, exclusive=exclusive)
-            await fast.start()
-            return fast
-        public = PublicSubscription(channel, queue, on_delivery, no_ack=no_ack, exclusive=exclusive)
-        await public.start()
-        return public
+            subscription = AmqpSubscription(channel, queue, on_delivery, no_ack=no_ack, exclusive=exclusive)
+        else:
+            subscription = PublicSubscription(queue, on_delivery, no_ack=no_ack, exclusive=exclusive)
+        await subscription.start()
+        return subscription
 
     @contextlib.asynccontextmanager
     async def consumer_channel(self, prefetch: int) -> AsyncIterator[AbstractChannel]:

@@ -15,7 +15,7 @@ import aiormq
 
 from ...errors import BrokerRefused, BrokerUnavailable, OtterError, Unroutable
 
-__all__ = ["CONNECTION_ERRORS", "REFUSALS", "connect_failure", "describe", "quiet_outage_noise", "translated"]
+__all__ = ["REFUSALS", "connect_failure", "deprecated_feature", "describe", "quiet_outage_noise", "translated"]
 
 # Refusals are answers, not outages: retrying them cannot help. (NOT_FOUND is retried: the robust channel
 # re-declares the exchanges and queues it declared when it re-opens.)

@@ -11,22 +11,20 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractQueue
 from aiormq.abc import DeliveredMessage
 
-from ..base import Delivery, Subscription
+from ..base import Delivery, OnDelivery, Subscription
 from . import frames
 from .errors import describe, translated
+from .public import CANCEL_TIMEOUT
 from .publishing import Fields, Outlet
 
 __all__ = ["AmqpDelivery", "AmqpSubscription", "FastOutlet"]
 
 log = logging.getLogger("otter.amqp")
-
-CANCEL_TIMEOUT = 2.0  # seconds a consumer's cancel may wait on a channel; past it the connection is going anyway
 
 
 class FastOutlet(Outlet):
@@ -95,7 +93,7 @@ class AmqpSubscription(Subscription):
     aio-pika's message wrapper and its extra task) and started again each time the robust channel re-opens."""
 
     def __init__(
-        self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: Callable[[Delivery], Awaitable[None]],
+        self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery,
         *, no_ack: bool, exclusive: bool = False,
     ) -> None:
         self._channel, self._queue, self._no_ack, self._exclusive = channel, queue, no_ack, exclusive

@@ -8,17 +8,16 @@ message, and it relies on nothing private of aio-pika, aiormq or pamqp.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
-from ..base import Delivery, Subscription
+from ..base import Delivery, OnDelivery, Subscription
 from .errors import translated
 from .publishing import Fields, Outlet
 
-__all__ = ["PublicDelivery", "PublicOutlet", "PublicSubscription"]
+__all__ = ["CANCEL_TIMEOUT", "PublicDelivery", "PublicOutlet", "PublicSubscription"]
 
 CANCEL_TIMEOUT = 2.0  # seconds a consumer's cancel may wait on a channel; past it the connection is going anyway
 
@@ -83,8 +82,7 @@ class PublicSubscription(Subscription):
     """``Queue.consume`` on the robust queue, which aio-pika consumes again after a reconnect."""
 
     def __init__(
-        self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: Callable[[Delivery], Awaitable[None]],
-        *, no_ack: bool, exclusive: bool = False,
+        self, queue: AbstractQueue, on_delivery: OnDelivery, *, no_ack: bool, exclusive: bool = False,
     ) -> None:
         self._queue, self._no_ack, self._exclusive = queue, no_ack, exclusive
         name = queue.name

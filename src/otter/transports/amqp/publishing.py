@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractChannel
 from ...errors import BrokerUnavailable, ConfigurationError, OtterError
 from .errors import REFUSALS, describe
 
-__all__ = ["Fields", "Outlet", "Prepare", "Sender"]
+__all__ = ["Fields", "Outlet", "Sender"]
 
 log = logging.getLogger("otter.amqp")
 
@@ -53,7 +53,7 @@ class Outlet(abc.ABC):
 
 
 class Sender:
-    """Sends through outlets and keeps every publish in flight, so that a lost connection abandons them all."""
+    """Sends through outlets and keeps every publish it waits on, so that a lost connection abandons them all."""
 
     def __init__(self, url: str, publish_timeout: float) -> None:
         self.url = url
@@ -94,12 +94,18 @@ class Sender:
             )
         return sending
 
+    def track(self, sending: asyncio.Future[Any]) -> asyncio.Future[object]:
+        """Count ``sending`` (from ``start``) among the publishes in flight from now on, so that a lost connection
+        abandons it; the future returned says how it ended."""
+        settled: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._sending[sending] = settled
+        sending.add_done_callback(self._sent)
+        return settled
+
     async def settle(self, sending: asyncio.Future[Any], deadline: float) -> None:
         """Wait for ``sending`` (from ``start``) to finish, the connection to be lost or ``deadline`` (loop time)."""
         loop = asyncio.get_running_loop()
-        settled: asyncio.Future[object] = loop.create_future()
-        self._sending[sending] = settled
-        sending.add_done_callback(self._sent)
+        settled = self.track(sending)
         timer = loop.call_later(max(deadline - loop.time(), 0.001), _settle, settled, _EXPIRED)
         try:
             why = await settled

@@ -41,8 +41,8 @@ class Calls:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Delivery] = loop.create_future()
         self.pending[correlation_id] = future
-        tracking: asyncio.Future[Any] | None = None
-        timer = loop.call_later(timeout, lambda: _expire(future, name, timeout, tracking))
+        sending: asyncio.Future[Any] | None = None
+        timer = loop.call_later(timeout, lambda: _expire(future, name, timeout, sending))
         deadline = loop.time() + timeout
         try:
             fields = {
@@ -52,9 +52,9 @@ class Calls:
             # The wait for the connection outlasts the deadline a little, so that ``_expire`` tells the caller.
             sending = sender.start(outlet, exchange, protocol.rpc_routing_key(name), body, fields,
                                    timeout=timeout + 0.5, expires_at=deadline)
-            if sending is not None:
-                tracking = asyncio.ensure_future(sender.settle(sending, deadline + 0.5))
-                tracking.add_done_callback(lambda done: _fail_on_publish_error(done, future, name))
+            if sending is not None:  # waits for the connection: abandoned at once if it is lost (never sent late)
+                sender.track(sending)
+                sending.add_done_callback(lambda done: _fail_on_publish_error(done, future, name))
             return await future
         finally:
             timer.cancel()

@@ -68,6 +68,7 @@ class AmqpTransport(Transport):
         self._queues: Queues | None = None
         self._dead_letters: DeadLetters | None = None
         self._down = False  # between a lost connection and the reconnection: its warning was given
+        self._sent_to: set[str] = set()  # task queues this transport has sent to
         self._sender = Sender(self.url, publish_timeout)
         self._calls = Calls(protocol.reply_queue_name(topology.message_exchange, uuid.uuid4().hex))
         # Message ids for publishes: aiormq matches a confirmed publish's return by it and would otherwise draw a
@@ -140,7 +141,11 @@ class AmqpTransport(Transport):
         except aiormq.exceptions.PublishError as exc:
             queues.declared.discard(queue)  # deleted since it was declared: declare it on the next send
             raise Unroutable(f"the broker could not route the task to queue {queue!r}: {exc}") from None
-        return queues.consumers.pop(queue, None)
+        consumers = queues.consumers.pop(queue, None)
+        if queue in self._sent_to:  # the contract: a count only for the transport's first send to the queue
+            return None
+        self._sent_to.add(queue)
+        return consumers
 
     async def publish_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None = None) -> None:
         """Sent once (at-most-once, as kiwipy's broadcasts are), after waiting for the connection if it is being
