@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from helpers_process import wait_until
 from otter import AsyncClient, BrokerUnavailable, Client
 from otter.testing import unique_names
 from rawbroker import RawBroker
@@ -101,7 +102,8 @@ def test_closing_while_tasks_are_being_sent_fails_them_with_broker_unavailable(a
     for thread in threads:
         thread.start()
     go.set()
-    time.sleep(0.05)  # let sends be in flight; any moment will do, the assertion holds at every one
+    # Sends are under way once one has gone through (each thread keeps sending until one fails).
+    wait_until(lambda: "ok" in outcomes, what="the first send")
     client.close()
     for thread in threads:
         thread.join(10)
