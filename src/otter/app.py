@@ -183,7 +183,11 @@ class Otter(Scaffold):
         observers: Sequence[Observer] = (),
     ) -> None:
         """Serve on the running loop until ``stop`` is set (or SIGINT/SIGTERM when in the main thread); ``started``
-        is called once every consumer is up, and each of ``observers`` is told of every handled message."""
+        is called once every consumer is up, and each of ``observers`` is told of every handled message.
+        ``METRICS_PORT`` and ``HEALTH_PORT`` in ``config`` serve metrics and health probes (``otter.operations``)."""
+        from .operations import Operations
+
+        operations = Operations(config)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         handled_signals = []
@@ -191,8 +195,9 @@ class Otter(Scaffold):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
                 handled_signals.append(sig)
-        worker = self.start_worker(config, observers)
+        worker = self.start_worker(config, (*observers, *operations.observers))
         try:
+            await operations.start(worker)
             if not await _until_stopped(worker.connect(), stop):  # a stop while waiting for the broker ends it
                 log.info("stopped before the broker could be reached")
                 return
@@ -204,6 +209,7 @@ class Otter(Scaffold):
             log.info("stopping: finishing running handlers (up to %gs)", worker.grace)
         finally:
             await worker.stop()
+            await operations.close()
             for sig in handled_signals:
                 loop.remove_signal_handler(sig)
 

@@ -89,6 +89,10 @@ DEFAULTS: dict[str, Any] = {
     "WORKERS": 1,  # worker processes; more than one runs them under a supervisor that restarts any that dies
     "RELOAD": False,  # restart the worker when a .py file changes (development only)
     "LOG_LEVEL": "INFO",  # of the otter loggers; DEBUG=True logs one line per message at INFO
+    # Operating (see otter.metrics and otter.health): HTTP ports on all interfaces, None for off. With WORKERS > 1
+    # the supervisor serves both, for all its workers.
+    "METRICS_PORT": None,  # Prometheus metrics at /metrics (needs the metrics extra: pip install 'otter-mq[metrics]')
+    "HEALTH_PORT": None,  # /livez and /readyz, for Kubernetes probes
     # Names on the wire; the defaults are kiwipy's so kiwipy programs interoperate.
     "MESSAGE_EXCHANGE": kiwipy_defaults.MESSAGE_EXCHANGE,
     "TASK_EXCHANGE": kiwipy_defaults.TASK_EXCHANGE,
@@ -162,6 +166,13 @@ def _text(*, empty: bool = False) -> Callable[[Any], str]:
     return convert
 
 
+def _port(value: Any) -> int:
+    port: int = _whole(1).convert(value)
+    if port > 65535:
+        raise ValueError
+    return port
+
+
 def _broker_url(value: Any) -> str:
     if not isinstance(value, str) or value.partition("://")[0].lower() not in ("amqp", "amqps", "memory"):
         raise ValueError
@@ -231,6 +242,8 @@ RULES: dict[str, Rule] = {
     "WORKERS": _whole(1),
     "RELOAD": _FLAG,
     "LOG_LEVEL": Rule(f"one of {', '.join(LOG_LEVELS)}", _log_level),
+    "METRICS_PORT": Rule("a TCP port, 1 to 65535", _port, optional=True),
+    "HEALTH_PORT": Rule("a TCP port, 1 to 65535", _port, optional=True),
     "MESSAGE_EXCHANGE": _NAME,
     "TASK_EXCHANGE": _NAME,
     "DEFAULT_TASK_QUEUE": _NAME,
@@ -239,7 +252,7 @@ RULES: dict[str, Rule] = {
 }
 
 # OTTER_* variables that steer the command line or the test plugin rather than configure an app.
-NOT_CONFIG = frozenset({"APP", "RUN_FROM_CLI", "WORKER_NUMBER", "TEST_BROKER_URL"})
+NOT_CONFIG = frozenset({"APP", "RUN_FROM_CLI", "WORKER_NUMBER", "WORKER_HEALTH_DIR", "TEST_BROKER_URL"})
 
 
 class Config(dict[str, Any]):

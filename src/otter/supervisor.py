@@ -10,8 +10,10 @@ queues (work spreads across them) and each receives every broadcast. The supervi
   ones still running, and returns 0 when every worker stopped cleanly.
 
 Workers get their settings through ``OTTER_*`` variables, never the command line, so a broker password does not
-show in ``ps``. On Linux a worker is sent SIGTERM if the supervisor itself dies, so none is left orphaned. Each
-worker learns its number from ``OTTER_WORKER_NUMBER`` and names its process after it (``set_process_title``).
+show in ``ps``. ``services`` (async context managers, e.g. the metrics and health endpoints of all the workers) run
+in the supervisor's loop while it supervises, and ``on_exit(number, pid)`` hears of every worker that ended. On
+Linux a worker is sent SIGTERM if the supervisor itself dies, so none is left orphaned. Each worker learns its number
+from ``OTTER_WORKER_NUMBER`` and names its process after it (``set_process_title``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,12 +64,16 @@ class Supervisor:
         grace: float,
         env: Mapping[str, str] | None = None,
         watch: Sequence[Path] = (),
+        services: Sequence[contextlib.AbstractAsyncContextManager[object]] = (),
+        on_exit: Callable[[int, int], None] | None = None,
     ) -> None:
         self.command = list(command)
         self.workers = max(1, workers)
         self.grace = grace
         self.env = dict(os.environ if env is None else env)
         self.watch = list(watch)
+        self.services = list(services)
+        self.on_exit = on_exit
         self._stopping = False
         self._stop: asyncio.Event | None = None
         self._slots: list[_Slot] = []
@@ -78,6 +84,12 @@ class Supervisor:
         return asyncio.run(self.supervise())
 
     async def supervise(self) -> int:
+        async with contextlib.AsyncExitStack() as services:
+            for service in self.services:
+                await services.enter_async_context(service)
+            return await self._supervise()
+
+    async def _supervise(self) -> int:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -120,6 +132,11 @@ class Supervisor:
             started = loop.time()
             process = await self._spawn(slot)
             code = await process.wait()
+            if self.on_exit is not None:
+                try:
+                    self.on_exit(slot.number, process.pid)
+                except Exception:
+                    log.exception("cleaning up after worker %d failed", slot.number)
             if self._stopping:
                 return
             if slot.restart_requested:  # a reload: start the new code at once

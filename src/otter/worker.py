@@ -32,6 +32,7 @@ from .core import (
     BroadcastRules,
     DeadLetter,
     Decision,
+    Drop,
     Reply,
     Requeue,
     RetryLater,
@@ -57,7 +58,8 @@ Rules = RpcRules | TaskRules | BroadcastRules
 @dataclass(frozen=True, slots=True)
 class Handled:
     """One message a route finished with, as observers see it. ``final`` is False when the message will be seen
-    again (a task parked for a retry or returned to its queue); ``error`` is what the handler raised, if anything."""
+    again (a task parked for a retry or returned to its queue); ``error`` is what the handler raised, if anything;
+    ``action`` what was done: ack, reply, retry, dead-letter, requeue or drop."""
 
     kind: str
     name: str
@@ -67,10 +69,17 @@ class Handled:
     seconds: float
     error: BaseException | None
     final: bool
+    action: str = ""
 
 
 # Told of every handled message, on the worker's loop: must be quick and must not block (test helpers, metrics).
+# An observer may also have ``running(kind, name, change)``, told when a handler starts (+1) and ends (-1), and
+# ``watch_transport(transport)``, called once with the worker's transport (see ``otter.metrics``).
 Observer = Callable[[Handled], None]
+Running = Callable[[str, str, int], None]
+
+_ACTIONS = {Ack: "ack", Reply: "reply", RetryLater: "retry", DeadLetter: "dead-letter", Requeue: "requeue",
+            Drop: "drop"}
 
 
 class Worker:
@@ -81,6 +90,14 @@ class Worker:
     ) -> None:
         self.table = table
         self.observers = tuple(observers)
+        self._runners: tuple[Running, ...] = tuple(
+            running for running in (getattr(observer, "running", None) for observer in self.observers)
+            if callable(running)
+        )
+        for observer in self.observers:
+            watch = getattr(observer, "watch_transport", None)
+            if callable(watch):
+                watch(transport)
         self.transport = transport
         self.config = config
         self.debug = bool(config["DEBUG"])
@@ -96,6 +113,19 @@ class Worker:
         self._running: dict[asyncio.Task[Any], tuple[Delivery, Rules]] = {}
         self._idle: asyncio.Event | None = None
         self._connected = False
+        self.state = "starting"  # then "serving" once every consumer is up, "stopping" from stop() on
+
+    def readiness(self) -> str | None:
+        """None while the worker can take messages (connected, every consumer active), else why not: what
+        ``/readyz`` answers (``otter.health``)."""
+        if self.state != "serving":
+            return self.state
+        if not self.transport.connected:
+            return f"not connected to the broker at {self.transport.url} (reconnecting)"
+        idle = sum(not subscription.active for subscription in self._subscriptions)
+        if idle:
+            return f"{idle} of {len(self._subscriptions)} consumers not active"
+        return None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -126,6 +156,7 @@ class Worker:
         if table.broadcasts:
             self._subscriptions.append(await self.transport.consume_broadcasts(
                 self._broadcast_consumer(table.broadcasts), prefetch=self.prefetch))
+        self.state = "serving"
         log.info("serving %d handlers on %s", len(table), self.transport.url)
 
     async def _consume_default_queue(self, queue: str, pipeline: Pipeline) -> None:
@@ -182,6 +213,7 @@ class Worker:
         Messages already delivered (prefetched) but whose handler has not started go back to the queue at once
         rather than starting during the grace period.
         """
+        self.state = "stopping"
         for gate in self._gates.values():
             gate.close()
         for subscription in self._subscriptions:
@@ -221,6 +253,7 @@ class Worker:
         """RPCs and tasks: take a slot, ask the rules, run the handler if told to, carry out the outcome."""
         gate, kind, name = self._gates[slots], pipeline.route.kind, pipeline.route.name
         timed = self.debug or bool(self.observers)
+        runners = self._runners
 
         async def on_delivery(delivery: Delivery) -> None:
             async with gate:
@@ -231,12 +264,17 @@ class Worker:
                 decision: Decision
                 error: Exception | None = None
                 if isinstance(step, Run):
+                    if runners:
+                        self._tell_running(runners, kind, name, 1)
                     try:
                         result = await self._invoke(pipeline, kind, delivery, step, slots)
                     except Exception as exc:
                         error, decision = exc, rules.failed(delivery, step, exc)
                     else:
                         decision = rules.succeeded(delivery, step, result)
+                    finally:
+                        if runners:
+                            self._tell_running(runners, kind, name, -1)
                 else:
                     decision = step
                 done = await self._carry_out(delivery, decision, rules)
@@ -251,6 +289,7 @@ class Worker:
         rules = BroadcastRules([r for r in routes if isinstance(r, BroadcastRoute)], self.codec, debug=self.debug)
         gate = self._gates["broadcast"]
         timed = self.debug or bool(self.observers)
+        runners = self._runners
 
         async def on_broadcast(delivery: Delivery) -> None:
             async with gate:
@@ -262,12 +301,17 @@ class Worker:
                 for route in step.routes:
                     started = time.perf_counter() if timed else 0.0
                     error: Exception | None = None
+                    if runners:
+                        self._tell_running(runners, "broadcast", route.name, 1)
                     try:
                         await self._invoke(by_route[id(route)], "broadcast", delivery, step, "broadcast")
                     except Exception as exc:
                         error, decision = exc, rules.finished(delivery, route, exc)
                     else:
                         decision = rules.finished(delivery, route)
+                    finally:
+                        if runners:
+                            self._tell_running(runners, "broadcast", route.name, -1)
                     await self._carry_out(delivery, decision, rules)
                     if timed:
                         self._handled("broadcast", route.name, delivery, started, decision, error)
@@ -346,12 +390,21 @@ class Worker:
         if not self.observers:
             return
         final = not isinstance(decision, (RetryLater, Requeue))
-        event = Handled(kind, name, delivery.queue, delivery.correlation_id, decision.outcome, seconds, error, final)
+        event = Handled(kind, name, delivery.queue, delivery.correlation_id, decision.outcome, seconds, error, final,
+                        _ACTIONS.get(type(decision), ""))
         for observer in self.observers:
             try:
                 observer(event)
             except Exception:
                 log.exception("an observer of handled messages failed")
+
+    @staticmethod
+    def _tell_running(runners: tuple[Running, ...], kind: str, name: str, change: int) -> None:
+        for running in runners:
+            try:
+                running(kind, name, change)
+            except Exception:
+                log.exception("an observer of running handlers failed")
 
     async def _invoke(self, pipeline: Pipeline, kind: str, delivery: Delivery, run: Run, pool: str) -> Any:
         comm = self.comm

@@ -14,6 +14,7 @@ import click
 from ..app import Otter, configure_logging, run_loop
 from ..discovery import APP_ENV, AppTarget
 from ..errors import BrokerUnavailable, OtterError
+from ..operations import PodOperations
 from ..transports import MEMORY_URL
 from .loading import load_app
 from .output import CONTEXT_SETTINGS, EXIT_APP_FAILED, EXIT_BROKER_UNAVAILABLE
@@ -106,14 +107,28 @@ def _supervise(target: AppTarget, options: dict[str, Any], config: dict[str, Any
     if reload:
         watch = _watched_dirs(target)
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # see run(): stale bytecode would survive a reload
+    try:
+        operations = PodOperations(config, workers)
+    except OtterError as exc:
+        log.error("%s", exc)
+        return EXIT_APP_FAILED
+    env.update(operations.env)
     supervisor = Supervisor(
         [sys.executable, "-m", "otter", "run"],
         workers=workers,
         grace=float(config["SHUTDOWN_GRACE"]),
         env=env,
         watch=watch,
+        services=[operations.serving()] if operations.directory is not None else [],
+        on_exit=operations.worker_exited,
     )
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    except OtterError as exc:  # a port the supervisor could not serve
+        log.error("%s", exc)
+        return EXIT_APP_FAILED
+    finally:
+        operations.cleanup()
 
 
 def _watched_dirs(target: AppTarget) -> list[Path]:

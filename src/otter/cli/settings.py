@@ -90,6 +90,22 @@ def run_settings(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         _setting("--reload/--no-reload", key="RELOAD", help="Restart when a .py file changes (development)."),
         _setting(
+            "--metrics-port",
+            key="METRICS_PORT",
+            type=click.IntRange(1, 65535),
+            metavar="PORT",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (pip install 'otter-mq[metrics]'); with "
+            "--workers N, the sum of all workers.",
+        ),
+        _setting(
+            "--health-port",
+            key="HEALTH_PORT",
+            type=click.IntRange(1, 65535),
+            metavar="PORT",
+            help="Serve /livez (200 while the process runs, also during a broker outage) and /readyz (200 only "
+            "while connected with every consumer active) for Kubernetes probes.",
+        ),
+        _setting(
             "--log-level",
             key="LOG_LEVEL",
             type=click.Choice(LOG_LEVELS, case_sensitive=False),

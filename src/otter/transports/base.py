@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ConfigurationError
 
@@ -23,6 +23,7 @@ __all__ = [
     "Subscription",
     "Topology",
     "Transport",
+    "TransportWatcher",
 ]
 
 
@@ -105,16 +106,36 @@ class QueueInUse(ConfigurationError):
 
 
 class Subscription(abc.ABC):
-    """A running consumer; ``cancel`` stops new deliveries (those already delivered still settle)."""
+    """A running consumer; ``cancel`` stops new deliveries (those already delivered still settle). ``active`` is
+    False while it could not be started again after a reconnection (the worker is then not ready)."""
+
+    active = True
 
     @abc.abstractmethod
     async def cancel(self) -> None: ...
 
 
+class TransportWatcher(Protocol):
+    """Told of each publish and of the connection going and coming back (``otter.metrics``); on the loop, quick."""
+
+    def published(self, what: str, seconds: float) -> None:
+        """``what`` (task, broadcast, reply, retry, dead_letter) took ``seconds`` until confirmed, or written."""
+
+    def connection_changed(self, up: bool, reconnected: bool) -> None:
+        """The connection is ``up`` now; ``reconnected``: it came back after a loss."""
+
+
 class Transport(abc.ABC):
-    """Moves bytes; see the module docstring. ``url`` is safe to log (no password)."""
+    """Moves bytes; see the module docstring. ``url`` is safe to log (no password). ``watcher`` is None unless
+    metrics watch it, so an unwatched publish pays one attribute test."""
 
     url: str
+    watcher: TransportWatcher | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up: False before ``connect``, during a reconnection and after ``close``."""
+        return True
 
     @abc.abstractmethod
     async def connect(self) -> None: ...

@@ -306,9 +306,15 @@ class MemoryTransport(Transport):
         self._sent_to: set[str] = set()  # task queues this transport has sent to
         self._connected = False
 
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
     async def connect(self) -> None:
         self.broker.reply_targets[self._reply_to] = (asyncio.get_running_loop(), self._on_reply)
         self._connected = True
+        if self.watcher is not None:
+            self.watcher.connection_changed(True, False)
 
     async def close(self) -> None:
         self._connected = False

@@ -133,4 +133,7 @@ class AmqpSubscription(Subscription):
         try:
             await self._consume()
         except Exception as exc:
+            self.active = False  # the worker is not ready (/readyz) until a later reconnection restores it
             log.error("could not consume %r again after reconnecting: %s", self._queue.name, describe(exc))
+        else:
+            self.active = True

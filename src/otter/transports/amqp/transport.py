@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import logging
 import ssl
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -68,6 +69,7 @@ class AmqpTransport(Transport):
         self._queues: Queues | None = None
         self._dead_letters: DeadLetters | None = None
         self._down = False  # between a lost connection and the reconnection: its warning was given
+        self._closed = False
         self._sent_to: set[str] = set()  # task queues this transport has sent to
         self._sender = Sender(self.url, publish_timeout)
         self._calls = Calls(protocol.reply_queue_name(topology.message_exchange, uuid.uuid4().hex))
@@ -80,6 +82,10 @@ class AmqpTransport(Transport):
     def fast_path(self) -> bool:
         """Whether this connection uses the fast path (see ``fence``); False before ``connect``."""
         return self._link is not None and self._link.fast
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None and not self._down and not self._closed
 
     async def connect(self) -> None:
         self._connection = await connect(
@@ -101,8 +107,13 @@ class AmqpTransport(Transport):
             reply_queue = await link.confirming.declare_queue(self._calls.reply_to, exclusive=True)
             await reply_queue.bind(exchange, self._calls.reply_to)
             await link.subscribe(link.confirming, reply_queue, self._calls.on_reply, no_ack=True)
+        if self.watcher is not None:
+            self.watcher.connection_changed(True, False)
 
     async def close(self) -> None:
+        self._closed = True
+        if self.watcher is not None:
+            self.watcher.connection_changed(False, False)
         self._calls.fail_all("the connection was closed before the reply arrived")
         self._calls.pending.clear()
         await self._sender.close()  # the connection goes: nothing left to desynchronise
@@ -133,6 +144,8 @@ class AmqpTransport(Transport):
             "mandatory": True, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
             "correlation_id": correlation_id, "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
         }
+        watcher = self.watcher
+        started = time.perf_counter() if watcher is not None else 0.0
         try:
             await self._sender.send_until_confirmed(
                 self._link.confirmed, "", queue, body, fields, action=f"send the task to {queue!r}",
@@ -141,6 +154,8 @@ class AmqpTransport(Transport):
         except aiormq.exceptions.PublishError as exc:
             queues.declared.discard(queue)  # deleted since it was declared: declare it on the next send
             raise Unroutable(f"the broker could not route the task to queue {queue!r}: {exc}") from None
+        if watcher is not None:
+            watcher.published("task", time.perf_counter() - started)
         consumers = queues.consumers.pop(queue, None)
         if queue in self._sent_to:  # the contract: a count only for the transport's first send to the queue
             return None
@@ -156,6 +171,8 @@ class AmqpTransport(Transport):
             "mandatory": False, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
             "delivery_mode": DeliveryMode.NOT_PERSISTENT.value, "headers": headers,
         }
+        watcher = self.watcher
+        started = time.perf_counter() if watcher is not None else 0.0
         with translated("broadcast"):
             try:
                 await self._sender.send(self._link.confirmed, self.topology.message_exchange,
@@ -165,6 +182,8 @@ class AmqpTransport(Transport):
                     f"could not broadcast: no connection to the broker at {self.url}, or no confirm from it, "
                     f"within {self.publish_timeout:g} s"
                 ) from None
+        if watcher is not None:
+            watcher.published("broadcast", time.perf_counter() - started)
 
     async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
         """At-most-once, like the call it answers: not mandatory and not confirmed, so a reply whose caller has
@@ -175,19 +194,31 @@ class AmqpTransport(Transport):
             "mandatory": False, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
             "correlation_id": correlation_id,
         }
+        watcher = self.watcher
+        started = time.perf_counter() if watcher is not None else 0.0
         with translated("reply"):
             try:
                 await self._sender.send(self._link.replies, "", reply_to, body, fields, timeout=self.publish_timeout)
             except asyncio.TimeoutError:
                 raise BrokerUnavailable(f"could not reply: no connection to the broker at {self.url}") from None
+        if watcher is not None:
+            watcher.published("reply", time.perf_counter() - started)
 
     async def dead_letter(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
         assert self._dead_letters is not None, "call connect() first"
+        watcher = self.watcher
+        started = time.perf_counter() if watcher is not None else 0.0
         await self._dead_letters.dead_letter(delivery, headers)
+        if watcher is not None:
+            watcher.published("dead_letter", time.perf_counter() - started)
 
     async def retry_later(self, delivery: Delivery, delay: float, headers: Mapping[str, Any]) -> None:
         assert self._dead_letters is not None, "call connect() first"
+        watcher = self.watcher
+        started = time.perf_counter() if watcher is not None else 0.0
         await self._dead_letters.retry_later(delivery, delay, headers)
+        if watcher is not None:
+            watcher.published("retry", time.perf_counter() - started)
 
     # -- dead letters -------------------------------------------------------------------------------------------
     async def peek_dead_letters(self, limit: int | None = None) -> list[Delivery]:
@@ -273,6 +304,8 @@ class AmqpTransport(Transport):
         if self._down:  # aio-pika may report one loss more than once: one warning per outage
             return
         self._down = True
+        if self.watcher is not None:
+            self.watcher.connection_changed(False, False)
         log.warning(
             "lost the connection to %s (%s); reconnecting every %g s, sends wait for it up to %g s%s",
             self.url, describe(exc) if exc else "closed", self._reconnect_interval, self.publish_timeout,
@@ -281,6 +314,8 @@ class AmqpTransport(Transport):
 
     def _on_reconnected(self, _sender: Any) -> None:
         self._down = False
+        if self.watcher is not None:
+            self.watcher.connection_changed(True, True)
         log.info("reconnected to %s", self.url)
 
 

@@ -1,0 +1,147 @@
+"""What a serving worker process offers its operators, as ``METRICS_PORT`` and ``HEALTH_PORT`` say.
+
+A lone worker serves both ports itself. A worker under the ``--workers N`` supervisor (``OTTER_WORKER_NUMBER`` is
+set) serves neither: it records its metrics in the supervisor's multiprocess directory and serves its probes on a
+port of its own on 127.0.0.1 for the supervisor to ask, which serves the public ports for all of them (see
+``otter.metrics`` and ``otter.health``). Nothing here is imported unless a port is configured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .health import ProbeServer
+    from .metrics import Endpoint
+    from .worker import Observer, Worker
+
+__all__ = ["Operations", "PodOperations"]
+
+log = logging.getLogger("otter.operations")
+
+WORKER_NUMBER_ENV = "OTTER_WORKER_NUMBER"  # supervisor.WORKER_NUMBER_ENV (this module does not import it)
+
+
+class Operations:
+    """Made before the worker (its metrics observe it), started once the worker exists, closed after it stopped."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.metrics_port: int | None = config.get("METRICS_PORT")
+        self.health_port: int | None = config.get("HEALTH_PORT")
+        self.worker_number = os.environ.get(WORKER_NUMBER_ENV)
+        self.observers: tuple[Observer, ...] = ()
+        if self.metrics_port is not None:
+            from .metrics import Metrics
+
+            self.metrics = Metrics()
+            self.observers = (self.metrics,)
+        self._endpoint: Endpoint | None = None
+        self._probes: ProbeServer | None = None
+        self._port_file: Path | None = None
+
+    async def start(self, worker: Worker) -> None:
+        """Serve the ports (before the worker connects, so ``/livez`` answers during a long ``STARTUP_WAIT``)."""
+        if self.metrics_port is not None and self.worker_number is None:
+            self._endpoint = self.metrics.serve(self.metrics_port)
+            log.info("metrics at http://0.0.0.0:%d/metrics", self.metrics_port)
+        if self.health_port is None:
+            return
+        from .health import WORKER_HEALTH_DIR_ENV, ProbeServer, worker_probes, write_port
+
+        directory = os.environ.get(WORKER_HEALTH_DIR_ENV)
+        supervised = self.worker_number is not None and directory
+        host, port = ("127.0.0.1", 0) if supervised else ("0.0.0.0", self.health_port)
+        self._probes = await ProbeServer(worker_probes(worker)).start(host, port)
+        if supervised:
+            assert directory is not None and self.worker_number is not None
+            self._port_file = write_port(directory, self.worker_number, self._probes.port)
+        else:
+            log.info("health probes at http://0.0.0.0:%d/livez and /readyz", self._probes.port)
+
+    async def close(self) -> None:
+        if self._port_file is not None:
+            with contextlib.suppress(OSError):
+                self._port_file.unlink()
+        if self._probes is not None:
+            await self._probes.close()
+        if self._endpoint is not None:
+            self._endpoint.close()
+
+
+class PodOperations:
+    """The supervisor's side (``otter run --workers N`` or ``--reload``): one metrics endpoint summing every
+    worker's figures, and probes that ask every worker. Owns a temporary directory, removed by ``cleanup``."""
+
+    def __init__(self, config: dict[str, Any], workers: int) -> None:
+        import tempfile
+
+        self.metrics_port: int | None = config.get("METRICS_PORT")
+        self.health_port: int | None = config.get("HEALTH_PORT")
+        self.workers = workers
+        self.env: dict[str, str] = {}
+        self.directory: Path | None = None
+        if self.metrics_port is None and self.health_port is None:
+            return
+        if self.metrics_port is not None:
+            from .metrics import require_prometheus
+
+            require_prometheus()  # before any worker starts: one clear error, not N
+        self.directory = Path(tempfile.mkdtemp(prefix="otter-supervisor-"))
+        if self.metrics_port is not None:
+            from .metrics import MULTIPROC_DIR_ENV
+
+            (self.directory / "metrics").mkdir()
+            self.env[MULTIPROC_DIR_ENV] = str(self.directory / "metrics")
+        if self.health_port is not None:
+            from .health import WORKER_HEALTH_DIR_ENV
+
+            (self.directory / "health").mkdir()
+            self.env[WORKER_HEALTH_DIR_ENV] = str(self.directory / "health")
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """Serve the public ports while the supervisor runs (a context manager for ``Supervisor(services=)``)."""
+        assert self.directory is not None
+        endpoint: Endpoint | None = None
+        probes: ProbeServer | None = None
+        try:
+            if self.metrics_port is not None:
+                from .metrics import serve_multiprocess
+
+                endpoint = serve_multiprocess(self.metrics_port, str(self.directory / "metrics"))
+                log.info("metrics of all %d workers at http://0.0.0.0:%d/metrics", self.workers, self.metrics_port)
+            if self.health_port is not None:
+                from .health import ProbeServer, pod_probes
+
+                probes = await ProbeServer(pod_probes(self.directory / "health", self.workers)).start(
+                    "0.0.0.0", self.health_port)
+                log.info("health probes of all %d workers at http://0.0.0.0:%d/livez and /readyz", self.workers,
+                         self.health_port)
+            yield
+        finally:
+            if probes is not None:
+                await probes.close()
+            if endpoint is not None:
+                endpoint.close()
+
+    def worker_exited(self, number: int, pid: int) -> None:
+        """Forget a finished worker: its live gauges leave the sum, its probe port is no longer asked."""
+        if self.directory is None:
+            return
+        if self.metrics_port is not None:
+            from .metrics import mark_process_dead
+
+            mark_process_dead(pid, str(self.directory / "metrics"))
+        with contextlib.suppress(OSError):
+            (self.directory / "health" / str(number)).unlink()
+
+    def cleanup(self) -> None:
+        if self.directory is not None:
+            import shutil
+
+            shutil.rmtree(self.directory, ignore_errors=True)
