@@ -327,7 +327,8 @@ def test_every_option_of_run_reaches_the_config_as_an_option() -> None:
     run_options = {param.name for param in cli.commands["run"].params if isinstance(param, click.Option)}
     assert run_options - {"help"} == set(RUN_SETTINGS)
     args = ["--broker", "amqp://u:pw@h/", "--workers", "2", "--concurrency", "4", "--prefetch-multiplier", "2",
-            "--grace", "1.5", "--startup-wait", "5", "--reload", "--log-level", "warning", "--debug"]
+            "--grace", "1.5", "--startup-wait", "5", "--reload", "--log-level", "warning", "--debug",
+            "--metrics-port", "9100", "--health-port", "8081"]
     result = otter("config", ROUTES_APP, *args, "--json")
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
@@ -347,6 +348,8 @@ def test_every_run_option_has_an_env_var() -> None:
         "OTTER_RELOAD": "true",
         "OTTER_LOG_LEVEL": "warning",
         "OTTER_DEBUG": "true",
+        "OTTER_METRICS_PORT": "9100",
+        "OTTER_HEALTH_PORT": "8081",
     }
     assert {f"OTTER_{key}" for key in RUN_SETTINGS.values()} == set(env)
     result = otter("config", ROUTES_APP, "--json", env=env)

@@ -1,0 +1,219 @@
+"""``otter run --metrics-port`` and ``--health-port``: a real worker process (and a real supervisor with two), a known
+number of RPCs, tasks and broadcasts, some failing, then the scraped counters must match exactly.
+
+The broker outage (``/readyz`` 503 and back, ``/livez`` 200 throughout) is in ``tests/faults/test_health.py``.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import unique_names
+from helpers_process import READY, AppProcess, app_env, wait_until
+from otter import Client, Otter, RemoteError
+from otter.config import resolve
+from otter.errors import ConfigurationError
+from rawbroker import RawBroker
+
+APP = "tests/apps/metrics_app.py"
+
+pytestmark = pytest.mark.amqp
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of ``/metrics``: (name, labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], metric: str, **labels: str) -> float:
+    return samples.get((metric, frozenset(labels.items())), 0.0)
+
+
+def probe(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.fixture
+def service(amqp_url: str) -> Iterator[tuple[dict[str, str], dict[str, Any], str]]:
+    names = unique_names("metrics")
+    task = f"metrics-{uuid.uuid4().hex[:10]}.work"
+    env = {f"OTTER_{key}": value for key, value in names.items()}
+    env.update(OTTER_BROKER_URL=amqp_url, METRICS_TASK=task)
+    yield env, names, task
+    with RawBroker.open(amqp_url, names) as raw:
+        raw.delete(task)
+
+
+def test_scraped_counters_match_what_was_sent(amqp_url: str, service: Any) -> None:
+    env, names, task = service
+    metrics_port, health_port = free_port(), free_port()
+    command = ("-m", "otter", "run", APP, "--metrics-port", str(metrics_port), "--health-port", str(health_port))
+    with AppProcess(*command, env=env) as worker, Client(amqp_url, **names) as client:
+        worker.wait_for(READY)
+        assert probe(health_port, "/readyz") == (200, "ready\n")
+        assert probe(health_port, "/livez") == (200, "alive\n")
+        assert probe(health_port, "/nothing")[0] == 404
+        for n in range(7):
+            assert client.rpc("metrics.echo", n).result() == n
+        for n in range(3):
+            with pytest.raises(RemoteError):
+                client.rpc("metrics.fail", n).result()
+        for n in range(4):
+            client.task(task, n)
+        client.task(task, "fail")  # runs twice (max_retries=1), then goes to the dead letters
+        for body in ("a", "b", "fail"):
+            client.broadcast(body, subject="metrics.news.today")
+
+        def settled() -> Any:
+            samples = scrape(metrics_port)
+            return samples if value(samples, "otter_dead_letters_total", name=task) == 1 and value(
+                samples, "otter_messages_handled_total", kind="broadcast", name="metrics.news.*", outcome="error"
+            ) == 1 else None
+
+        samples = wait_until(settled, 15, "the failing task to reach the dead letters and every broadcast")
+        handled = {
+            (dict(labels)["kind"], dict(labels)["name"], dict(labels)["outcome"]): count
+            for (name, labels), count in samples.items() if name == "otter_messages_handled_total"
+        }
+        assert handled == {
+            ("rpc", "metrics.echo", "ok"): 7,
+            ("rpc", "metrics.fail", "error"): 3,
+            ("task", task, "ok"): 4,
+            ("task", task, "retry"): 1,
+            ("task", task, "dead_letter"): 1,
+            ("broadcast", "metrics.news.*", "ok"): 2,
+            ("broadcast", "metrics.news.*", "error"): 1,
+        }
+        assert value(samples, "otter_handler_errors_total", kind="rpc", name="metrics.fail", error="KeyError") == 3
+        assert value(samples, "otter_handler_errors_total", kind="task", name=task, error="ValueError") == 2
+        assert value(samples, "otter_handler_errors_total", kind="broadcast", name="metrics.news.*",
+                     error="RuntimeError") == 1
+        assert value(samples, "otter_task_retries_total", name=task) == 1
+        assert value(samples, "otter_handler_duration_seconds_count", kind="rpc", name="metrics.echo") == 7
+        assert value(samples, "otter_handler_duration_seconds_count", kind="task", name=task) == 6
+        assert value(samples, "otter_publish_seconds_count", what="reply") == 10
+        assert value(samples, "otter_publish_seconds_count", what="retry") == 1
+        assert value(samples, "otter_publish_seconds_count", what="dead_letter") == 1
+        assert value(samples, "otter_connected") == 1
+        assert value(samples, "otter_reconnects_total") == 0
+
+        # In flight, then a graceful stop: not ready while stopping, alive until the process ends.
+        holding = client.rpc("metrics.hold", 3)  # returns False after 3 s, within the grace period
+        wait_until(lambda: value(scrape(metrics_port), "otter_messages_in_flight", kind="rpc",
+                                 name="metrics.hold") == 1, 10, "the held RPC to be in flight")
+        worker.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        worker.wait_for("stopping: finishing running handlers")
+        status, text = probe(health_port, "/readyz")
+        assert (status, text) == (503, "not ready: stopping\n")
+        assert probe(health_port, "/livez")[0] == 200
+        assert holding.result(timeout=10) is False, "the held RPC finished within the grace period"
+        assert worker.stop() == 0
+
+
+def test_two_workers_report_their_sum_on_one_endpoint(amqp_url: str, service: Any) -> None:
+    env, names, _task = service
+    metrics_port, health_port = free_port(), free_port()
+    command = ("-m", "otter", "run", APP, "--workers", "2", "--grace", "2", "--metrics-port", str(metrics_port),
+               "--health-port", str(health_port))
+    with AppProcess(*command, env=env) as supervisor, Client(amqp_url, **names) as client:
+        wait_until(lambda: supervisor.output.count(READY) == 2, what="both workers started")
+        wait_until(lambda: probe(health_port, "/readyz")[0] == 200, 10, "the pod to be ready")
+        assert probe(health_port, "/readyz") == (200, "ready (2 workers)\n")
+        pids: set[int] = set()
+        calls = 0
+        while len(pids) < 2 or calls < 40:  # until both workers served some (they share the queue)
+            pids.add(client.rpc("metrics.pid").result())
+            calls += 1
+            assert calls < 400, "one worker took every call"
+        samples = scrape(metrics_port)
+        assert value(samples, "otter_messages_handled_total", kind="rpc", name="metrics.pid", outcome="ok") == calls
+        assert value(samples, "otter_connected") == 2
+        assert value(samples, "otter_publish_seconds_count", what="reply") == calls
+
+        # A killed worker: the pod is not ready until it is replaced; its counts stay in the sum.
+        victim = next(iter(pids))
+        subprocess.run(["kill", "-KILL", str(victim)], check=True)
+        supervisor.wait_for("was killed by SIGKILL")
+        wait_until(lambda: probe(health_port, "/readyz")[0] == 200 and supervisor.output.count(READY) == 3, 20,
+                   "the replacement worker to be ready")
+        samples = scrape(metrics_port)
+        assert value(samples, "otter_messages_handled_total", kind="rpc", name="metrics.pid", outcome="ok") == calls
+        assert value(samples, "otter_connected") == 2, "the killed worker's gauge left the sum"
+        assert supervisor.stop() == 0
+
+
+def test_metrics_without_prometheus_client_say_what_to_install(amqp_url: str) -> None:
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None\n"
+        "from otter.cli import main\n"
+        f"main(['run', '{APP}', '--metrics-port', '{free_port()}', '--broker', '{amqp_url}'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=app_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "pip install 'otter-mq[metrics]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_taken_port_is_one_clear_error(amqp_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "otter", "run", APP, "--health-port", str(port), "--broker",
+                                 amqp_url], env=app_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"cannot serve health probes on port {port} (HEALTH_PORT)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("port", [0, 65536, "http", True])
+def test_ports_are_checked_like_every_other_key(port: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"METRICS_PORT .* must be a TCP port"):
+        resolve({"METRICS_PORT": port}, environ={})
+    assert resolve({"HEALTH_PORT": "8080"}, environ={})["HEALTH_PORT"] == 8080
+
+
+def test_app_run_serves_them_too_in_process() -> None:
+    """``serve`` (under ``app.run`` and the test client) reads the ports from the config, on any transport."""
+    app = Otter("in-process")
+
+    @app.add_rpc("inproc.echo")
+    def echo(comm: Any, data: Any) -> Any:
+        return data
+
+    metrics_port, health_port = free_port(), free_port()
+    with app.test_client(METRICS_PORT=metrics_port, HEALTH_PORT=health_port) as client:
+        assert probe(health_port, "/readyz") == (200, "ready\n")
+        for n in range(3):
+            client.rpc("inproc.echo", n).result()
+        samples = scrape(metrics_port)
+        assert value(samples, "otter_messages_handled_total", kind="rpc", name="inproc.echo", outcome="ok") == 3
+        assert value(samples, "otter_connected") == 1
