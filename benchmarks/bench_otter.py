@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import socket
 import time
 from typing import Any
 
@@ -97,7 +98,12 @@ def make_app(args: argparse.Namespace) -> Otter:
 
 
 def server(args: argparse.Namespace) -> None:
-    make_app(args).run(args.url)
+    options = {}
+    if "metrics" in flags(args):  # as `otter run --metrics-port`: the Metrics observer and its endpoint
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            options["metrics_port"] = probe.getsockname()[1]
+    make_app(args).run(args.url, **options)
 
 
 # -- clients --------------------------------------------------------------------------------------------------------

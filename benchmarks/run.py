@@ -98,6 +98,9 @@ SYSTEMS = {
                           module="otter", what="async def handlers; clients as 'otter'"),
     "otter_aclient": System("otter_aclient", "Otter, AsyncClient for A", "bench_otter.py", ("rpc_seq",),
                             variant="async-client", module="otter", what="plain def handlers; await AsyncClient.rpc"),
+    "otter_metrics": System("otter_metrics", "Otter, metrics on", "bench_otter.py", variant="metrics",
+                            module="prometheus_client",
+                            what="as 'otter', with METRICS_PORT set (otter run --metrics-port)"),
     "otter_sync": System("otter_sync", "Otter, Client futures for B/C", "bench_otter.py", ("rpc_conc", "task"),
                          variant="sync-client", module="otter",
                          what="plain def handlers; a window of CallFuture from Client.rpc / comm.task_send"),
@@ -472,6 +475,17 @@ def print_report(summary: dict[str, dict[str, Any]], systems: list[System], work
             extra = f", p50 {fmt(row['p50_us'])} µs" if key == "rpc_seq" else ""
             cells.append(f"{fmt(row['ratio'], 2)} ({fmt(row['rate'])}/s{extra})")
         print(f"| {labels[system.name]} | " + " | ".join(cells) + " |")
+    print_metrics_cost(summary, workloads)
+
+
+def print_metrics_cost(summary: dict[str, dict[str, Any]], workloads: dict[str, Workload]) -> None:
+    """With both 'otter' and 'otter_metrics' in the run: what metrics cost, as the ratio of their median rates."""
+    pairs = {key: (summary.get(key, {}).get("otter_metrics"), summary.get(key, {}).get("otter")) for key in workloads}
+    cells = [f"{workloads[key].title}: {on['rate'] / off['rate']:.3f}" for key, (on, off) in pairs.items()
+             if on and off and on["runs"] and off["runs"]]
+    if cells:
+        print()
+        print("Metrics on / off (Otter's median rates, 1.000 = no cost): " + "; ".join(cells))
 
 
 # -- memory mode --------------------------------------------------------------------------------------------------

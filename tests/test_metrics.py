@@ -185,3 +185,25 @@ def test_app_run_serves_them_too_in_process() -> None:
         samples = scrape(metrics_port)
         assert value(samples, "otter_messages_handled_total", kind="rpc", name="inproc.echo", outcome="ok") == 3
         assert value(samples, "otter_connected") == 1
+
+
+def test_bad_requests_to_the_probes_get_an_answer_or_a_closed_socket_and_change_nothing() -> None:
+    app = Otter("probed")
+
+    @app.add_rpc("probed.echo")
+    def echo(comm: Any, data: Any) -> Any:
+        return data
+
+    health_port = free_port()
+    with app.test_client(HEALTH_PORT=health_port) as client:
+        answers = []
+        for request in (b"POST /readyz HTTP/1.1\r\n\r\n", b"\x00\xff garbage\r\n\r\n", b"GET " + b"x" * 70000,
+                        b"", b"GET /readyz?verbose=1 HTTP/1.0\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", health_port), timeout=5) as raw:
+                raw.sendall(request)
+                raw.shutdown(socket.SHUT_WR)
+                answers.append(raw.recv(4096).split(b"\r\n")[0])
+        assert answers == [b"HTTP/1.1 405 Method Not Allowed", b"HTTP/1.1 404 Not Found", b"", b"",
+                           b"HTTP/1.1 200 OK"]
+        assert probe(health_port, "/readyz") == (200, "ready\n")
+        assert client.rpc("probed.echo", 1).result() == 1

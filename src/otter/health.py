@@ -66,6 +66,8 @@ class ProbeServer:
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            if not request.strip():
+                return  # connected and said nothing (a TCP probe)
             method, _, rest = request.decode("latin-1").partition(" ")
             path = rest.partition(" ")[0].partition("?")[0]
             probe = self.probes.get(path)
@@ -80,8 +82,8 @@ class ProbeServer:
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("latin-1")
             writer.write(head if method == "HEAD" else head + body)
             await writer.drain()
-        except (OSError, asyncio.TimeoutError, UnicodeError):
-            pass  # a client that went away or sent nothing: nothing to answer
+        except (OSError, asyncio.TimeoutError, ValueError, EOFError):
+            pass  # a client that went away, sent nothing or an endless line: nothing to answer
         except Exception:
             log.exception("a health probe failed")
         finally:

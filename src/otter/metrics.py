@@ -100,45 +100,51 @@ class Metrics:
                                "workers: how many are).", multiprocess_mode="livesum", registry=self.registry)
         self.reconnects = counter("otter_reconnects", "Connections restored after a loss.", registry=self.registry)
         self.multiprocess = multiprocess
-        # One child per label set, made once: labels() costs a few microseconds a call.
-        self._children: dict[tuple[str, ...], Any] = {}
+        # Each label set's child is looked up once (``labels()`` costs microseconds): per route, per publish kind.
+        self._routes: dict[tuple[str, str], _Route] = {}
+        self._publishes: dict[str, Any] = {}
 
     # -- the worker's hooks ---------------------------------------------------------------------------------------
     def __call__(self, event: Handled) -> None:
         """An ``Observer`` of handled messages."""
-        kind, name = event.kind, event.name
+        route = self._routes.get((event.kind, event.name)) or self._route(event.kind, event.name)
         outcome = outcome_of(event)
-        self._child(self.handled, "h", kind, name, outcome).inc()
-        self._child(self.duration, "d", kind, name).observe(event.seconds)
+        handled = route.handled.get(outcome)
+        if handled is None:
+            handled = route.handled[outcome] = self.handled.labels(event.kind, event.name, outcome)
+        handled.inc()
+        route.duration.observe(event.seconds)
         if event.error is not None:
-            self._child(self.errors, "e", kind, name, type(event.error).__name__).inc()
+            self.errors.labels(event.kind, event.name, type(event.error).__name__).inc()
         if outcome == "retry":
-            self._child(self.retries, "r", name).inc()
+            self.retries.labels(event.name).inc()
         elif outcome == "dead_letter":
-            self._child(self.dead_letters, "x", name).inc()
+            self.dead_letters.labels(event.name).inc()
 
     def running(self, kind: str, name: str, change: int) -> None:
         """A handler starts (+1) or ends (-1)."""
-        self._child(self.in_flight, "f", kind, name).inc(change)
+        route = self._routes.get((kind, name)) or self._route(kind, name)
+        route.in_flight.inc(change)
 
     def watch_transport(self, transport: Transport) -> None:
         """Be told of the transport's publishes and connection changes (``Transport.watcher``)."""
         transport.watcher = self
 
     def published(self, what: str, seconds: float) -> None:
-        self._child(self.publish, "p", what).observe(seconds)
+        child = self._publishes.get(what)
+        if child is None:
+            child = self._publishes[what] = self.publish.labels(what)
+        child.observe(seconds)
 
     def connection_changed(self, up: bool, reconnected: bool) -> None:
         self.connected.set(1 if up else 0)
         if reconnected:
             self.reconnects.inc()
 
-    def _child(self, metric: Any, tag: str, *labels: str) -> Any:
-        key = (tag, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+    def _route(self, kind: str, name: str) -> _Route:
+        route = self._routes[(kind, name)] = _Route(self.in_flight.labels(kind, name),
+                                                    self.duration.labels(kind, name), {})
+        return route
 
     # -- the endpoint ---------------------------------------------------------------------------------------------
     def serve(self, port: int) -> Endpoint:
@@ -147,6 +153,15 @@ class Metrics:
         if self.multiprocess:  # the user runs us under their own multiprocess setup: report what it collects
             return serve_multiprocess(port, os.environ[MULTIPROC_DIR_ENV])
         return _serve(port, self.registry)
+
+
+@dataclass(slots=True)
+class _Route:
+    """One route's children of the per-message metrics."""
+
+    in_flight: Any
+    duration: Any
+    handled: dict[str, Any]  # by outcome
 
 
 @dataclass

@@ -54,7 +54,9 @@ class Operations:
         from .health import WORKER_HEALTH_DIR_ENV, ProbeServer, worker_probes, write_port
 
         directory = os.environ.get(WORKER_HEALTH_DIR_ENV)
-        supervised = self.worker_number is not None and directory
+        supervised = self.worker_number is not None
+        if supervised and not directory:
+            return  # a supervisor that serves no probes (the port came from a changed app.config): none here either
         host, port = ("127.0.0.1", 0) if supervised else ("0.0.0.0", self.health_port)
         self._probes = await ProbeServer(worker_probes(worker)).start(host, port)
         if supervised:
