@@ -12,6 +12,7 @@ prometheus-client is optional (``pip install 'otter-mq[metrics]'``); ``import ot
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +88,7 @@ class Metrics:
                               [*route, "error"], registry=self.registry)
         self.duration = histogram("otter_handler_duration_seconds", "From receipt to the message being settled.",
                                   route, buckets=DURATION_BUCKETS, registry=self.registry)
-        self.in_flight = gauge("otter_messages_in_flight", "Handlers running now.", route,
+        self.in_flight_gauge = gauge("otter_messages_in_flight", "Handlers running now.", route,
                                multiprocess_mode="livesum", registry=self.registry)
         self.retries = counter("otter_task_retries", "Tasks parked for another attempt.", ["name"],
                                registry=self.registry)
@@ -121,10 +122,10 @@ class Metrics:
         elif outcome == "dead_letter":
             self.dead_letters.labels(event.name).inc()
 
-    def running(self, kind: str, name: str, change: int) -> None:
-        """A handler starts (+1) or ends (-1)."""
+    def in_flight(self, kind: str, name: str) -> Callable[[int], None]:
+        """What the worker calls with +1 when a handler of the route starts and -1 when it ends."""
         route = self._routes.get((kind, name)) or self._route(kind, name)
-        route.in_flight.inc(change)
+        return route.in_flight.inc  # type: ignore[no-any-return]
 
     def watch_transport(self, transport: Transport) -> None:
         """Be told of the transport's publishes and connection changes (``Transport.watcher``)."""
@@ -142,7 +143,7 @@ class Metrics:
             self.reconnects.inc()
 
     def _route(self, kind: str, name: str) -> _Route:
-        route = self._routes[(kind, name)] = _Route(self.in_flight.labels(kind, name),
+        route = self._routes[(kind, name)] = _Route(self.in_flight_gauge.labels(kind, name),
                                                     self.duration.labels(kind, name), {})
         return route
 

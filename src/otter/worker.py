@@ -73,10 +73,11 @@ class Handled:
 
 
 # Told of every handled message, on the worker's loop: must be quick and must not block (test helpers, metrics).
-# An observer may also have ``running(kind, name, change)``, told when a handler starts (+1) and ends (-1), and
-# ``watch_transport(transport)``, called once with the worker's transport (see ``otter.metrics``).
+# An observer may also have ``in_flight(kind, name)``, asked once per route for a function the worker calls with +1
+# when a handler starts and -1 when it ends, and ``watch_transport(transport)``, called once with the worker's
+# transport (see ``otter.metrics``).
 Observer = Callable[[Handled], None]
-Running = Callable[[str, str, int], None]
+InFlight = Callable[[int], None]
 
 _ACTIONS = {Ack: "ack", Reply: "reply", RetryLater: "retry", DeadLetter: "dead-letter", Requeue: "requeue",
             Drop: "drop"}
@@ -90,10 +91,8 @@ class Worker:
     ) -> None:
         self.table = table
         self.observers = tuple(observers)
-        self._runners: tuple[Running, ...] = tuple(
-            running for running in (getattr(observer, "running", None) for observer in self.observers)
-            if callable(running)
-        )
+        self._in_flight_observers = [observer for observer in self.observers
+                                     if callable(getattr(observer, "in_flight", None))]
         for observer in self.observers:
             watch = getattr(observer, "watch_transport", None)
             if callable(watch):
@@ -253,7 +252,7 @@ class Worker:
         """RPCs and tasks: take a slot, ask the rules, run the handler if told to, carry out the outcome."""
         gate, kind, name = self._gates[slots], pipeline.route.kind, pipeline.route.name
         timed = self.debug or bool(self.observers)
-        runners = self._runners
+        running = self._in_flight(kind, name)
 
         async def on_delivery(delivery: Delivery) -> None:
             async with gate:
@@ -264,8 +263,8 @@ class Worker:
                 decision: Decision
                 error: Exception | None = None
                 if isinstance(step, Run):
-                    if runners:
-                        self._tell_running(runners, kind, name, 1)
+                    if running:
+                        _tell(running, 1)
                     try:
                         result = await self._invoke(pipeline, kind, delivery, step, slots)
                     except Exception as exc:
@@ -273,8 +272,8 @@ class Worker:
                     else:
                         decision = rules.succeeded(delivery, step, result)
                     finally:
-                        if runners:
-                            self._tell_running(runners, kind, name, -1)
+                        if running:
+                            _tell(running, -1)
                 else:
                     decision = step
                 done = await self._carry_out(delivery, decision, rules)
@@ -289,7 +288,7 @@ class Worker:
         rules = BroadcastRules([r for r in routes if isinstance(r, BroadcastRoute)], self.codec, debug=self.debug)
         gate = self._gates["broadcast"]
         timed = self.debug or bool(self.observers)
-        runners = self._runners
+        running_by_route = {id(route): self._in_flight("broadcast", route.name) for route in routes}
 
         async def on_broadcast(delivery: Delivery) -> None:
             async with gate:
@@ -301,8 +300,9 @@ class Worker:
                 for route in step.routes:
                     started = time.perf_counter() if timed else 0.0
                     error: Exception | None = None
-                    if runners:
-                        self._tell_running(runners, "broadcast", route.name, 1)
+                    running = running_by_route[id(route)]
+                    if running:
+                        _tell(running, 1)
                     try:
                         await self._invoke(by_route[id(route)], "broadcast", delivery, step, "broadcast")
                     except Exception as exc:
@@ -310,8 +310,8 @@ class Worker:
                     else:
                         decision = rules.finished(delivery, route)
                     finally:
-                        if runners:
-                            self._tell_running(runners, "broadcast", route.name, -1)
+                        if running:
+                            _tell(running, -1)
                     await self._carry_out(delivery, decision, rules)
                     if timed:
                         self._handled("broadcast", route.name, delivery, started, decision, error)
@@ -398,13 +398,9 @@ class Worker:
             except Exception:
                 log.exception("an observer of handled messages failed")
 
-    @staticmethod
-    def _tell_running(runners: tuple[Running, ...], kind: str, name: str, change: int) -> None:
-        for running in runners:
-            try:
-                running(kind, name, change)
-            except Exception:
-                log.exception("an observer of running handlers failed")
+    def _in_flight(self, kind: str, name: str) -> tuple[InFlight, ...]:
+        """What to tell when a handler of this route starts and ends: asked once per route, not per message."""
+        return tuple(observer.in_flight(kind, name) for observer in self._in_flight_observers)  # type: ignore[attr-defined]
 
     async def _invoke(self, pipeline: Pipeline, kind: str, delivery: Delivery, run: Run, pool: str) -> Any:
         comm = self.comm
@@ -421,6 +417,14 @@ class Worker:
         return await threads.run(asyncio.get_running_loop(), pipeline.call_sync, ctx, run.args)
 
 
+
+
+def _tell(running: tuple[InFlight, ...], change: int) -> None:
+    for in_flight in running:
+        try:
+            in_flight(change)
+        except Exception:
+            log.exception("an observer of running handlers failed")
 
 
 def _rpc_slots(pipeline: Pipeline) -> str:
