@@ -327,7 +327,8 @@ def test_every_option_of_run_reaches_the_config_as_an_option() -> None:
     run_options = {param.name for param in cli.commands["run"].params if isinstance(param, click.Option)}
     assert run_options - {"help"} == set(RUN_SETTINGS)
     args = ["--broker", "amqp://u:pw@h/", "--workers", "2", "--concurrency", "4", "--prefetch-multiplier", "2",
-            "--grace", "1.5", "--startup-wait", "5", "--reload", "--log-level", "warning", "--debug"]
+            "--grace", "1.5", "--startup-wait", "5", "--reload", "--log-level", "warning", "--log-format", "json",
+            "--log-config", "logging.yaml", "--debug"]
     result = otter("config", ROUTES_APP, *args, "--json")
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
@@ -346,6 +347,8 @@ def test_every_run_option_has_an_env_var() -> None:
         "OTTER_STARTUP_WAIT": "5",
         "OTTER_RELOAD": "true",
         "OTTER_LOG_LEVEL": "warning",
+        "OTTER_LOG_FORMAT": "JSON",
+        "OTTER_LOG_CONFIG": "logging.yaml",
         "OTTER_DEBUG": "true",
     }
     assert {f"OTTER_{key}" for key in RUN_SETTINGS.values()} == set(env)
@@ -354,13 +357,8 @@ def test_every_run_option_has_an_env_var() -> None:
     assert {key: config[key]["source"] for key in RUN_SETTINGS.values()} == {
         key: f"env OTTER_{key}" for key in RUN_SETTINGS.values()
     }
-    assert [config[key]["value"] for key in ("BROKER_URL", "WORKERS", "SHUTDOWN_GRACE", "RELOAD", "LOG_LEVEL")] == [
-        "amqp://u:***@h/",
-        2,
-        1.5,
-        True,
-        "WARNING",
-    ]
+    assert [config[key]["value"] for key in ("BROKER_URL", "WORKERS", "SHUTDOWN_GRACE", "RELOAD", "LOG_LEVEL",
+                                             "LOG_FORMAT")] == ["amqp://u:***@h/", 2, 1.5, True, "WARNING", "json"]
 
 
 @pytest.mark.parametrize(

@@ -89,6 +89,8 @@ DEFAULTS: dict[str, Any] = {
     "WORKERS": 1,  # worker processes; more than one runs them under a supervisor that restarts any that dies
     "RELOAD": False,  # restart the worker when a .py file changes (development only)
     "LOG_LEVEL": "INFO",  # of the otter loggers; DEBUG=True logs one line per message at INFO
+    "LOG_FORMAT": "text",  # or "json": one JSON object per line (otter.logs.JsonFormatter)
+    "LOG_CONFIG": None,  # a logging dictConfig file (JSON or YAML) that replaces Otter's log handler
     # Names on the wire; the defaults are kiwipy's so kiwipy programs interoperate.
     "MESSAGE_EXCHANGE": kiwipy_defaults.MESSAGE_EXCHANGE,
     "TASK_EXCHANGE": kiwipy_defaults.TASK_EXCHANGE,
@@ -174,6 +176,15 @@ def _log_level(value: Any) -> str:
     return value.strip().upper()
 
 
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if not isinstance(value, str) or value.strip().lower() not in choices:
+            raise ValueError
+        return value.strip().lower()
+
+    return convert
+
+
 def _exception_names(value: Any) -> Any:
     """The shape only; the names are imported when a task's retry policy is built (``otter.retry``)."""
     items = list(value) if isinstance(value, list | tuple) else [value]
@@ -231,6 +242,8 @@ RULES: dict[str, Rule] = {
     "WORKERS": _whole(1),
     "RELOAD": _FLAG,
     "LOG_LEVEL": Rule(f"one of {', '.join(LOG_LEVELS)}", _log_level),
+    "LOG_FORMAT": Rule("text or json", _choice("text", "json")),
+    "LOG_CONFIG": _PATH,
     "MESSAGE_EXCHANGE": _NAME,
     "TASK_EXCHANGE": _NAME,
     "DEFAULT_TASK_QUEUE": _NAME,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -40,6 +41,7 @@ from .core import (
     TaskRules,
 )
 from .errors import BrokerRefused, BrokerUnavailable, OtterError
+from .logs import MessageContext, current_message
 from .pipeline import HandlerContext, Pipeline, RouteTable
 from .retry import RetryPolicy
 from .routing import BroadcastRoute
@@ -224,6 +226,7 @@ class Worker:
 
         async def on_delivery(delivery: Delivery) -> None:
             async with gate:
+                current_message.set(MessageContext(kind, name, delivery.correlation_id, delivery.headers))
                 if rules.settle_on_receipt:
                     await delivery.ack()
                 started = time.perf_counter() if timed else 0.0
@@ -260,6 +263,8 @@ class Worker:
                     await self._carry_out(delivery, step, rules)
                     return
                 for route in step.routes:
+                    current_message.set(MessageContext("broadcast", route.name, delivery.correlation_id,
+                                                       delivery.headers))
                     started = time.perf_counter() if timed else 0.0
                     error: Exception | None = None
                     try:
@@ -304,7 +309,7 @@ class Worker:
     async def _carry_out(self, delivery: Delivery, decision: Decision, rules: Rules) -> Decision:
         """Do what ``decision`` says; returns what was done (the rules' fallback when the broker refused it)."""
         for note in decision.notes:
-            log.log(note.level, note.message, exc_info=note.exc)
+            log.log(note.level, note.message, exc_info=note.exc, extra={"outcome": decision.outcome})
         if isinstance(decision, Reply):
             await self._reply(delivery, decision.body)
         elif isinstance(decision, Ack):
@@ -342,7 +347,7 @@ class Worker:
         seconds = time.perf_counter() - started
         if self.debug:
             log.info("%s %s %s %.1fms %s", kind, name, delivery.correlation_id or "-", seconds * 1000,
-                     decision.outcome)
+                     decision.outcome, extra={"outcome": decision.outcome})
         if not self.observers:
             return
         final = not isinstance(decision, (RetryLater, Requeue))
@@ -360,12 +365,15 @@ class Worker:
         if pipeline.plain:  # no hooks to tell about the message: no HandlerContext to build
             if pipeline.is_async:
                 return await pipeline.handler(comm, *run.args)
-            return await threads.run(asyncio.get_running_loop(), pipeline.handler, comm, *run.args)
+            # In the handler's thread too, log lines know their message (otter.logs): a copy of this task's context.
+            return await threads.run(asyncio.get_running_loop(), contextvars.copy_context().run, pipeline.handler,
+                                     comm, *run.args)
         ctx = HandlerContext(kind, pipeline.route.name, pipeline.route, comm, delivery.correlation_id,
                              delivery.headers, run.subject)
         if pipeline.is_async:
             return await pipeline.call_async(ctx, run.args)
-        return await threads.run(asyncio.get_running_loop(), pipeline.call_sync, ctx, run.args)
+        return await threads.run(asyncio.get_running_loop(), contextvars.copy_context().run, pipeline.call_sync, ctx,
+                                 run.args)
 
 
 

@@ -14,6 +14,7 @@ import click
 from ..app import Otter
 from ..config import DEFAULT, DEFAULTS, LOG_LEVELS, ResolvedConfig, resolve
 from ..errors import ConfigurationError
+from ..logs import LOG_FORMATS
 from ..transports import MEMORY_URL
 
 PRECEDENCE = (
@@ -94,6 +95,20 @@ def run_settings(command: Callable[..., Any]) -> Callable[..., Any]:
             key="LOG_LEVEL",
             type=click.Choice(LOG_LEVELS, case_sensitive=False),
             help="How much to log; DEBUG also shows aio-pika's own logs.",
+        ),
+        _setting(
+            "--log-format",
+            key="LOG_FORMAT",
+            type=click.Choice(LOG_FORMATS, case_sensitive=False),
+            help="text, or json: one JSON object per line with the service, route, correlation id, trace id, "
+            "duration and outcome of the message a line is about.",
+        ),
+        _setting(
+            "--log-config",
+            key="LOG_CONFIG",
+            type=click.Path(dir_okay=False),
+            metavar="FILE",
+            help="A logging dictConfig file (JSON or YAML) used instead of Otter's own log handler.",
         ),
         _setting(
             "--debug/--no-debug",
