@@ -90,7 +90,9 @@ DEFAULTS: dict[str, Any] = {
     "RELOAD": False,  # restart the worker when a .py file changes (development only)
     "LOG_LEVEL": "INFO",  # of the otter loggers; DEBUG=True logs one line per message at INFO
     "LOG_FORMAT": "text",  # or "json": one JSON object per line (otter.logs.JsonFormatter)
-    "LOG_CONFIG": None,  # a logging dictConfig file (JSON or YAML) that replaces Otter's log handler
+    "LOG_CONFIG": None,
+    # OpenTelemetry spans (otter.tracing): "auto" traces when opentelemetry is installed (otter-mq[otel]).
+    "TRACING": "auto",  # a logging dictConfig file (JSON or YAML) that replaces Otter's log handler
     # Names on the wire; the defaults are kiwipy's so kiwipy programs interoperate.
     "MESSAGE_EXCHANGE": kiwipy_defaults.MESSAGE_EXCHANGE,
     "TASK_EXCHANGE": kiwipy_defaults.TASK_EXCHANGE,
@@ -176,6 +178,12 @@ def _log_level(value: Any) -> str:
     return value.strip().upper()
 
 
+def _auto_or_flag(value: Any) -> bool | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return bool(_flag(value))
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if not isinstance(value, str) or value.strip().lower() not in choices:
@@ -244,6 +252,7 @@ RULES: dict[str, Rule] = {
     "LOG_LEVEL": Rule(f"one of {', '.join(LOG_LEVELS)}", _log_level),
     "LOG_FORMAT": Rule("text or json", _choice("text", "json")),
     "LOG_CONFIG": _PATH,
+    "TRACING": Rule("auto, true or false", _auto_or_flag),
     "MESSAGE_EXCHANGE": _NAME,
     "TASK_EXCHANGE": _NAME,
     "DEFAULT_TASK_QUEUE": _NAME,

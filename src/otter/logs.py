@@ -49,6 +49,14 @@ class MessageContext:
     headers: Mapping[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter)
 
+    def time_left(self) -> float | None:
+        """Seconds until the caller's deadline (``x-otter-deadline``, RPCs only), or None when it set none; nested
+        calls made by the handler are given no more than this (``Communicator.call``)."""
+        deadline = self.headers.get("x-otter-deadline") if self.headers else None
+        if isinstance(deadline, int) and not isinstance(deadline, bool):
+            return deadline / 1000 - time.time()
+        return None
+
     @property
     def trace_id(self) -> str | None:
         """The W3C trace id of the caller's ``traceparent`` header (``00-<trace id>-<span id>-<flags>``), if any."""

@@ -46,6 +46,7 @@ from .pipeline import HandlerContext, Pipeline, RouteTable
 from .retry import RetryPolicy
 from .routing import BroadcastRoute
 from .threadpool import HandlerThreadPool
+from .tracing import tracing_for
 from .transports import Delivery, Subscription, Transport
 from .transports.base import QueueInUse
 
@@ -91,6 +92,7 @@ class Worker:
         self.prefetch = min(self.concurrency * max(1, int(config["PREFETCH_MULTIPLIER"])), 65535)
         self.grace = float(config["SHUTDOWN_GRACE"])
         self.codec = JsonCodec.from_config(config)
+        self.tracing = tracing_for(config)
         self.comm: Communicator | None = None
         self._pools: dict[str, HandlerThreadPool] = {}
         self._gates: dict[str, _Gate] = {}
@@ -109,6 +111,7 @@ class Worker:
         self.comm = Communicator(
             self.transport, self.codec, loop, rpc_timeout=float(self.config["RPC_TIMEOUT"]),
             loop_thread=threading.current_thread(),  # so .result() on the loop fails fast instead of freezing it
+            tracing=self.tracing,
         )
         table = self.table
         # Each RPC name gets its own slots and threads, so a handler waiting on a nested call to another name never
@@ -223,6 +226,7 @@ class Worker:
         """RPCs and tasks: take a slot, ask the rules, run the handler if told to, carry out the outcome."""
         gate, kind, name = self._gates[slots], pipeline.route.kind, pipeline.route.name
         timed = self.debug or bool(self.observers)
+        tracing = self.tracing
 
         async def on_delivery(delivery: Delivery) -> None:
             async with gate:
@@ -238,6 +242,8 @@ class Worker:
                         result = await self._invoke(pipeline, kind, delivery, step, slots)
                     except Exception as exc:
                         error, decision = exc, rules.failed(delivery, step, exc)
+                        if tracing is not None:
+                            tracing.failed(exc)
                     else:
                         decision = rules.succeeded(delivery, step, result)
                 else:
@@ -246,7 +252,7 @@ class Worker:
                 if timed:
                     self._handled(kind, name, delivery, started, done, error)
 
-        return self._tracked(on_delivery, rules)
+        return self._tracked(on_delivery if tracing is None else tracing.processing(kind, name, on_delivery), rules)
 
     def _broadcast_consumer(self, pipelines: tuple[Pipeline, ...]) -> Callable[[Delivery], Awaitable[None]]:
         by_route = {id(pipeline.route): pipeline for pipeline in pipelines}
@@ -254,6 +260,7 @@ class Worker:
         rules = BroadcastRules([r for r in routes if isinstance(r, BroadcastRoute)], self.codec, debug=self.debug)
         gate = self._gates["broadcast"]
         timed = self.debug or bool(self.observers)
+        tracing = self.tracing
 
         async def on_broadcast(delivery: Delivery) -> None:
             async with gate:
@@ -271,12 +278,17 @@ class Worker:
                         await self._invoke(by_route[id(route)], "broadcast", delivery, step, "broadcast")
                     except Exception as exc:
                         error, decision = exc, rules.finished(delivery, route, exc)
+                        if tracing is not None:
+                            tracing.failed(exc)
                     else:
                         decision = rules.finished(delivery, route)
                     await self._carry_out(delivery, decision, rules)
                     if timed:
                         self._handled("broadcast", route.name, delivery, started, decision, error)
 
+        if tracing is not None:
+            exchange = self.transport.topology.message_exchange  # type: ignore[attr-defined]
+            return self._tracked(tracing.processing("broadcast", exchange, on_broadcast), rules)
         return self._tracked(on_broadcast, rules)
 
     def _tracked(
