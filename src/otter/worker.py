@@ -42,7 +42,7 @@ from .core import (
 from .errors import BrokerRefused, BrokerUnavailable, OtterError
 from .pipeline import HandlerContext, Pipeline, RouteTable
 from .retry import RetryPolicy
-from .routing import BroadcastRoute
+from .routing import BroadcastRoute, TaskRoute
 from .threadpool import HandlerThreadPool
 from .transports import Delivery, Subscription, Transport
 from .transports.base import QueueInUse
@@ -122,7 +122,7 @@ class Worker:
                 await self._consume_default_queue(queue, pipeline)
                 continue
             self._subscriptions.append(await self.transport.consume_tasks(
-                queue, self._task_consumer(pipeline), prefetch=self.prefetch))
+                queue, self._task_consumer(pipeline), prefetch=self.prefetch, queue_type=_queue_type(pipeline)))
         if table.broadcasts:
             self._subscriptions.append(await self.transport.consume_broadcasts(
                 self._broadcast_consumer(table.broadcasts), prefetch=self.prefetch))
@@ -135,7 +135,8 @@ class Worker:
         name = pipeline.route.name
         try:
             subscription = await self.transport.consume_tasks(
-                queue, self._task_consumer(pipeline), prefetch=self.prefetch, exclusive=not shared)
+                queue, self._task_consumer(pipeline), prefetch=self.prefetch, exclusive=not shared,
+                queue_type=_queue_type(pipeline))
         except QueueInUse as exc:
             if shared:
                 raise QueueInUse(
@@ -368,6 +369,11 @@ class Worker:
         return await threads.run(asyncio.get_running_loop(), pipeline.call_sync, ctx, run.args)
 
 
+
+
+def _queue_type(pipeline: Pipeline) -> str | None:
+    route = pipeline.route
+    return route.queue_type if isinstance(route, TaskRoute) else None
 
 
 def _rpc_slots(pipeline: Pipeline) -> str:

@@ -420,7 +420,8 @@ class MemoryTransport(Transport):
         return self._consume(self.topology.rpc_queue(name), on_delivery, prefetch, auto_delete=True)
 
     async def consume_tasks(
-        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False,
+        queue_type: str | None = None,
     ) -> Subscription:
         return self._consume(queue, on_delivery, prefetch, auto_delete=False, exclusive=exclusive)
 

@@ -1,0 +1,153 @@
+"""Task queue types on RabbitMQ 3.10 (the shared broker) and 4.0 (a private node): what the broker refuses when a
+queue is declared again with other arguments, and how Otter's senders and workers live with it.
+
+Measured on both (``test_the_broker_refuses_any_other_arguments``): one argument more, one fewer or one different
+(type, TTL, dead-letter exchange, delivery limit) is ``406 PRECONDITION_FAILED``, which closes the channel; a passive
+declaration is never refused. So a sender looks an existing queue up passively, and a worker names the mismatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import aiormq
+import pytest
+
+import otter
+from brokers.rabbitmq4 import opted_in
+from otter import protocol
+from otter.testing import ServedApp
+from otter.transports.base import QueueMismatch
+from rawbroker import RawBroker
+
+KIWIPY = dict(protocol.TASK_QUEUE_ARGUMENTS)
+URLS = ["amqp"]
+if opted_in():
+    URLS.append(pytest.param("rabbitmq4", marks=pytest.mark.rabbitmq4))
+
+
+@pytest.fixture(params=URLS)
+def url(request: pytest.FixtureRequest, amqp_url: str) -> str:
+    return request.getfixturevalue("rabbitmq4_url") if request.param == "rabbitmq4" else amqp_url
+
+
+@pytest.fixture
+def raw(url: str, names: dict[str, Any]) -> Iterator[RawBroker]:
+    with RawBroker.open(url, names) as broker:
+        yield broker
+        broker.delete()
+
+
+@pytest.fixture
+def queue(raw: RawBroker) -> Iterator[str]:
+    name = f"{raw.names['MESSAGE_EXCHANGE'].removesuffix('.messages')}.work-{uuid.uuid4().hex[:6]}"
+    yield name
+    raw.delete(name)
+
+
+def quorum(names: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    config = {"TASK_MESSAGE_TTL": protocol.KiwipyDefaults.TASK_MESSAGE_TTL / 1000, "TASK_DELIVERY_LIMIT": 20,
+              "DEAD_LETTER_QUEUE": names["DEAD_LETTER_QUEUE"], **overrides}
+    return protocol.task_queue_arguments("quorum", message_ttl_ms=round(config["TASK_MESSAGE_TTL"] * 1000),
+                                         delivery_limit=config["TASK_DELIVERY_LIMIT"],
+                                         dead_letter_queue=config["DEAD_LETTER_QUEUE"])
+
+
+async def _redeclare(url: str, queue: str, first: dict[str, Any], second: dict[str, Any]) -> str:
+    connection = await aiormq.connect(url)
+    try:
+        await (await connection.channel()).queue_declare(queue, durable=True, arguments=first)
+        try:
+            await (await connection.channel()).queue_declare(queue, durable=True, arguments=second)
+            verdict = "ok"
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            verdict = f"406 {exc}"
+        await (await connection.channel()).queue_declare(queue, passive=True)  # never refused
+        await (await connection.channel()).queue_delete(queue)
+        return verdict
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize(("first", "second", "argument"), [
+    (KIWIPY, {"x-queue-type": "quorum", **KIWIPY}, "x-queue-type"),
+    ({"x-queue-type": "quorum"}, KIWIPY, "x-queue-type"),
+    (KIWIPY, {**KIWIPY, "x-dead-letter-exchange": ""}, "x-dead-letter-exchange"),
+    (KIWIPY, {}, "x-message-ttl"),
+    ({}, KIWIPY, "x-message-ttl"),
+    ({"x-queue-type": "quorum", "x-delivery-limit": 5}, {"x-queue-type": "quorum", "x-delivery-limit": 10},
+     "x-delivery-limit"),
+    ({"x-queue-type": "quorum", "x-delivery-limit": 5}, {"x-queue-type": "quorum"}, "x-delivery-limit"),
+], ids=["classic-then-quorum", "quorum-then-kiwipy", "dead-letter-added", "ttl-dropped", "ttl-added",
+        "other-delivery-limit", "delivery-limit-dropped"])
+def test_the_broker_refuses_any_other_arguments(url: str, queue: str, first: dict[str, Any], second: dict[str, Any],
+                                               argument: str) -> None:
+    verdict = asyncio.run(_redeclare(url, queue, first, second))
+    assert verdict.startswith("406") and f"inequivalent arg '{argument}'" in verdict, verdict
+    # ...while kiwipy's own arguments, with or without an explicit classic type, are accepted again.
+    assert asyncio.run(_redeclare(url, queue, KIWIPY, {"x-queue-type": "classic", **KIWIPY})) == "ok"
+
+
+def test_a_quorum_worker_gets_tasks_from_a_client_configured_classic(
+    url: str, raw: RawBroker, queue: str, names: dict[str, Any]
+) -> None:
+    app = otter.Otter("quorum-worker")
+    done = []
+
+    @app.add_task(queue, queue_type="quorum")
+    def work(comm: Any, body: Any) -> None:
+        done.append(body)
+
+    # The client has the default TASK_QUEUE_TYPE, classic.
+    with ServedApp(app, url, **names) as served, otter.Client(url, **names) as client:
+        assert client.comm, client.error
+        client.task(queue, 7)
+        served.handled.wait(queue)
+    assert done == [7]
+    assert raw.declare_queue(queue, quorum(names)) == 0  # the worker's arguments, not the client's
+
+
+def test_a_client_creates_a_missing_queue_with_its_own_type_and_a_matching_worker_runs_it(
+    url: str, raw: RawBroker, queue: str, names: dict[str, Any]
+) -> None:
+    with otter.Client(url, TASK_QUEUE_TYPE="quorum", **names) as client:
+        assert client.comm, client.error
+        client.task(queue, 1)
+    assert raw.declare_queue(queue, quorum(names)) == 1
+    app = otter.Otter("matching-worker")
+    app.add_task(queue, queue_type="quorum")(lambda comm, body: None)
+    with ServedApp(app, url, **names) as served:
+        served.handled.wait(queue)
+
+
+def test_a_worker_whose_type_differs_from_the_queue_fails_at_once_with_one_line(
+    url: str, raw: RawBroker, queue: str, names: dict[str, Any]
+) -> None:
+    raw.declare_queue(queue, KIWIPY)  # as kiwipy (or an Otter worker of the default type) declared it
+    app = otter.Otter("mismatched-worker")
+    app.add_task(queue, queue_type="quorum")(lambda comm, body: None)
+    started = time.monotonic()
+    with pytest.raises(QueueMismatch) as failure:
+        ServedApp(app, url, **names).start()
+    assert time.monotonic() - started < 10  # refused, not retried
+    message = str(failure.value)
+    assert "\n" not in message
+    assert f"the task queue {queue!r} exists as a classic queue, but this worker declares it as a quorum queue" \
+        in message, message
+    assert "TASK_QUEUE_TYPE" in message and f"rabbitmqctl delete_queue {queue}" in message
+    assert raw.declare_queue(queue, KIWIPY) == 0  # the queue is left as it was
+
+
+def test_a_worker_whose_delivery_limit_differs_names_the_key(
+    url: str, raw: RawBroker, queue: str, names: dict[str, Any]
+) -> None:
+    raw.declare_queue(queue, quorum(names, TASK_DELIVERY_LIMIT=5))
+    app = otter.Otter("other-limit")
+    app.add_task(queue, queue_type="quorum")(lambda comm, body: None)
+    with pytest.raises(QueueMismatch, match=r"exists with x-delivery-limit=5, but this worker declares it with "
+                                            r"x-delivery-limit=20 .*TASK_DELIVERY_LIMIT"):
+        ServedApp(app, url, **names).start()
