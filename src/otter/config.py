@@ -90,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
     # queues; quorum: replicated in a cluster, with a delivery limit, not declarable by kiwipy. A task's own
     # add_task(queue_type=...) wins.
     "TASK_QUEUE_TYPE": "classic",
-    # Seconds a task may wait in its queue; None: for ever. kiwipy's 7 days keep classic queues kiwipy's; past it
+    # Seconds a task may wait in its queue; 0 or None: for ever. kiwipy's 7 days keep classic queues kiwipy's; past it
     # a task is dead-lettered with the reason "expired", except on those kiwipy-compatible classic queues.
     "TASK_MESSAGE_TTL": kiwipy_defaults.TASK_MESSAGE_TTL / 1000,
     # Deliveries of one task a quorum queue makes before it dead-letters it ("delivery-limit"): the guard against
@@ -203,6 +203,14 @@ def _queue_type(value: Any) -> str:
     return value.strip().lower()
 
 
+def _ttl(value: Any) -> float | None:
+    """0 is "never", like None, because an argument of None means "not given"."""
+    seconds = float(_seconds(0, inclusive=True).convert(value))
+    if 0 < seconds < 0.001:
+        raise ValueError
+    return seconds or None
+
+
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 def _function(value: Any) -> Any:
     if isinstance(value, str):
@@ -246,8 +254,7 @@ RULES: dict[str, Rule] = {
     "TASK_RETRY_BACKOFF_MAX": _seconds(0, inclusive=True),
     "TASK_RETRY_JITTER": _FLAG,
     "TASK_QUEUE_TYPE": Rule("classic or quorum", _queue_type),
-    "TASK_MESSAGE_TTL": Rule("a number of seconds, at least 0.001, or None for never",
-                             _seconds(0.001, inclusive=True).convert, True),
+    "TASK_MESSAGE_TTL": Rule("a number of seconds, at least 0.001; 0 or None: never", _ttl, True),
     "TASK_DELIVERY_LIMIT": _whole(1),
     "WORKERS": _whole(1),
     "RELOAD": _FLAG,

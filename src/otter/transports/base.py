@@ -53,7 +53,7 @@ class Topology:
             rpc_queue_prefix=config["RPC_QUEUE_PREFIX"],
             dead_letter_queue=config["DEAD_LETTER_QUEUE"],
             task_queue_type=str(config.get("TASK_QUEUE_TYPE", DEFAULTS["TASK_QUEUE_TYPE"])),
-            task_message_ttl_ms=None if ttl is None else max(1, round(float(ttl) * 1000)),
+            task_message_ttl_ms=round(float(ttl) * 1000) or None if ttl else None,
             task_delivery_limit=int(config.get("TASK_DELIVERY_LIMIT", DEFAULTS["TASK_DELIVERY_LIMIT"])),
         )
 
