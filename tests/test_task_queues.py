@@ -18,6 +18,7 @@ import aiormq
 import pytest
 
 import otter
+import otter.dlq
 from brokers.rabbitmq4 import opted_in
 from otter import protocol
 from otter.testing import ServedApp
@@ -151,3 +152,43 @@ def test_a_worker_whose_delivery_limit_differs_names_the_key(
     with pytest.raises(QueueMismatch, match=r"exists with x-delivery-limit=5, but this worker declares it with "
                                             r"x-delivery-limit=20 .*TASK_DELIVERY_LIMIT"):
         ServedApp(app, url, **names).start()
+
+
+async def _take_and_die(url: str, queue: str) -> bytes:
+    """What a worker process that dies mid-task leaves the broker with: a delivery never acked, then the connection
+    gone, which returns the task to its queue and counts a delivery."""
+    connection = await aiormq.connect(url)
+    channel = await connection.channel()
+    for _ in range(100):
+        got = await channel.basic_get(queue, no_ack=False)
+        if got.body:
+            break
+        await asyncio.sleep(0.05)  # at-least-once dead-lettering: a returned task comes back after a moment
+    await connection.close()
+    return bytes(got.body)
+
+
+def test_a_task_that_kills_its_worker_past_the_delivery_limit_is_dead_lettered_and_replayable(
+    url: str, raw: RawBroker, queue: str, names: dict[str, Any]
+) -> None:
+    config = {**names, "TASK_QUEUE_TYPE": "quorum", "TASK_DELIVERY_LIMIT": 2}
+    with otter.Client(url, **config) as client:
+        assert client.comm, client.error
+        client.task(queue, "poison")
+    for _ in range(3):  # delivered 3 times, returned 3 times: one more than the limit
+        assert b"poison" in asyncio.run(_take_and_die(url, queue))
+    deadline = time.monotonic() + 10
+    while not (found := otter.dlq.list_dead_letters(url, config)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [letter] = found
+    assert (letter.reason, letter.queue, letter.payload) == ("delivery-limit", queue, "poison")
+    assert "TASK_DELIVERY_LIMIT" in (letter.error_message or "")
+    assert raw.depth(queue) == 0
+
+    app = otter.Otter("after-the-fix")
+    seen: list[Any] = []
+    app.add_task(queue)(lambda comm, body: seen.append(body))
+    with ServedApp(app, url, **config) as served:
+        assert otter.dlq.replay(url, config, task=queue) == 1
+        served.handled.wait(queue)
+    assert seen == ["poison"]

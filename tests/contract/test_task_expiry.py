@@ -81,3 +81,24 @@ def test_tasks_never_expire_without_a_ttl(
         assert probe.declare_queue(work, arguments) == 1  # the queue has exactly these arguments
     else:
         assert probe.depth(work) == 1
+
+
+def test_retries_and_dead_letters_work_on_a_quorum_queue(
+    serve: Serve, names: dict[str, Any], queue_name: QueueName, probe: RawBroker
+) -> None:
+    work = queue_name("flaky")
+    app = otter.Otter(**names)
+    runs: queue.Queue[Any] = queue.Queue()
+
+    @app.add_task(work, queue_type="quorum", max_retries=1, backoff=0.05, jitter=False)
+    def flaky(comm: Any, body: Any) -> None:
+        runs.put(body)
+        raise OSError(f"down ({body})")
+
+    client = serve(app)
+    client.task(work, "x")
+    assert [runs.get(timeout=5), runs.get(timeout=5)] == ["x", "x"]  # the first run, then the retry
+    [raw] = probe.dead_letters(1, timeout=5)
+    letter = dlq.DeadLetter.from_delivery(Snapshot(raw.body, queue=probe.dead_letter_queue, headers=raw.headers))
+    assert (letter.reason, letter.queue, letter.attempts) == ("retries-exhausted", work, 2)
+    assert letter.error_type == "OSError"
