@@ -9,6 +9,7 @@ declaration is never refused. So a sender looks an existing queue up passively, 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import otter.dlq
 from brokers.rabbitmq4 import opted_in
 from otter import protocol
 from otter.testing import ServedApp
-from otter.transports.base import QueueMismatch
+from otter.transports.base import QueueMismatch, Snapshot
 from rawbroker import RawBroker
 
 KIWIPY = dict(protocol.TASK_QUEUE_ARGUMENTS)
@@ -192,3 +193,34 @@ def test_a_task_that_kills_its_worker_past_the_delivery_limit_is_dead_lettered_a
         assert otter.dlq.replay(url, config, task=queue) == 1
         served.handled.wait(queue)
     assert seen == ["poison"]
+
+
+@pytest.mark.rabbitmq4
+@pytest.mark.skipif(not opted_in(), reason="RabbitMQ 4 tests are switched off (OTTER_TEST_RABBITMQ4=0)")
+def test_a_policy_dead_letters_expired_tasks_of_a_kiwipy_compatible_queue(
+    rabbitmq4_node: Any, names: dict[str, Any]
+) -> None:
+    """docs/protocol.md's way out for classic queues: a policy adds the dead-letter exchange without touching the
+    queue's arguments, so kiwipy's declarations still succeed. (Here the policy also shortens the TTL: the lower of
+    the policy's and the argument's applies.)"""
+    url = rabbitmq4_node.url
+    queue = f"{names['MESSAGE_EXCHANGE'].removesuffix('.messages')}.kiwipy-shared"
+    policy = f"otter-dl-{uuid.uuid4().hex[:6]}"
+    rabbitmq4_node.ctl("set_policy", policy, f"^{queue}$", json.dumps(
+        {"dead-letter-exchange": "", "dead-letter-routing-key": names["DEAD_LETTER_QUEUE"], "message-ttl": 200}
+    ), "--apply-to", "queues")
+    try:
+        with RawBroker.open(url, names) as raw:
+            try:
+                raw.declare_queue(names["DEAD_LETTER_QUEUE"], {})
+                with otter.Client(url, **names) as client:  # classic, kiwipy's arguments
+                    assert client.comm, client.error
+                    client.task(queue, "waited too long")
+                [letter] = raw.dead_letters(1, timeout=10)
+                read = otter.dlq.DeadLetter.from_delivery(Snapshot(letter.body, queue="dlq", headers=letter.headers))
+                assert (read.reason, read.queue, read.payload) == ("expired", queue, "waited too long")
+                assert raw.declare_queue(queue, KIWIPY) == 0  # kiwipy's declaration is still accepted
+            finally:
+                raw.delete(queue)
+    finally:
+        rabbitmq4_node.ctl("clear_policy", policy)
