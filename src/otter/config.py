@@ -37,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .codec import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import ConfigurationError
+from .protocol import TASK_QUEUE_TYPES
 from .protocol import KiwipyDefaults as kiwipy_defaults
 
 __all__ = ["DEFAULTS", "RULES", "Config", "ResolvedConfig", "Rule", "redact_url", "redacted", "resolve"]
@@ -85,6 +86,16 @@ DEFAULTS: dict[str, Any] = {
     "TASK_RETRY_BACKOFF": 1.0,  # seconds before the first retry, doubling each time
     "TASK_RETRY_BACKOFF_MAX": 300.0,
     "TASK_RETRY_JITTER": True,
+    # Task queues (docs/protocol.md, "Task queues"). classic: kiwipy's declaration, so kiwipy programs share the
+    # queues; quorum: replicated in a cluster, with a delivery limit, not declarable by kiwipy. A task's own
+    # add_task(queue_type=...) wins.
+    "TASK_QUEUE_TYPE": "classic",
+    # Seconds a task may wait in its queue; 0 or None: for ever. kiwipy's 7 days keep classic queues kiwipy's; past it
+    # a task is dead-lettered with the reason "expired", except on those kiwipy-compatible classic queues.
+    "TASK_MESSAGE_TTL": kiwipy_defaults.TASK_MESSAGE_TTL / 1000,
+    # Deliveries of one task a quorum queue makes before it dead-letters it ("delivery-limit"): the guard against
+    # a task that kills its worker process every time. RabbitMQ 4's own default.
+    "TASK_DELIVERY_LIMIT": 20,
     # Read by the otter command line (otter run), see docs/cli.md.
     "WORKERS": 1,  # worker processes; more than one runs them under a supervisor that restarts any that dies
     "RELOAD": False,  # restart the worker when a .py file changes (development only)
@@ -205,6 +216,20 @@ def _is_exception_name(item: Any) -> bool:
     return isinstance(item, str) or (isinstance(item, type) and issubclass(item, BaseException))
 
 
+def _queue_type(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in TASK_QUEUE_TYPES:
+        raise ValueError
+    return value.strip().lower()
+
+
+def _ttl(value: Any) -> float | None:
+    """0 is "never", like None, because an argument of None means "not given"."""
+    seconds = float(_seconds(0, inclusive=True).convert(value))
+    if 0 < seconds < 0.001:
+        raise ValueError
+    return seconds or None
+
+
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 def _function(value: Any) -> Any:
     if isinstance(value, str):
@@ -247,6 +272,9 @@ RULES: dict[str, Rule] = {
     "TASK_RETRY_BACKOFF": _seconds(0, inclusive=True),
     "TASK_RETRY_BACKOFF_MAX": _seconds(0, inclusive=True),
     "TASK_RETRY_JITTER": _FLAG,
+    "TASK_QUEUE_TYPE": Rule("classic or quorum", _queue_type),
+    "TASK_MESSAGE_TTL": Rule("a number of seconds, at least 0.001; 0 or None: never", _ttl, True),
+    "TASK_DELIVERY_LIMIT": _whole(1),
     "WORKERS": _whole(1),
     "RELOAD": _FLAG,
     "LOG_LEVEL": Rule(f"one of {', '.join(LOG_LEVELS)}", _log_level),

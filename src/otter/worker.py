@@ -44,7 +44,7 @@ from .errors import BrokerRefused, BrokerUnavailable, OtterError
 from .logs import MessageContext, current_message
 from .pipeline import HandlerContext, Pipeline, RouteTable
 from .retry import RetryPolicy
-from .routing import BroadcastRoute
+from .routing import BroadcastRoute, TaskRoute
 from .threadpool import HandlerThreadPool
 from .tracing import tracing_for
 from .transports import Delivery, Subscription, Transport
@@ -127,7 +127,7 @@ class Worker:
                 await self._consume_default_queue(queue, pipeline)
                 continue
             self._subscriptions.append(await self.transport.consume_tasks(
-                queue, self._task_consumer(pipeline), prefetch=self.prefetch))
+                queue, self._task_consumer(pipeline), prefetch=self.prefetch, queue_type=_queue_type(pipeline)))
         if table.broadcasts:
             self._subscriptions.append(await self.transport.consume_broadcasts(
                 self._broadcast_consumer(table.broadcasts), prefetch=self.prefetch))
@@ -140,7 +140,8 @@ class Worker:
         name = pipeline.route.name
         try:
             subscription = await self.transport.consume_tasks(
-                queue, self._task_consumer(pipeline), prefetch=self.prefetch, exclusive=not shared)
+                queue, self._task_consumer(pipeline), prefetch=self.prefetch, exclusive=not shared,
+                queue_type=_queue_type(pipeline))
         except QueueInUse as exc:
             if shared:
                 raise QueueInUse(
@@ -388,6 +389,11 @@ class Worker:
                                  run.args)
 
 
+
+
+def _queue_type(pipeline: Pipeline) -> str | None:
+    route = pipeline.route
+    return route.queue_type if isinstance(route, TaskRoute) else None
 
 
 def _rpc_slots(pipeline: Pipeline) -> str:

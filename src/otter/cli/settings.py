@@ -15,6 +15,7 @@ from ..app import Otter
 from ..config import DEFAULT, DEFAULTS, LOG_LEVELS, ResolvedConfig, resolve
 from ..errors import ConfigurationError
 from ..logs import LOG_FORMATS
+from ..protocol import TASK_QUEUE_TYPES
 from ..transports import MEMORY_URL
 
 PRECEDENCE = (
@@ -88,6 +89,13 @@ def run_settings(command: Callable[..., Any]) -> Callable[..., Any]:
             metavar="SECONDS",
             help="How long a starting worker waits for an unreachable broker, trying again with a log line each "
             "time (0: give up at once). A broker that refuses the login, vhost or TLS is not waited for.",
+        ),
+        _setting(
+            "--task-queue-type",
+            key="TASK_QUEUE_TYPE",
+            type=click.Choice(TASK_QUEUE_TYPES, case_sensitive=False),
+            help="How the worker declares its task queues: classic (kiwipy's, shared with kiwipy programs) or "
+            "quorum (replicated, with a delivery limit); an existing queue must match.",
         ),
         _setting("--reload/--no-reload", key="RELOAD", help="Restart when a .py file changes (development)."),
         _setting(

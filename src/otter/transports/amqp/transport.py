@@ -24,10 +24,19 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnectio
 from ... import protocol
 from ...config import redact_url
 from ...errors import BrokerUnavailable, Unroutable
-from ..base import Delivery, OnDelivery, QueueInUse, ReplayRoute, Subscription, Topology, Transport
-from .connection import TASK_QUEUE_ARGUMENTS, Link, Queues, connect, open_link
+from ..base import (
+    Delivery,
+    OnDelivery,
+    QueueInUse,
+    QueueMismatch,
+    ReplayRoute,
+    Subscription,
+    Topology,
+    Transport,
+)
+from .connection import Link, Queues, connect, open_link
 from .dead_letters import DeadLetters
-from .errors import describe, translated
+from .errors import describe, queue_mismatch, translated
 from .publishing import Sender
 from .rpc import Calls
 
@@ -94,8 +103,8 @@ class AmqpTransport(Transport):
             link.plain.return_callbacks.add(self._calls.on_return)
             self._connection.reconnect_callbacks.add(self._on_reconnected)
             exchange = await link.confirming.declare_exchange(self.topology.message_exchange, ExchangeType.TOPIC)
-            task_exchange = await link.confirming.declare_exchange(self.topology.task_exchange, ExchangeType.TOPIC)
-            self._queues = Queues(link.confirming, task_exchange, self.topology.dead_letter_queue)
+            await link.confirming.declare_exchange(self.topology.task_exchange, ExchangeType.TOPIC)
+            self._queues = Queues(self._connection, link.confirming, self.topology)
             self._dead_letters = DeadLetters(link, self._sender, self._queues, self.topology, self._next_message_id)
             # A name of our own, not the broker's: the robust channel re-declares the same queue after a restart.
             reply_queue = await link.confirming.declare_queue(self._calls.reply_to, exclusive=True)
@@ -231,12 +240,26 @@ class AmqpTransport(Transport):
                 raise _QueueVanished from None
 
     async def consume_tasks(
-        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False,
+        queue_type: str | None = None,
     ) -> Subscription:
-        assert self._link is not None, "call connect() first"
+        """Declare the queue with this worker's arguments (never passively: a worker must not run a queue of
+        another type than it was configured for) and consume it. A queue that exists with other arguments is a
+        ``QueueMismatch`` saying which argument differs and how to fix it, not an outage to retry."""
+        assert self._link is not None and self._queues is not None, "call connect() first"
+        queue_type = queue_type or self.topology.task_queue_type
+        arguments = self.topology.task_queue_arguments(queue_type)
+        if "x-dead-letter-routing-key" in arguments:  # what the broker dead-letters needs somewhere to go
+            await self._queues.dead_letter_queue()
         async with self._link.consumer_channel(prefetch) as channel:
             exchange = await channel.declare_exchange(self.topology.task_exchange, ExchangeType.TOPIC)
-            task_queue = await channel.declare_queue(queue, durable=True, arguments=TASK_QUEUE_ARGUMENTS)
+            try:
+                task_queue = await channel.declare_queue(queue, durable=True, arguments=arguments)
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                existing = await self._queues.existing_type(queue)
+                raise QueueMismatch(queue_mismatch(exc, queue, queue_type, existing)) from None
             await task_queue.bind(exchange, queue)
             try:
                 return await self._link.subscribe(channel, task_queue, on_delivery, no_ack=False, exclusive=exclusive)
