@@ -25,7 +25,7 @@ from ... import protocol
 from ...config import redact_url
 from ...errors import BrokerUnavailable, Unroutable
 from ..base import Delivery, OnDelivery, QueueInUse, ReplayRoute, Subscription, Topology, Transport
-from .connection import TASK_QUEUE_ARGUMENTS, Link, Queues, connect, open_link
+from .connection import TASK_QUEUE_ARGUMENTS, Link, Queues, broker_of, connect, fails_over, open_link
 from .dead_letters import DeadLetters
 from .errors import describe, translated
 from .publishing import Sender
@@ -68,6 +68,7 @@ class AmqpTransport(Transport):
         self._queues: Queues | None = None
         self._dead_letters: DeadLetters | None = None
         self._down = False  # between a lost connection and the reconnection: its warning was given
+        self._broker = self.url  # the (redacted) broker of the list the connection is on
         self._sent_to: set[str] = set()  # task queues this transport has sent to
         self._sender = Sender(self.url, publish_timeout)
         self._calls = Calls(protocol.reply_queue_name(topology.message_exchange, uuid.uuid4().hex))
@@ -86,6 +87,7 @@ class AmqpTransport(Transport):
             self._raw_url, self.url, timeout=self._connect_timeout, ssl_context=self._ssl_context,
             reconnect_interval=self._reconnect_interval,
         )
+        self._broker = broker_of(self._connection)
         with translated("open channels"):
             self._link = link = await open_link(self._connection, self.topology)
             # The reply queue is consumed on this channel: when it closes (the connection is lost), replies still
@@ -273,15 +275,18 @@ class AmqpTransport(Transport):
         if self._down:  # aio-pika may report one loss more than once: one warning per outage
             return
         self._down = True
+        several = fails_over(self._connection)
         log.warning(
-            "lost the connection to %s (%s); reconnecting every %g s, sends wait for it up to %g s%s",
-            self.url, describe(exc) if exc else "closed", self._reconnect_interval, self.publish_timeout,
+            "lost the connection to %s (%s); reconnecting every %g s%s, sends wait for it up to %g s%s",
+            self._broker, describe(exc) if exc else "closed", self._reconnect_interval,
+            " to the next broker of BROKER_URL in turn" if several else "", self.publish_timeout,
             f", {failed} RPCs waiting for replies fail" if failed else "",
         )
 
     def _on_reconnected(self, _sender: Any) -> None:
         self._down = False
-        log.info("reconnected to %s", self.url)
+        lost, self._broker = self._broker, broker_of(self._connection) if self._connection else self._broker
+        log.info("reconnected to %s%s", self._broker, f" (moved from {lost})" if lost != self._broker else "")
 
 
 class _QueueVanished(BrokerUnavailable):
