@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -142,7 +143,7 @@ class PrivateRabbitMQ:
             self._watchdog = None
         self.pid_file.unlink(missing_ok=True)
 
-    def restart(self, timeout: float = 60.0) -> PrivateRabbitMQ:
+    def restart(self, timeout: float = 60.0) -> Self:
         self.pid_file.unlink(missing_ok=True)
         return self.start(timeout)
 

@@ -93,7 +93,13 @@ class AmqpTransport(Transport):
             # The reply queue is consumed on this channel: when it closes (the connection is lost), replies still
             # due are lost and the publishes in flight are abandoned (``_on_calling_channel_closed``).
             link.confirming.close_callbacks.add(self._on_calling_channel_closed)
-            link.plain.return_callbacks.add(self._calls.on_return)
+            if link.fast:  # RPC requests go on the plain channel (on the public path: the confirming one, where a
+                # return fails the publish's confirm instead)
+                from .fast import watch_returns
+
+                await watch_returns(link.plain, self._calls.on_return)
+                # Its requests are lost if the broker closes it (a call to a deleted exchange): fail the calls then.
+                link.plain.close_callbacks.add(self._on_requests_channel_closed)
             self._connection.reconnect_callbacks.add(self._on_reconnected)
             exchange = await link.confirming.declare_exchange(self.topology.message_exchange, ExchangeType.TOPIC)
             task_exchange = await link.confirming.declare_exchange(self.topology.task_exchange, ExchangeType.TOPIC)
@@ -282,6 +288,20 @@ class AmqpTransport(Transport):
             " to the next broker of BROKER_URL in turn" if several else "", self.publish_timeout,
             f", {failed} RPCs waiting for replies fail" if failed else "",
         )
+
+    def _on_requests_channel_closed(self, _sender: Any, exc: BaseException | None) -> None:
+        """The broker drops what comes after the frame it closed a channel for: the calls sent on it would wait
+        for their deadlines. (A lost connection closes it too; ``_on_calling_channel_closed`` reports that.)"""
+        connection = self._connection
+        if self._sender.closing or self._down or connection is None or not connection.connected.is_set():
+            return  # the connection is lost or closed: not a refusal on this channel
+        failed = self._calls.fail_all(
+            f"the broker closed the channel carrying RPC requests ({describe(exc) if exc else 'closed'}); the call "
+            f"may or may not have run"
+        )
+        if failed:
+            log.warning("the broker closed the channel carrying RPC requests (%s); %d RPCs waiting for replies fail",
+                        describe(exc) if exc else "closed", failed)
 
     def _on_reconnected(self, _sender: Any) -> None:
         self._down = False
