@@ -29,10 +29,11 @@ from ...protocol import TASK_QUEUE_ARGUMENTS, TASK_QUEUE_TYPES
 from ..base import OnDelivery, Subscription, Topology
 from . import fence
 from .errors import connect_failure, quiet_outage_noise, translated
+from .failover import FailoverConnection
 from .public import PublicOutlet, PublicSubscription
 from .publishing import Outlet
 
-__all__ = ["Link", "Queues", "connect", "open_link"]
+__all__ = ["Link", "Queues", "broker_of", "connect", "fails_over", "open_link"]
 
 
 
@@ -43,16 +44,17 @@ async def connect(
     """aio-pika's robust connection, or ``BrokerUnavailable`` saying why not (``url`` is the redacted one).
 
     ``raw_url`` may name several brokers separated by ``;`` (as Celery's ``broker_url`` does): they are tried in
-    order and the first that answers is used. (Once connected, the connection comes back to that broker; moving to
-    another when it is lost is not done yet.) No URL reaches aio-pika with another one attached, so no password
+    order and the first that answers is used; when its connection is lost, the reconnection attempts go through
+    the list from the next one on (``failover``). No URL reaches aio-pika with another one attached, so no password
     can leak through a broker's error message.
     """
     quiet_outage_noise()
     candidates = [part.strip() for part in raw_url.split(";") if part.strip()]
+    brokers = candidates if len(candidates) > 1 and not fence.failover_problems() else []
     failures: list[BrokerUnavailable] = []
     for candidate in candidates:
         try:
-            return await _connect_one(candidate, timeout=timeout, ssl_context=ssl_context,
+            return await _connect_one(candidate, brokers, timeout=timeout, ssl_context=ssl_context,
                                       reconnect_interval=reconnect_interval)
         except BrokerUnavailable as exc:
             failures.append(exc)
@@ -65,17 +67,36 @@ async def connect(
     )
 
 
+def fails_over(connection: AbstractRobustConnection | None) -> bool:
+    """Whether ``connection`` moves to another broker when it is lost."""
+    return isinstance(connection, FailoverConnection) and len(connection.brokers) > 1
+
+
+def broker_of(connection: AbstractRobustConnection) -> str:
+    """The (redacted) URL of the broker ``connection`` is on, or tries next."""
+    if isinstance(connection, FailoverConnection):
+        return connection.broker
+    raw = str(getattr(connection, "url", ""))
+    return redact_url(raw) or raw
+
+
 async def _connect_one(
-    raw_url: str, *, timeout: float, ssl_context: ssl.SSLContext | None, reconnect_interval: float
+    raw_url: str, brokers: list[str], *, timeout: float, ssl_context: ssl.SSLContext | None,
+    reconnect_interval: float,
 ) -> AbstractRobustConnection:
+    """A connection to ``raw_url``; with ``brokers`` (the whole list, ``raw_url`` among them), one that moves on
+    through them when it is lost."""
     url = redact_url(raw_url) or raw_url
+    options = _reconnect_options(raw_url, reconnect_interval)
+    if brokers:
+        options.update(connection_class=FailoverConnection, brokers=brokers)
     try:
         return await aio_pika.connect_robust(
             raw_url,
             timeout=timeout,
             ssl_context=ssl_context,
             client_properties={"connection_name": "otter"},
-            **_reconnect_options(raw_url, reconnect_interval),
+            **options,
         )
     except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, pamqp.exceptions.AMQPError, ConnectionError,
             RuntimeError) as exc:  # pamqp's: the broker's connection.close during the handshake (vhost, permissions)

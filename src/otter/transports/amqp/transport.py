@@ -34,7 +34,7 @@ from ..base import (
     Topology,
     Transport,
 )
-from .connection import Link, Queues, connect, open_link
+from .connection import Link, Queues, broker_of, connect, fails_over, open_link
 from .dead_letters import DeadLetters
 from .errors import describe, queue_mismatch, translated
 from .publishing import Sender
@@ -77,6 +77,7 @@ class AmqpTransport(Transport):
         self._queues: Queues | None = None
         self._dead_letters: DeadLetters | None = None
         self._down = False  # between a lost connection and the reconnection: its warning was given
+        self._broker = self.url  # the (redacted) broker of the list the connection is on
         self._sent_to: set[str] = set()  # task queues this transport has sent to
         self._sender = Sender(self.url, publish_timeout)
         self._calls = Calls(protocol.reply_queue_name(topology.message_exchange, uuid.uuid4().hex))
@@ -95,12 +96,19 @@ class AmqpTransport(Transport):
             self._raw_url, self.url, timeout=self._connect_timeout, ssl_context=self._ssl_context,
             reconnect_interval=self._reconnect_interval,
         )
+        self._broker = broker_of(self._connection)
         with translated("open channels"):
             self._link = link = await open_link(self._connection, self.topology)
             # The reply queue is consumed on this channel: when it closes (the connection is lost), replies still
             # due are lost and the publishes in flight are abandoned (``_on_calling_channel_closed``).
             link.confirming.close_callbacks.add(self._on_calling_channel_closed)
-            link.plain.return_callbacks.add(self._calls.on_return)
+            if link.fast:  # RPC requests go on the plain channel (on the public path: the confirming one, where a
+                # return fails the publish's confirm instead)
+                from .fast import watch_returns
+
+                await watch_returns(link.plain, self._calls.on_return)
+                # Its requests are lost if the broker closes it (a call to a deleted exchange): fail the calls then.
+                link.plain.close_callbacks.add(self._on_requests_channel_closed)
             self._connection.reconnect_callbacks.add(self._on_reconnected)
             exchange = await link.confirming.declare_exchange(self.topology.message_exchange, ExchangeType.TOPIC)
             await link.confirming.declare_exchange(self.topology.task_exchange, ExchangeType.TOPIC)
@@ -296,15 +304,32 @@ class AmqpTransport(Transport):
         if self._down:  # aio-pika may report one loss more than once: one warning per outage
             return
         self._down = True
+        several = fails_over(self._connection)
         log.warning(
-            "lost the connection to %s (%s); reconnecting every %g s, sends wait for it up to %g s%s",
-            self.url, describe(exc) if exc else "closed", self._reconnect_interval, self.publish_timeout,
+            "lost the connection to %s (%s); reconnecting every %g s%s, sends wait for it up to %g s%s",
+            self._broker, describe(exc) if exc else "closed", self._reconnect_interval,
+            " to the next broker of BROKER_URL in turn" if several else "", self.publish_timeout,
             f", {failed} RPCs waiting for replies fail" if failed else "",
         )
 
+    def _on_requests_channel_closed(self, _sender: Any, exc: BaseException | None) -> None:
+        """The broker drops what comes after the frame it closed a channel for: the calls sent on it would wait
+        for their deadlines. (A lost connection closes it too; ``_on_calling_channel_closed`` reports that.)"""
+        connection = self._connection
+        if self._sender.closing or self._down or connection is None or not connection.connected.is_set():
+            return  # the connection is lost or closed: not a refusal on this channel
+        failed = self._calls.fail_all(
+            f"the broker closed the channel carrying RPC requests ({describe(exc) if exc else 'closed'}); the call "
+            f"may or may not have run"
+        )
+        if failed:
+            log.warning("the broker closed the channel carrying RPC requests (%s); %d RPCs waiting for replies fail",
+                        describe(exc) if exc else "closed", failed)
+
     def _on_reconnected(self, _sender: Any) -> None:
         self._down = False
-        log.info("reconnected to %s", self.url)
+        lost, self._broker = self._broker, broker_of(self._connection) if self._connection else self._broker
+        log.info("reconnected to %s%s", self._broker, f" (moved from {lost})" if lost != self._broker else "")
 
 
 class _QueueVanished(BrokerUnavailable):
