@@ -327,7 +327,8 @@ def test_every_option_of_run_reaches_the_config_as_an_option() -> None:
     run_options = {param.name for param in cli.commands["run"].params if isinstance(param, click.Option)}
     assert run_options - {"help"} == set(RUN_SETTINGS)
     args = ["--broker", "amqp://u:pw@h/", "--workers", "2", "--concurrency", "4", "--prefetch-multiplier", "2",
-            "--grace", "1.5", "--startup-wait", "5", "--reload", "--log-level", "warning", "--debug",
+            "--grace", "1.5", "--startup-wait", "5", "--task-queue-type", "QUORUM", "--reload",
+            "--log-level", "warning", "--log-format", "json", "--log-config", "logging.yaml", "--debug",
             "--metrics-port", "9100", "--health-port", "8081"]
     result = otter("config", ROUTES_APP, *args, "--json")
     assert result.returncode == 0, result.stderr
@@ -335,6 +336,7 @@ def test_every_option_of_run_reaches_the_config_as_an_option() -> None:
     assert {key: config[key]["source"] for key in RUN_SETTINGS.values()} == dict.fromkeys(RUN_SETTINGS.values(),
                                                                                             "option")
     assert config["STARTUP_WAIT"]["value"] == 5.0
+    assert config["TASK_QUEUE_TYPE"]["value"] == "quorum"
 
 
 def test_every_run_option_has_an_env_var() -> None:
@@ -345,8 +347,11 @@ def test_every_run_option_has_an_env_var() -> None:
         "OTTER_PREFETCH_MULTIPLIER": "2",
         "OTTER_SHUTDOWN_GRACE": "1.5",
         "OTTER_STARTUP_WAIT": "5",
+        "OTTER_TASK_QUEUE_TYPE": "quorum",
         "OTTER_RELOAD": "true",
         "OTTER_LOG_LEVEL": "warning",
+        "OTTER_LOG_FORMAT": "JSON",
+        "OTTER_LOG_CONFIG": "logging.yaml",
         "OTTER_DEBUG": "true",
         "OTTER_METRICS_PORT": "9100",
         "OTTER_HEALTH_PORT": "8081",
@@ -357,13 +362,8 @@ def test_every_run_option_has_an_env_var() -> None:
     assert {key: config[key]["source"] for key in RUN_SETTINGS.values()} == {
         key: f"env OTTER_{key}" for key in RUN_SETTINGS.values()
     }
-    assert [config[key]["value"] for key in ("BROKER_URL", "WORKERS", "SHUTDOWN_GRACE", "RELOAD", "LOG_LEVEL")] == [
-        "amqp://u:***@h/",
-        2,
-        1.5,
-        True,
-        "WARNING",
-    ]
+    assert [config[key]["value"] for key in ("BROKER_URL", "WORKERS", "SHUTDOWN_GRACE", "RELOAD", "LOG_LEVEL",
+                                             "LOG_FORMAT")] == ["amqp://u:***@h/", 2, 1.5, True, "WARNING", "json"]
 
 
 @pytest.mark.parametrize(

@@ -147,3 +147,27 @@ def test_read_broadcast() -> None:
 def test_read_broadcast_refuses_other_shapes(payload: Any) -> None:
     with pytest.raises(MessageError):
         protocol.read_broadcast(payload)
+
+
+def test_task_queue_arguments_are_kiwipys_only_for_a_classic_queue_with_kiwipys_ttl() -> None:
+    from otter.protocol import KiwipyDefaults, task_queue_arguments
+
+    kiwipy_ttl = KiwipyDefaults.TASK_MESSAGE_TTL
+    assert task_queue_arguments("classic", message_ttl_ms=kiwipy_ttl, delivery_limit=20,
+                                dead_letter_queue="dlq") == {"x-message-ttl": kiwipy_ttl}
+    assert task_queue_arguments("classic", message_ttl_ms=None, delivery_limit=20, dead_letter_queue="dlq") == {
+        "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dlq"}
+    assert task_queue_arguments("quorum", message_ttl_ms=kiwipy_ttl, delivery_limit=5, dead_letter_queue="dlq") == {
+        "x-queue-type": "quorum", "x-delivery-limit": 5, "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish", "x-message-ttl": kiwipy_ttl, "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "dlq"}
+    with pytest.raises(ValueError, match="classic, quorum"):
+        task_queue_arguments("stream", message_ttl_ms=None, delivery_limit=5, dead_letter_queue="dlq")
+
+
+def test_add_task_refuses_an_unknown_queue_type() -> None:
+    import otter
+    from otter.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="queue_type='qorum'; it must be one of 'classic', 'quorum'"):
+        otter.Otter().add_task("x", queue_type="qorum")

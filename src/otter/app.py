@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import signal
 import threading
 from collections.abc import Callable, Coroutine, Sequence
@@ -22,6 +21,7 @@ from . import eventloop
 from .blueprints import Blueprint
 from .config import Config, redact_url, resolve
 from .errors import ConfigurationError
+from .logs import configure_logging
 from .pipeline import Pipeline, RouteTable
 from .routing import (
     HANDLER_ARGUMENTS,
@@ -175,7 +175,8 @@ class Otter(Scaffold):
             log.debug("app.run() ignored: the otter command line is serving this app")
             return
         config = self.resolve_config(url, debug=debug, **options)
-        configure_logging(config.get("LOG_LEVEL") or "INFO")
+        configure_logging(config["LOG_LEVEL"], log_format=config["LOG_FORMAT"], log_config=config["LOG_CONFIG"],
+                          service=self.name)
         run_loop(self.serve(config))
 
     async def serve(
@@ -252,36 +253,6 @@ async def _until_stopped(starting: Coroutine[Any, Any, None], stop: asyncio.Even
 
 def _describe(handler: Callable[..., Any]) -> str:
     return f"{getattr(handler, '__module__', '?')}.{getattr(handler, '__qualname__', handler)!s}"
-
-
-class RedactingFormatter(logging.Formatter):
-    """Masks the password of any URL in a log line, whoever logged it (ours are redacted already; a library's
-    message or traceback may not be)."""
-
-    _CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
-
-    def format(self, record: logging.LogRecord) -> str:
-        return self._CREDENTIALS.sub(r"\1:***@", super().format(record))
-
-
-def configure_logging(level: str | int = "INFO", process_label: str | None = None) -> None:
-    """Log to stderr at ``level`` unless the program configured logging itself; aio-pika's chatter only at DEBUG.
-
-    ``process_label`` follows the pid on every line (``[4711 billing/2]``), so the lines of several worker processes
-    say which app and which worker wrote them.
-    """
-    level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        label = f" {process_label.replace('%', '%%')}" if process_label else ""
-        line = f"%(asctime)s %(levelname)s [%(process)d{label}] %(name)s: %(message)s"
-        handler.setFormatter(RedactingFormatter(line))
-        root.addHandler(handler)
-        root.setLevel(level)
-    logging.getLogger("otter").setLevel(level)
-    for noisy in ("aio_pika", "aiormq"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if level <= logging.DEBUG else max(level, logging.WARNING))
 
 
 def run_loop(main: Any) -> None:

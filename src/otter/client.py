@@ -20,6 +20,7 @@ from .comm import Communicator, task_target
 from .config import ResolvedConfig, redact_url, resolve
 from .errors import BrokerUnavailable, OtterError
 from .futures import CallFuture
+from .tracing import tracing_for
 from .transports import Transport, open_transport
 
 __all__ = ["AsyncClient", "Client"]
@@ -49,6 +50,7 @@ def _communicator(
         loop,
         rpc_timeout=float(config["RPC_TIMEOUT"]),
         loop_thread=loop_thread,
+        tracing=tracing_for(config),
     )
 
 

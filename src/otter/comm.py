@@ -8,26 +8,33 @@ Every call has a deadline, so no ``.result()`` waits forever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kiwipy
 
 from . import protocol
 from .codec import JsonCodec
-from .errors import BrokerUnavailable, ConfigurationError
+from .errors import BrokerUnavailable, ConfigurationError, DeadlineExceeded
 from .futures import CallFuture
+from .logs import current_message
 from .routing import check_name
 from .transports import Transport
+
+if TYPE_CHECKING:
+    from .tracing import Tracing
 
 __all__ = ["Communicator", "task_target"]
 
 log = logging.getLogger("otter.comm")
+
+_NOT_TRACED = contextlib.nullcontext()  # in place of a span when tracing is off
 
 _SUBSCRIBE_HINT = (
     "Otter serves handlers registered on an app: use @app.add_rpc / add_task / add_broadcast "
@@ -50,8 +57,10 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         *,
         rpc_timeout: float,
         loop_thread: threading.Thread | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.transport = transport
+        self.tracing = tracing
         self.codec = codec
         self.loop = loop
         self.rpc_timeout = rpc_timeout
@@ -74,13 +83,19 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         self._check_open()
         check_name(name, "RPC")
         timeout = self.rpc_timeout if timeout is None else float(timeout)
+        caller = current_message.get()  # made from inside a handler: never outlive the handler's own caller
+        if caller is not None and (left := caller.time_left()) is not None:
+            if left <= 0:
+                raise DeadlineExceeded(f"not calling {name!r}: the deadline of the {caller.kind} {caller.route!r} "
+                                       f"that makes this call has passed")
+            timeout = min(timeout, left)
         body = self.codec.encode(data, what="RPC request")
         sent = protocol.caller_headers(headers)
         sent[protocol.DEADLINE_HEADER] = protocol.deadline_ms(time.time() + timeout)
-        reply = await self.transport.call(
-            name, body, correlation_id=self._next_id(), timeout=timeout, headers=sent
-        )
-        return protocol.raise_for_reply(self.codec.decode(reply.body, reply.content_type))
+        correlation_id = self._next_id()
+        with self.tracing.sending("call", name, name, correlation_id, sent) if self.tracing else _NOT_TRACED:
+            reply = await self.transport.call(name, body, correlation_id=correlation_id, timeout=timeout, headers=sent)
+            return protocol.raise_for_reply(self.codec.decode(reply.body, reply.content_type))
 
     async def send_task(self, name: str | None, body: Any = None, headers: Mapping[str, Any] | None = None) -> None:
         """Queue a task (``name=None``: the default queue) and return once the broker has it. The first send to a
@@ -90,8 +105,10 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
             check_name(name, "task")
         queue = name or self.transport.topology.default_task_queue  # type: ignore[attr-defined]
         payload = self.codec.encode(protocol.task_body(body, no_reply=True), what="task body", payload=body)
-        consumers = await self.transport.publish_task(
-            queue, payload, correlation_id=self._next_id(), headers=protocol.caller_headers(headers) or None)
+        sent, correlation_id = protocol.caller_headers(headers), self._next_id()
+        with self.tracing.sending("publish", queue, queue, correlation_id, sent) if self.tracing else _NOT_TRACED:
+            consumers = await self.transport.publish_task(queue, payload, correlation_id=correlation_id,
+                                                          headers=sent or None)
         if consumers == 0:
             what = f"task {name!r}" if name is not None else f"nameless task (default queue {queue!r})"
             log.warning("no worker consumes the %s yet: it waits in its queue until one starts (is the name "
@@ -103,8 +120,10 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
     ) -> bool:
         self._check_open()
         message = protocol.Broadcast(body, sender, subject, correlation_id).to_wire()
-        await self.transport.publish_broadcast(self.codec.encode(message, what="broadcast body", payload=body),
-                                               headers=protocol.caller_headers(headers) or None)
+        payload = self.codec.encode(message, what="broadcast body", payload=body)
+        sent = protocol.caller_headers(headers)
+        with self._broadcast_span(subject, correlation_id, sent) if self.tracing else _NOT_TRACED:
+            await self.transport.publish_broadcast(payload, headers=sent or None)
         return True
 
     # -- kiwipy's interface: thread-safe, returns futures -------------------------------------------------------
@@ -172,6 +191,11 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
     def _check_open(self) -> None:
         if self._closed:
             raise BrokerUnavailable("this communicator was closed")
+
+    def _broadcast_span(self, subject: str | None, correlation_id: Any, headers: dict[str, Any]) -> Any:
+        assert self.tracing is not None
+        destination = subject or self.transport.topology.message_exchange  # type: ignore[attr-defined]
+        return self.tracing.sending("publish", destination, subject or "", str(correlation_id or ""), headers)
 
     def _next_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):012x}"

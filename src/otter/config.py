@@ -37,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .codec import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import ConfigurationError
+from .protocol import TASK_QUEUE_TYPES
 from .protocol import KiwipyDefaults as kiwipy_defaults
 
 __all__ = ["DEFAULTS", "RULES", "Config", "ResolvedConfig", "Rule", "redact_url", "redacted", "resolve"]
@@ -85,6 +86,16 @@ DEFAULTS: dict[str, Any] = {
     "TASK_RETRY_BACKOFF": 1.0,  # seconds before the first retry, doubling each time
     "TASK_RETRY_BACKOFF_MAX": 300.0,
     "TASK_RETRY_JITTER": True,
+    # Task queues (docs/protocol.md, "Task queues"). classic: kiwipy's declaration, so kiwipy programs share the
+    # queues; quorum: replicated in a cluster, with a delivery limit, not declarable by kiwipy. A task's own
+    # add_task(queue_type=...) wins.
+    "TASK_QUEUE_TYPE": "classic",
+    # Seconds a task may wait in its queue; 0 or None: for ever. kiwipy's 7 days keep classic queues kiwipy's; past it
+    # a task is dead-lettered with the reason "expired", except on those kiwipy-compatible classic queues.
+    "TASK_MESSAGE_TTL": kiwipy_defaults.TASK_MESSAGE_TTL / 1000,
+    # Deliveries of one task a quorum queue makes before it dead-letters it ("delivery-limit"): the guard against
+    # a task that kills its worker process every time. RabbitMQ 4's own default.
+    "TASK_DELIVERY_LIMIT": 20,
     # Read by the otter command line (otter run), see docs/cli.md.
     "WORKERS": 1,  # worker processes; more than one runs them under a supervisor that restarts any that dies
     "RELOAD": False,  # restart the worker when a .py file changes (development only)
@@ -93,6 +104,10 @@ DEFAULTS: dict[str, Any] = {
     # the supervisor serves both, for all its workers.
     "METRICS_PORT": None,  # Prometheus metrics at /metrics (needs the metrics extra: pip install 'otter-mq[metrics]')
     "HEALTH_PORT": None,  # /livez and /readyz, for Kubernetes probes
+    "LOG_FORMAT": "text",  # or "json": one JSON object per line (otter.logs.JsonFormatter)
+    "LOG_CONFIG": None,
+    # OpenTelemetry spans (otter.tracing): "auto" traces when opentelemetry is installed (otter-mq[otel]).
+    "TRACING": "auto",  # a logging dictConfig file (JSON or YAML) that replaces Otter's log handler
     # Names on the wire; the defaults are kiwipy's so kiwipy programs interoperate.
     "MESSAGE_EXCHANGE": kiwipy_defaults.MESSAGE_EXCHANGE,
     "TASK_EXCHANGE": kiwipy_defaults.TASK_EXCHANGE,
@@ -185,6 +200,21 @@ def _log_level(value: Any) -> str:
     return value.strip().upper()
 
 
+def _auto_or_flag(value: Any) -> bool | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return bool(_flag(value))
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if not isinstance(value, str) or value.strip().lower() not in choices:
+            raise ValueError
+        return value.strip().lower()
+
+    return convert
+
+
 def _exception_names(value: Any) -> Any:
     """The shape only; the names are imported when a task's retry policy is built (``otter.retry``)."""
     items = list(value) if isinstance(value, list | tuple) else [value]
@@ -195,6 +225,20 @@ def _exception_names(value: Any) -> Any:
 
 def _is_exception_name(item: Any) -> bool:
     return isinstance(item, str) or (isinstance(item, type) and issubclass(item, BaseException))
+
+
+def _queue_type(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in TASK_QUEUE_TYPES:
+        raise ValueError
+    return value.strip().lower()
+
+
+def _ttl(value: Any) -> float | None:
+    """0 is "never", like None, because an argument of None means "not given"."""
+    seconds = float(_seconds(0, inclusive=True).convert(value))
+    if 0 < seconds < 0.001:
+        raise ValueError
+    return seconds or None
 
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -239,11 +283,17 @@ RULES: dict[str, Rule] = {
     "TASK_RETRY_BACKOFF": _seconds(0, inclusive=True),
     "TASK_RETRY_BACKOFF_MAX": _seconds(0, inclusive=True),
     "TASK_RETRY_JITTER": _FLAG,
+    "TASK_QUEUE_TYPE": Rule("classic or quorum", _queue_type),
+    "TASK_MESSAGE_TTL": Rule("a number of seconds, at least 0.001; 0 or None: never", _ttl, True),
+    "TASK_DELIVERY_LIMIT": _whole(1),
     "WORKERS": _whole(1),
     "RELOAD": _FLAG,
     "LOG_LEVEL": Rule(f"one of {', '.join(LOG_LEVELS)}", _log_level),
     "METRICS_PORT": Rule("a TCP port, 1 to 65535", _port, optional=True),
     "HEALTH_PORT": Rule("a TCP port, 1 to 65535", _port, optional=True),
+    "LOG_FORMAT": Rule("text or json", _choice("text", "json")),
+    "LOG_CONFIG": _PATH,
+    "TRACING": Rule("auto, true or false", _auto_or_flag),
     "MESSAGE_EXCHANGE": _NAME,
     "TASK_EXCHANGE": _NAME,
     "DEFAULT_TASK_QUEUE": _NAME,

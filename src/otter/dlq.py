@@ -19,7 +19,8 @@ and ``config.DEFAULTS`` fill in what neither gives.
 The plain functions run their own event loop, so call the ``_async`` ones from inside a coroutine.
 
 A dead letter keeps the task's original body and headers, plus ``x-otter-reason`` (``bad-message``,
-``handler-error`` or ``retries-exhausted``), ``x-otter-error-type``, ``x-otter-error-message``,
+``handler-error`` or ``retries-exhausted``; the broker's own, read from its ``x-death`` record: ``expired`` and
+``delivery-limit``), ``x-otter-error-type``, ``x-otter-error-message``,
 ``x-otter-attempts``, ``x-otter-task`` and ``x-otter-queue``. ``DeadLetter.payload`` is the task body as its handler
 gets it (kiwipy's ``[body, no_reply]`` envelope taken off), and ``body_preview`` shows that, not the envelope.
 ``replay`` sends it back to the queue it came from as a fresh task (Otter's headers dropped, so its attempts start
@@ -90,8 +91,18 @@ class DeadLetter:
 
     @classmethod
     def from_delivery(cls, delivery: Delivery) -> DeadLetter:
+        """Otter's own dead letters carry ``x-otter-*`` headers; the ones the broker dead-lettered (a task expired,
+        or past a quorum queue's delivery limit) carry RabbitMQ's ``x-death`` record instead, read the same way."""
         headers = delivery.headers
         attempts = headers.get(protocol.ATTEMPTS_HEADER)
+        by_broker = _broker_death(headers) if protocol.REASON_HEADER not in headers else None
+        if by_broker is not None:
+            queue, reason, message = by_broker
+            return cls(
+                queue=queue, task=None, reason=reason, error_type=None, error_message=message, attempts=None,
+                correlation_id=delivery.correlation_id, size=len(delivery.body), body_preview=_preview(delivery.body),
+                body=delivery.body, headers=dict(headers),
+            )
         return cls(
             queue=_text(headers.get(protocol.QUEUE_HEADER)),
             task=_text(headers.get(protocol.TASK_HEADER)),
@@ -204,6 +215,23 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+def _broker_death(headers: Mapping[str, Any]) -> tuple[str | None, str, str] | None:
+    """(queue, reason, what happened) from the broker's ``x-death`` record: its first entry is the latest death,
+    and for a task that died in a task queue that queue is where a replay sends it."""
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], Mapping):
+        return None
+    death = deaths[0]
+    queue, why = _text(death.get("queue")), _text(death.get("reason")) or "unknown"
+    reason = protocol.BROKER_DEAD_LETTER_REASONS.get(why, why)
+    count = death.get("count")
+    what = {"expired": "waited in the queue past its TASK_MESSAGE_TTL",
+            "delivery-limit": "was delivered TASK_DELIVERY_LIMIT times without being acked (its worker died or was "
+                              "stopped each time)"}.get(reason, f"was dead-lettered by the broker ({why})")
+    times = f"; {count} times" if isinstance(count, int) and count > 1 else ""
+    return queue, reason, f"RabbitMQ dead-lettered it: it {what}{times}"
 
 
 def _payload(body: bytes) -> Any:

@@ -25,6 +25,7 @@ __all__ = [
     "ATTEMPTS_HEADER",
     "BROADCAST_QUEUE_ARGUMENTS",
     "BROADCAST_ROUTING_KEY",
+    "BROKER_DEAD_LETTER_REASONS",
     "CONTENT_TYPE",
     "DEADLINE_HEADER",
     "DEAD_LETTER_REASONS",
@@ -38,6 +39,7 @@ __all__ = [
     "RPC_QUEUE_ARGUMENTS",
     "TASK_HEADER",
     "TASK_QUEUE_ARGUMENTS",
+    "TASK_QUEUE_TYPES",
     "Broadcast",
     "KiwipyDefaults",
     "caller_headers",
@@ -54,6 +56,7 @@ __all__ = [
     "retry_queue_arguments",
     "retry_queue_name",
     "rpc_routing_key",
+    "task_queue_arguments",
 ]
 
 
@@ -71,10 +74,38 @@ class KiwipyDefaults:
     TASK_MESSAGE_TTL: Final = 7 * 24 * 3600 * 1000  # ms; the x-message-ttl of task queues
 
 
-# RabbitMQ queue arguments. A queue declared again with other arguments is refused (PRECONDITION_FAILED), so these
-# must equal kiwipy's where kiwipy declares the same queue: that is why Otter dead-letters by publishing rather than
-# with x-dead-letter-exchange on task queues.
+# RabbitMQ queue arguments. A queue declared again with any other arguments is refused (PRECONDITION_FAILED, on
+# 3.10 and 4.0 alike: one more, one fewer or one different), so a task queue kiwipy also declares must carry exactly
+# kiwipy's: a classic queue with its 7-day TTL and no dead-letter exchange (its own sender and subscriber declare it).
 TASK_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-message-ttl": KiwipyDefaults.TASK_MESSAGE_TTL}
+TASK_QUEUE_TYPES = ("classic", "quorum")
+
+
+def task_queue_arguments(
+    queue_type: str, *, message_ttl_ms: int | None, delivery_limit: int, dead_letter_queue: str
+) -> dict[str, Any]:
+    """The arguments of a task queue of ``queue_type`` (see docs/protocol.md, "Task queues").
+
+    A classic queue whose TTL is kiwipy's gets kiwipy's arguments and nothing else, so kiwipy programs can declare
+    it too; the broker then drops a task that waited that long without dead-lettering it (the price of sharing the
+    queue with kiwipy). Any other task queue dead-letters what the broker drops (expired; past the delivery limit)
+    into ``dead_letter_queue`` through the default exchange. A quorum queue does it at-least-once (kept until the
+    dead-letter queue has it, which needs ``x-overflow: reject-publish``) because tasks are at-least-once, and
+    ``x-delivery-limit`` stops a task that kills its worker every time (so Otter's own attempt count never moves)
+    from going round for ever. ``message_ttl_ms=None``: tasks never expire.
+    """
+    if queue_type not in TASK_QUEUE_TYPES:
+        raise ValueError(f"queue type must be one of {', '.join(TASK_QUEUE_TYPES)}, got {queue_type!r}")
+    if queue_type == "classic" and message_ttl_ms == KiwipyDefaults.TASK_MESSAGE_TTL:
+        return dict(TASK_QUEUE_ARGUMENTS)
+    arguments: dict[str, Any] = {}
+    if queue_type == "quorum":
+        arguments.update({"x-queue-type": "quorum", "x-delivery-limit": delivery_limit,
+                          "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+    if message_ttl_ms is not None:
+        arguments["x-message-ttl"] = message_ttl_ms
+    arguments.update({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_queue})
+    return arguments
 BROADCAST_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-message-ttl": KiwipyDefaults.MESSAGE_TTL}
 RETRY_QUEUE_SPARE_MS = 60_000  # a retry delay queue outlives its longest wait by this much, then goes when unused
 # An RPC queue is shared by the replicas serving a name, so it cannot be exclusive, and RabbitMQ 4.3 refuses
@@ -115,7 +146,10 @@ ERROR_TRACEBACK_HEADER = "x-otter-error-traceback"  # its last TRACEBACK_LIMIT c
 TASK_HEADER = "x-otter-task"  # the task name whose handler failed
 QUEUE_HEADER = "x-otter-queue"  # the queue a dead letter came from, where a replay sends it back
 DEAD_LETTER_REASONS = ("bad-message", "handler-error", "retries-exhausted")
-_NOT_FORWARDED_PREFIXES = ("x-otter-", "x-death", "x-first-death-", "x-last-death-")
+# Why the broker itself dead-lettered a task (its x-death reason) -> the reason ``otter dlq`` shows.
+BROKER_DEAD_LETTER_REASONS = {"expired": "expired", "delivery_limit": "delivery-limit", "rejected": "rejected",
+                              "maxlen": "queue-full"}
+_NOT_FORWARDED_PREFIXES = ("x-otter-", "x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 # The most attempts a header may claim; beyond it the header is garbage, not a count.
 MAX_ATTEMPTS = 2**31 - 1
 ERROR_MESSAGE_LIMIT = 1000  # characters of an error message kept in a dead letter's header

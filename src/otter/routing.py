@@ -106,6 +106,12 @@ class TaskRoute(Route):
         return self.options.get("default") is True
 
     @property
+    def queue_type(self) -> str | None:
+        """``add_task(..., queue_type="quorum")``; None: the app's ``TASK_QUEUE_TYPE``."""
+        value = self.options.get("queue_type")
+        return None if value is None else str(value)
+
+    @property
     def opts_out_of_default(self) -> bool:
         """``add_task(..., default=False)``: never the default queue's owner, even as the app's only task."""
         return self.options.get("default") is False
@@ -147,7 +153,7 @@ def make_filters(patterns: str | Iterable[str]) -> tuple[SubjectFilter, ...]:
 # The options each kind of route takes (add_rpc/add_task/add_broadcast's keyword arguments, add_route's options).
 ROUTE_OPTIONS: dict[str, frozenset[str]] = {
     "rpc": frozenset(),
-    "task": frozenset({"default", *RETRY_OPTIONS}),
+    "task": frozenset({"default", "queue_type", *RETRY_OPTIONS}),
     "broadcast": frozenset(),  # its filters are add_broadcast's argument (add_route's "filters" option)
 }
 # What the worker passes each kind of handler, positionally; and each hook.

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from .errors import ConfigurationError
+from .protocol import TASK_QUEUE_TYPES
 from .retry import validate_retry_options
 from .routing import HOOK_ARGUMENTS, check_handler, check_name, check_options
 
@@ -56,6 +57,7 @@ class Scaffold:
         backoff: float | None = None,
         backoff_max: float | None = None,
         jitter: bool | None = None,
+        queue_type: str | None = None,
         **options: Any,
     ) -> Callable[[F], F]:
         """Run tasks from the queue ``name``: ``handler(comm, body)``.
@@ -69,6 +71,10 @@ class Scaffold:
         ``backoff`` seconds, doubling up to ``backoff_max`` (with ``jitter``), then goes to the dead-letter queue;
         options left out come from the app's ``TASK_*`` config.
 
+        ``queue_type`` (``"classic"`` or ``"quorum"``) is how the worker declares the task's queue; None: the app's
+        ``TASK_QUEUE_TYPE``. A quorum queue survives the loss of a cluster node and dead-letters a task delivered
+        ``TASK_DELIVERY_LIMIT`` times (one that kills its worker each time), but kiwipy programs cannot declare it.
+
         >>> @app.add_task("mail.send", max_retries=3, retry_on=(IOError,), backoff=2.0)
         ... def send(comm, body): ...
         """
@@ -80,6 +86,11 @@ class Scaffold:
         retry = {"max_retries": max_retries, "retry_on": retry_on, "backoff": backoff, "backoff_max": backoff_max,
                  "jitter": jitter}
         validate_retry_options(retry)
+        if queue_type is not None:
+            if queue_type not in TASK_QUEUE_TYPES:
+                raise ConfigurationError(f"add_task({name!r}) got queue_type={queue_type!r}; it must be one of "
+                                         f"{', '.join(repr(t) for t in TASK_QUEUE_TYPES)}, or None for TASK_QUEUE_TYPE")
+            options["queue_type"] = queue_type
         options.update({option: value for option, value in retry.items() if value is not None})
 
         def decorator(handler: F) -> F:

@@ -164,7 +164,7 @@ def serve_in_thread(
 
 def _names(config: dict[str, Any]) -> dict[str, Any]:
     keys = ("MESSAGE_EXCHANGE", "TASK_EXCHANGE", "DEFAULT_TASK_QUEUE", "RPC_QUEUE_PREFIX", "DEAD_LETTER_QUEUE",
-            "RPC_TIMEOUT", "MAX_MESSAGE_SIZE")
+            "RPC_TIMEOUT", "MAX_MESSAGE_SIZE", "TRACING")
     return {key: config[key] for key in keys}
 
 

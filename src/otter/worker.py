@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -41,10 +42,12 @@ from .core import (
     TaskRules,
 )
 from .errors import BrokerRefused, BrokerUnavailable, OtterError
+from .logs import MessageContext, current_message
 from .pipeline import HandlerContext, Pipeline, RouteTable
 from .retry import RetryPolicy
-from .routing import BroadcastRoute
+from .routing import BroadcastRoute, TaskRoute
 from .threadpool import HandlerThreadPool
+from .tracing import tracing_for
 from .transports import Delivery, Subscription, Transport
 from .transports.base import QueueInUse
 
@@ -105,6 +108,7 @@ class Worker:
         self.prefetch = min(self.concurrency * max(1, int(config["PREFETCH_MULTIPLIER"])), 65535)
         self.grace = float(config["SHUTDOWN_GRACE"])
         self.codec = JsonCodec.from_config(config)
+        self.tracing = tracing_for(config)
         self.comm: Communicator | None = None
         self._pools: dict[str, HandlerThreadPool] = {}
         self._gates: dict[str, _Gate] = {}
@@ -136,6 +140,7 @@ class Worker:
         self.comm = Communicator(
             self.transport, self.codec, loop, rpc_timeout=float(self.config["RPC_TIMEOUT"]),
             loop_thread=threading.current_thread(),  # so .result() on the loop fails fast instead of freezing it
+            tracing=self.tracing,
         )
         table = self.table
         # Each RPC name gets its own slots and threads, so a handler waiting on a nested call to another name never
@@ -151,7 +156,7 @@ class Worker:
                 await self._consume_default_queue(queue, pipeline)
                 continue
             self._subscriptions.append(await self.transport.consume_tasks(
-                queue, self._task_consumer(pipeline), prefetch=self.prefetch))
+                queue, self._task_consumer(pipeline), prefetch=self.prefetch, queue_type=_queue_type(pipeline)))
         if table.broadcasts:
             self._subscriptions.append(await self.transport.consume_broadcasts(
                 self._broadcast_consumer(table.broadcasts), prefetch=self.prefetch))
@@ -165,7 +170,8 @@ class Worker:
         name = pipeline.route.name
         try:
             subscription = await self.transport.consume_tasks(
-                queue, self._task_consumer(pipeline), prefetch=self.prefetch, exclusive=not shared)
+                queue, self._task_consumer(pipeline), prefetch=self.prefetch, exclusive=not shared,
+                queue_type=_queue_type(pipeline))
         except QueueInUse as exc:
             if shared:
                 raise QueueInUse(
@@ -253,9 +259,11 @@ class Worker:
         gate, kind, name = self._gates[slots], pipeline.route.kind, pipeline.route.name
         timed = self.debug or bool(self.observers)
         running = self._in_flight(kind, name)
+        tracing = self.tracing
 
         async def on_delivery(delivery: Delivery) -> None:
             async with gate:
+                current_message.set(MessageContext(kind, name, delivery.correlation_id, delivery.headers))
                 if rules.settle_on_receipt:
                     await delivery.ack()
                 started = time.perf_counter() if timed else 0.0
@@ -269,6 +277,8 @@ class Worker:
                         result = await self._invoke(pipeline, kind, delivery, step, slots)
                     except Exception as exc:
                         error, decision = exc, rules.failed(delivery, step, exc)
+                        if tracing is not None:
+                            tracing.failed(exc)
                     else:
                         decision = rules.succeeded(delivery, step, result)
                     finally:
@@ -280,7 +290,7 @@ class Worker:
                 if timed:
                     self._handled(kind, name, delivery, started, done, error)
 
-        return self._tracked(on_delivery, rules)
+        return self._tracked(on_delivery if tracing is None else tracing.processing(kind, name, on_delivery), rules)
 
     def _broadcast_consumer(self, pipelines: tuple[Pipeline, ...]) -> Callable[[Delivery], Awaitable[None]]:
         by_route = {id(pipeline.route): pipeline for pipeline in pipelines}
@@ -289,6 +299,7 @@ class Worker:
         gate = self._gates["broadcast"]
         timed = self.debug or bool(self.observers)
         running_by_route = {id(route): self._in_flight("broadcast", route.name) for route in routes}
+        tracing = self.tracing
 
         async def on_broadcast(delivery: Delivery) -> None:
             async with gate:
@@ -298,6 +309,8 @@ class Worker:
                     await self._carry_out(delivery, step, rules)
                     return
                 for route in step.routes:
+                    current_message.set(MessageContext("broadcast", route.name, delivery.correlation_id,
+                                                       delivery.headers))
                     started = time.perf_counter() if timed else 0.0
                     error: Exception | None = None
                     running = running_by_route[id(route)]
@@ -307,6 +320,8 @@ class Worker:
                         await self._invoke(by_route[id(route)], "broadcast", delivery, step, "broadcast")
                     except Exception as exc:
                         error, decision = exc, rules.finished(delivery, route, exc)
+                        if tracing is not None:
+                            tracing.failed(exc)
                     else:
                         decision = rules.finished(delivery, route)
                     finally:
@@ -316,6 +331,9 @@ class Worker:
                     if timed:
                         self._handled("broadcast", route.name, delivery, started, decision, error)
 
+        if tracing is not None:
+            exchange = self.transport.topology.message_exchange  # type: ignore[attr-defined]
+            return self._tracked(tracing.processing("broadcast", exchange, on_broadcast), rules)
         return self._tracked(on_broadcast, rules)
 
     def _tracked(
@@ -348,7 +366,7 @@ class Worker:
     async def _carry_out(self, delivery: Delivery, decision: Decision, rules: Rules) -> Decision:
         """Do what ``decision`` says; returns what was done (the rules' fallback when the broker refused it)."""
         for note in decision.notes:
-            log.log(note.level, note.message, exc_info=note.exc)
+            log.log(note.level, note.message, exc_info=note.exc, extra={"outcome": decision.outcome})
         if isinstance(decision, Reply):
             await self._reply(delivery, decision.body)
         elif isinstance(decision, Ack):
@@ -386,7 +404,7 @@ class Worker:
         seconds = time.perf_counter() - started
         if self.debug:
             log.info("%s %s %s %.1fms %s", kind, name, delivery.correlation_id or "-", seconds * 1000,
-                     decision.outcome)
+                     decision.outcome, extra={"outcome": decision.outcome})
         if not self.observers:
             return
         final = not isinstance(decision, (RetryLater, Requeue))
@@ -409,12 +427,15 @@ class Worker:
         if pipeline.plain:  # no hooks to tell about the message: no HandlerContext to build
             if pipeline.is_async:
                 return await pipeline.handler(comm, *run.args)
-            return await threads.run(asyncio.get_running_loop(), pipeline.handler, comm, *run.args)
+            # In the handler's thread too, log lines know their message (otter.logs): a copy of this task's context.
+            return await threads.run(asyncio.get_running_loop(), contextvars.copy_context().run, pipeline.handler,
+                                     comm, *run.args)
         ctx = HandlerContext(kind, pipeline.route.name, pipeline.route, comm, delivery.correlation_id,
                              delivery.headers, run.subject)
         if pipeline.is_async:
             return await pipeline.call_async(ctx, run.args)
-        return await threads.run(asyncio.get_running_loop(), pipeline.call_sync, ctx, run.args)
+        return await threads.run(asyncio.get_running_loop(), contextvars.copy_context().run, pipeline.call_sync, ctx,
+                                 run.args)
 
 
 
@@ -425,6 +446,11 @@ def _tell(running: tuple[InFlight, ...], change: int) -> None:
             in_flight(change)
         except Exception:
             log.exception("an observer of running handlers failed")
+
+
+def _queue_type(pipeline: Pipeline) -> str | None:
+    route = pipeline.route
+    return route.queue_type if isinstance(route, TaskRoute) else None
 
 
 def _rpc_slots(pipeline: Pipeline) -> str:

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -352,25 +351,6 @@ class Rabbitmq4Node(PrivateRabbitMQ):
                     raise
                 _progress(f"{self.node}: start_app hit RabbitMQ 4.0.5's deprecated-feature check race; retrying")
                 time.sleep(attempt)
-
-    def kill(self) -> None:
-        """SIGKILL the node's Erlang VM (no clean shutdown: a crash or a lost machine). ``restart()`` brings it back
-        with its data, so a cluster member rejoins its cluster."""
-        pid = self._pid()
-        assert pid is not None and alive(pid), f"{self.node} is not running"
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if self._watchdog is not None:  # it watched that pid; restart() starts a new one
-            self._watchdog.kill()
-            self._watchdog.wait(10)
-            self._watchdog = None
-        self.pid_file.unlink(missing_ok=True)
-
-    def restart(self, timeout: float = 60.0) -> Rabbitmq4Node:
-        self.pid_file.unlink(missing_ok=True)
-        return self.start(timeout)
 
     def permitted(self, features: tuple[str, ...] | list[str]) -> dict[str, bool]:
         """What the running node says of each deprecated feature (``rabbit_deprecated_features:is_permitted``), in

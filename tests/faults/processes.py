@@ -90,11 +90,13 @@ class Tally:
 
 @dataclass
 class FaultRig:
-    """A private broker, unique names, a ledger directory, and the worker processes of one test."""
+    """A private broker, unique names, a ledger directory, and the worker processes of one test. ``url``, if given,
+    replaces the broker's (e.g. a ``;``-list of several brokers); a worker's ``BROKER_URL`` config replaces both."""
 
     broker: PrivateRabbitMQ
     directory: Path
     names: dict[str, Any]
+    url: str | None = None
     prefix: str = field(default_factory=lambda: f"fault-{uuid.uuid4().hex[:8]}")
     workers: list[WorkerProcess] = field(default_factory=list)
     clients: list[Client] = field(default_factory=list)
@@ -106,8 +108,8 @@ class FaultRig:
     def env(self, **config: Any) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith(("OTTER_", "FAULT_"))}
         env.update({f"OTTER_{key}": str(value) for key, value in {**self.names, **config}.items()})
+        env.setdefault("OTTER_BROKER_URL", self.url or self.broker.url)
         env.update(
-            OTTER_BROKER_URL=self.broker.url,
             FAULT_PREFIX=self.prefix,
             FAULT_LEDGER_DIR=str(self.ledger.directory),
             PYTHONUNBUFFERED="1",
@@ -121,7 +123,7 @@ class FaultRig:
         return worker
 
     def client(self, **config: Any) -> Client:
-        client = Client(self.broker.url, **{**self.names, **config})
+        client = Client(self.url or self.broker.url, **{**self.names, **config})
         assert client.comm, f"could not connect to the private broker: {client.error}"
         self.clients.append(client)
         return client
@@ -153,8 +155,10 @@ class FaultRig:
             worker.ensure_stopped()
 
 
-def rig_for(broker: PrivateRabbitMQ, directory: Path, names: dict[str, Any]) -> Iterator[FaultRig]:
-    rig = FaultRig(broker, directory, names)
+def rig_for(
+    broker: PrivateRabbitMQ, directory: Path, names: dict[str, Any], url: str | None = None
+) -> Iterator[FaultRig]:
+    rig = FaultRig(broker, directory, names, url=url)
     try:
         yield rig
     finally:

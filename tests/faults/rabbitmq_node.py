@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -126,6 +127,25 @@ class PrivateRabbitMQ:
         if self._watchdog is not None:
             self._watchdog.kill()
             self._watchdog.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL the node's Erlang VM (no clean shutdown: a crash or a lost machine). ``restart()`` brings it back
+        with its data, so a cluster member rejoins its cluster."""
+        pid = self._pid()
+        assert pid is not None and alive(pid), f"{self.node} is not running"
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self._watchdog is not None:  # it watched that pid; restart() starts a new one
+            self._watchdog.kill()
+            self._watchdog.wait(10)
+            self._watchdog = None
+        self.pid_file.unlink(missing_ok=True)
+
+    def restart(self, timeout: float = 60.0) -> Self:
+        self.pid_file.unlink(missing_ok=True)
+        return self.start(timeout)
 
     def stop_app(self) -> None:
         self.ctl("stop_app")

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from helpers_process import wait_until
-from otter import BrokerUnavailable, Client, DeadlineExceeded, Otter
+from otter import BrokerUnavailable, Client, DeadlineExceeded, Otter, Unroutable
 from otter.testing import ServedApp
 
 from .rabbitmq_node import PrivateRabbitMQ
@@ -161,3 +161,20 @@ def test_closing_a_client_whose_task_send_waits_for_the_broker_fails_the_send_wi
         client.close()
     with pytest.raises(BrokerUnavailable):
         sending.result(timeout=5)
+
+
+def test_after_a_reconnection_a_call_nobody_serves_is_unroutable_at_once(
+    broker: PrivateRabbitMQ, names: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """aio-pika forwards the returns of a re-opened channel nowhere: the call waited for its whole deadline."""
+    caplog.set_level(logging.INFO, logger="otter")
+    with Client(broker.url, **names, RECONNECT_INTERVAL=0.2) as client:
+        assert client.comm, client.error
+        with pytest.raises(Unroutable):
+            client.rpc("outage.nobody", timeout=10).result()
+        broker.ctl("close_all_connections", "otter test: reconnect")
+        wait_until(lambda: "reconnected to" in caplog.text, 10, "the client to reconnect")
+        started = time.monotonic()
+        with pytest.raises(Unroutable, match=r"nobody serves the RPC 'outage\.nobody'"):
+            client.rpc("outage.nobody", timeout=10).result()
+        assert time.monotonic() - started < 3.0, "the broker's return after the reconnection was not reported"

@@ -11,8 +11,8 @@ from typing import Any, NoReturn
 
 import click
 
-from ..app import configure_logging
 from ..errors import BrokerUnavailable, DeadlineExceeded, OtterError, RemoteError, ValidationError
+from ..logs import configure_logging
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 

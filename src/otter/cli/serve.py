@@ -11,9 +11,10 @@ from typing import Any, NoReturn
 
 import click
 
-from ..app import Otter, configure_logging, run_loop
+from ..app import Otter, run_loop
 from ..discovery import APP_ENV, AppTarget
 from ..errors import BrokerUnavailable, OtterError
+from ..logs import configure_logging
 from ..operations import PodOperations
 from ..transports import MEMORY_URL
 from .loading import load_app
@@ -42,7 +43,11 @@ def run(app_text: str | None, **options: Any) -> None:
     target, app = load_app(app_text, options["debug"])
     config = effective_config(app, options)
     workers, reload = int(config["WORKERS"]), bool(config["RELOAD"])
-    configure_logging(str(config["LOG_LEVEL"]), _name_process(app, target, workers, reload))
+    try:
+        configure_logging(str(config["LOG_LEVEL"]), _name_process(app, target, workers, reload),
+                          log_format=str(config["LOG_FORMAT"]), log_config=config["LOG_CONFIG"], service=app.name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--log-config'") from None
     url = str(config["BROKER_URL"])
     if url.startswith(MEMORY_URL):
         if workers > 1:

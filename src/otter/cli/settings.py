@@ -14,6 +14,8 @@ import click
 from ..app import Otter
 from ..config import DEFAULT, DEFAULTS, LOG_LEVELS, ResolvedConfig, resolve
 from ..errors import ConfigurationError
+from ..logs import LOG_FORMATS
+from ..protocol import TASK_QUEUE_TYPES
 from ..transports import MEMORY_URL
 
 PRECEDENCE = (
@@ -88,6 +90,13 @@ def run_settings(command: Callable[..., Any]) -> Callable[..., Any]:
             help="How long a starting worker waits for an unreachable broker, trying again with a log line each "
             "time (0: give up at once). A broker that refuses the login, vhost or TLS is not waited for.",
         ),
+        _setting(
+            "--task-queue-type",
+            key="TASK_QUEUE_TYPE",
+            type=click.Choice(TASK_QUEUE_TYPES, case_sensitive=False),
+            help="How the worker declares its task queues: classic (kiwipy's, shared with kiwipy programs) or "
+            "quorum (replicated, with a delivery limit); an existing queue must match.",
+        ),
         _setting("--reload/--no-reload", key="RELOAD", help="Restart when a .py file changes (development)."),
         _setting(
             "--metrics-port",
@@ -110,6 +119,20 @@ def run_settings(command: Callable[..., Any]) -> Callable[..., Any]:
             key="LOG_LEVEL",
             type=click.Choice(LOG_LEVELS, case_sensitive=False),
             help="How much to log; DEBUG also shows aio-pika's own logs.",
+        ),
+        _setting(
+            "--log-format",
+            key="LOG_FORMAT",
+            type=click.Choice(LOG_FORMATS, case_sensitive=False),
+            help="text, or json: one JSON object per line with the service, route, correlation id, trace id, "
+            "duration and outcome of the message a line is about.",
+        ),
+        _setting(
+            "--log-config",
+            key="LOG_CONFIG",
+            type=click.Path(dir_okay=False),
+            metavar="FILE",
+            help="A logging dictConfig file (JSON or YAML) used instead of Otter's own log handler.",
         ),
         _setting(
             "--debug/--no-debug",

@@ -12,12 +12,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .. import protocol
+from ..config import DEFAULTS
 from ..errors import ConfigurationError
 
 __all__ = [
     "Delivery",
     "OnDelivery",
     "QueueInUse",
+    "QueueMismatch",
     "ReplayRoute",
     "Snapshot",
     "Subscription",
@@ -36,19 +39,34 @@ class Topology:
     default_task_queue: str
     rpc_queue_prefix: str
     dead_letter_queue: str
+    # How task queues are declared when this side creates them (see protocol.task_queue_arguments).
+    task_queue_type: str = "classic"
+    task_message_ttl_ms: int | None = protocol.KiwipyDefaults.TASK_MESSAGE_TTL
+    task_delivery_limit: int = 20
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Topology:
+        ttl = config.get("TASK_MESSAGE_TTL", DEFAULTS["TASK_MESSAGE_TTL"])
         return cls(
             message_exchange=config["MESSAGE_EXCHANGE"],
             task_exchange=config["TASK_EXCHANGE"],
             default_task_queue=config["DEFAULT_TASK_QUEUE"],
             rpc_queue_prefix=config["RPC_QUEUE_PREFIX"],
             dead_letter_queue=config["DEAD_LETTER_QUEUE"],
+            task_queue_type=str(config.get("TASK_QUEUE_TYPE", DEFAULTS["TASK_QUEUE_TYPE"])),
+            task_message_ttl_ms=round(float(ttl) * 1000) or None if ttl else None,
+            task_delivery_limit=int(config.get("TASK_DELIVERY_LIMIT", DEFAULTS["TASK_DELIVERY_LIMIT"])),
         )
 
     def rpc_queue(self, name: str) -> str:
         return f"{self.rpc_queue_prefix}{name}"
+
+    def task_queue_arguments(self, queue_type: str | None = None) -> dict[str, Any]:
+        """The arguments a task queue of ``queue_type`` (default: ``TASK_QUEUE_TYPE``) is declared with."""
+        return protocol.task_queue_arguments(
+            queue_type or self.task_queue_type, message_ttl_ms=self.task_message_ttl_ms,
+            delivery_limit=self.task_delivery_limit, dead_letter_queue=self.dead_letter_queue,
+        )
 
 
 class Delivery(abc.ABC):
@@ -103,6 +121,11 @@ ReplayRoute = Callable[[Delivery], "tuple[str, Mapping[str, Any]] | None"]
 class QueueInUse(ConfigurationError):
     """A consumer could not start: another consumer holds the queue for itself, or it asked to hold a queue that
     others already consume."""
+
+
+class QueueMismatch(ConfigurationError):
+    """A worker's task queue exists with other arguments (another type, TTL or delivery limit) than the worker
+    declares; the broker refuses such a declaration, and reconnecting cannot change that."""
 
 
 class Subscription(abc.ABC):
@@ -194,10 +217,13 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def consume_tasks(
-        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False,
+        queue_type: str | None = None,
     ) -> Subscription:
-        """Consume the durable task ``queue``; ``exclusive`` asks to be its only consumer. ``QueueInUse`` when
-        another consumer has it exclusively, or when exclusivity is asked for and it has consumers already."""
+        """Declare the durable task ``queue`` as ``queue_type`` (default ``TASK_QUEUE_TYPE``) and consume it;
+        ``exclusive`` asks to be its only consumer. ``QueueInUse`` when another consumer has it exclusively, or when
+        exclusivity is asked for and it has consumers already; ``QueueMismatch`` when it exists with other
+        arguments."""
 
     @abc.abstractmethod
     async def consume_broadcasts(self, on_delivery: OnDelivery, *, prefetch: int) -> Subscription: ...

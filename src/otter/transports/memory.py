@@ -27,6 +27,7 @@ from .base import (
     Delivery,
     OnDelivery,
     QueueInUse,
+    QueueMismatch,
     ReplayRoute,
     Snapshot,
     Subscription,
@@ -46,8 +47,10 @@ class _Message:
     headers: dict[str, Any]
     correlation_id: str | None
     reply_to: str | None = None
-    expires_at: float | None = None
+    expires_at: float | None = None  # an RPC request's deadline: dropped after it
     redelivered: bool = False
+    dies_at: float | None = None  # a task's queue TTL: dead-lettered after it
+    returned: int = 0  # times given back to its queue unacked (a quorum queue's delivery count)
 
 
 @dataclass(eq=False)
@@ -68,6 +71,12 @@ class _Queue:
     consumers: list[_Consumer] = field(default_factory=list)
     exclusive: bool = False  # its one consumer holds it for itself
     turn: itertools.count[int] = field(default_factory=itertools.count)
+    # A task queue's RabbitMQ arguments (protocol.task_queue_arguments), as its first declaration gave them: what
+    # the broker dead-letters (expired, past the delivery limit) and where to. None: declared without any.
+    arguments: dict[str, Any] | None = None
+
+    def argument(self, key: str) -> Any:
+        return (self.arguments or {}).get(key)
 
 
 class MemoryBroker:
@@ -81,8 +90,9 @@ class MemoryBroker:
         self.queues: dict[str, _Queue] = {}
         self.broadcast_consumers: list[_Consumer] = []
         self.reply_targets: dict[str, tuple[asyncio.AbstractEventLoop, Any]] = {}
-        # Messages waiting out a retry delay: (due, order, queue, message), served by one thread while non-empty.
-        self._delayed: list[tuple[float, int, str, _Message]] = []
+        # Messages waiting out a retry delay, and queue TTLs to enforce: (due, order, queue, message or None for a
+        # TTL check of the queue), served by one thread while non-empty.
+        self._delayed: list[tuple[float, int, str, _Message | None]] = []
         self._delay_order = itertools.count()
         self._delay_due = threading.Condition(self._lock)
         self._delay_thread: threading.Thread | None = None
@@ -102,11 +112,13 @@ class MemoryBroker:
                 cls._brokers.pop(name, None)
 
     # -- queues -------------------------------------------------------------------------------------------------
-    def declare(self, name: str, *, auto_delete: bool = False) -> _Queue:
+    def declare(self, name: str, *, auto_delete: bool = False, arguments: Mapping[str, Any] | None = None) -> _Queue:
+        """The queue ``name``, created if missing; ``arguments`` only count when they create it, as on RabbitMQ."""
         with self._lock:
             queue = self.queues.get(name)
             if queue is None:
                 queue = self.queues[name] = _Queue(name, auto_delete)
+                queue.arguments = None if arguments is None else dict(arguments)
             return queue
 
     def messages_in(self, name: str) -> list[_Message]:
@@ -119,6 +131,10 @@ class MemoryBroker:
             queue = self.queues.get(name)
             if queue is None or (require_consumer and not queue.consumers):
                 raise Unroutable(f"no queue {name!r} to route to")
+            ttl = queue.argument("x-message-ttl")
+            if ttl is not None and message.expires_at is None:
+                message.dies_at = time.monotonic() + ttl / 1000
+                self._schedule(message.dies_at, name, None)
             queue.messages.append(message)
             self._pump(queue)
 
@@ -144,7 +160,11 @@ class MemoryBroker:
         """Publish to ``name`` after ``delay`` seconds, as RabbitMQ's delay queues do: from the broker, whatever
         happens to the event loop or the worker that asked."""
         with self._lock:
-            heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._delay_order), name, message))
+            self._schedule(time.monotonic() + delay, name, message)
+
+    def _schedule(self, due: float, name: str, message: _Message | None) -> None:
+        with self._lock:
+            heapq.heappush(self._delayed, (due, next(self._delay_order), name, message))
             if self._delay_thread is None:
                 self._delay_thread = threading.Thread(target=self._publish_when_due, name="otter-memory-delays",
                                                       daemon=True)
@@ -157,6 +177,9 @@ class MemoryBroker:
                 now = time.monotonic()
                 while self._delayed and self._delayed[0][0] <= now:
                     _, _, name, message = heapq.heappop(self._delayed)
+                    if message is None:
+                        self._expire(name)
+                        continue
                     self.declare(name)
                     try:
                         self.publish(name, message)
@@ -169,7 +192,27 @@ class MemoryBroker:
     def delayed(self, name: str) -> int:
         """How many messages are waiting out a retry delay before going to ``name``."""
         with self._lock:
-            return sum(1 for item in self._delayed if item[2] == name)
+            return sum(1 for item in self._delayed if item[2] == name and item[3] is not None)
+
+    def _expire(self, name: str) -> None:
+        """Dead-letter the messages at the head of ``name`` whose queue TTL has passed, as RabbitMQ does."""
+        queue = self.queues.get(name)
+        now = time.monotonic()
+        while queue is not None and queue.messages and (queue.messages[0].dies_at or now + 1) <= now:
+            self._dead_letter(queue, queue.messages.popleft(), "expired")
+
+    def _dead_letter(self, queue: _Queue, message: _Message, reason: str) -> None:
+        """What RabbitMQ does with a message its queue drops: to the queue's dead-letter routing key, with an
+        ``x-death`` record; dropped if the queue has none (a classic queue with kiwipy's arguments)."""
+        target = queue.argument("x-dead-letter-routing-key")
+        if target is None:
+            return
+        death = {"queue": queue.name, "reason": reason, "count": 1, "exchange": "", "routing-keys": [queue.name],
+                 "time": int(time.time())}
+        headers = {**message.headers, "x-death": [death], "x-first-death-queue": queue.name,
+                   "x-first-death-reason": reason, "x-first-death-exchange": ""}
+        self.declare(target)
+        self.publish(target, _Message(message.body, message.content_type, headers, message.correlation_id))
 
     def take(self, name: str, limit: int | None = None) -> list[_Message]:
         """Remove and return up to ``limit`` messages from the head of ``name``."""
@@ -207,7 +250,12 @@ class MemoryBroker:
             consumer.unacked -= 1
             if requeue and (queue.name in self.queues):
                 message.redelivered = True
-                queue.messages.appendleft(message)
+                message.returned += 1
+                limit = queue.argument("x-delivery-limit")
+                if limit is not None and message.returned > limit:
+                    self._dead_letter(queue, message, "delivery_limit")
+                else:
+                    queue.messages.appendleft(message)
             self._pump(queue)
 
     def _pump(self, queue: _Queue) -> None:
@@ -217,6 +265,9 @@ class MemoryBroker:
                 return
             message = queue.messages.popleft()
             if message.expires_at is not None and message.expires_at < time.monotonic():
+                continue
+            if message.dies_at is not None and message.dies_at <= time.monotonic():
+                self._dead_letter(queue, message, "expired")
                 continue
             consumer = ready[next(queue.turn) % len(ready)]
             consumer.unacked += 1
@@ -357,7 +408,7 @@ class MemoryTransport(Transport):
         self._check()
         first = queue not in self._sent_to
         self._sent_to.add(queue)
-        consumers = len(self.broker.declare(queue).consumers)
+        consumers = len(self.broker.declare(queue, arguments=self.topology.task_queue_arguments()).consumers)
         self.broker.publish(queue, _Message(body, protocol.CONTENT_TYPE, dict(headers or {}), correlation_id))
         return consumers if first else None
 
@@ -426,8 +477,19 @@ class MemoryTransport(Transport):
         return self._consume(self.topology.rpc_queue(name), on_delivery, prefetch, auto_delete=True)
 
     async def consume_tasks(
-        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False,
+        queue_type: str | None = None,
     ) -> Subscription:
+        queue_type = queue_type or self.topology.task_queue_type
+        arguments = self.topology.task_queue_arguments(queue_type)
+        existing = self.broker.declare(queue, arguments=arguments).arguments
+        if existing is not None and existing != arguments:
+            theirs = str(existing.get("x-queue-type", "classic"))
+            raise QueueMismatch(
+                f"the task queue {queue!r} exists as a {theirs} queue with {existing}, but this worker declares it as "
+                f"a {queue_type} queue with {arguments}; set TASK_QUEUE_TYPE, TASK_MESSAGE_TTL and "
+                f"TASK_DELIVERY_LIMIT to match the queue"
+            )
         return self._consume(queue, on_delivery, prefetch, auto_delete=False, exclusive=exclusive)
 
     async def consume_broadcasts(self, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:

@@ -13,7 +13,7 @@
 | ``fence`` | whether the fast path fits the installed versions; applies ``aiormq_fixes`` / ``pamqp_fixes`` at connect |
 """
 
-from .connection import TASK_QUEUE_ARGUMENTS
+from ...protocol import TASK_QUEUE_ARGUMENTS
 from .transport import AmqpTransport
 
 __all__ = ["TASK_QUEUE_ARGUMENTS", "AmqpTransport"]

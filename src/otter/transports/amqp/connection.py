@@ -21,18 +21,19 @@ import aio_pika
 import aiormq
 import pamqp.exceptions
 from aio_pika import ExchangeType
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 
 from ...config import redact_url
 from ...errors import BrokerRefused, BrokerUnavailable
-from ...protocol import TASK_QUEUE_ARGUMENTS
+from ...protocol import TASK_QUEUE_ARGUMENTS, TASK_QUEUE_TYPES
 from ..base import OnDelivery, Subscription, Topology
 from . import fence
 from .errors import connect_failure, quiet_outage_noise, translated
+from .failover import FailoverConnection
 from .public import PublicOutlet, PublicSubscription
 from .publishing import Outlet
 
-__all__ = ["TASK_QUEUE_ARGUMENTS", "Link", "Queues", "connect", "open_link"]
+__all__ = ["Link", "Queues", "broker_of", "connect", "fails_over", "open_link"]
 
 
 
@@ -43,16 +44,17 @@ async def connect(
     """aio-pika's robust connection, or ``BrokerUnavailable`` saying why not (``url`` is the redacted one).
 
     ``raw_url`` may name several brokers separated by ``;`` (as Celery's ``broker_url`` does): they are tried in
-    order and the first that answers is used. (Once connected, the connection comes back to that broker; moving to
-    another when it is lost is not done yet.) No URL reaches aio-pika with another one attached, so no password
+    order and the first that answers is used; when its connection is lost, the reconnection attempts go through
+    the list from the next one on (``failover``). No URL reaches aio-pika with another one attached, so no password
     can leak through a broker's error message.
     """
     quiet_outage_noise()
     candidates = [part.strip() for part in raw_url.split(";") if part.strip()]
+    brokers = candidates if len(candidates) > 1 and not fence.failover_problems() else []
     failures: list[BrokerUnavailable] = []
     for candidate in candidates:
         try:
-            return await _connect_one(candidate, timeout=timeout, ssl_context=ssl_context,
+            return await _connect_one(candidate, brokers, timeout=timeout, ssl_context=ssl_context,
                                       reconnect_interval=reconnect_interval)
         except BrokerUnavailable as exc:
             failures.append(exc)
@@ -65,17 +67,36 @@ async def connect(
     )
 
 
+def fails_over(connection: AbstractRobustConnection | None) -> bool:
+    """Whether ``connection`` moves to another broker when it is lost."""
+    return isinstance(connection, FailoverConnection) and len(connection.brokers) > 1
+
+
+def broker_of(connection: AbstractRobustConnection) -> str:
+    """The (redacted) URL of the broker ``connection`` is on, or tries next."""
+    if isinstance(connection, FailoverConnection):
+        return connection.broker
+    raw = str(getattr(connection, "url", ""))
+    return redact_url(raw) or raw
+
+
 async def _connect_one(
-    raw_url: str, *, timeout: float, ssl_context: ssl.SSLContext | None, reconnect_interval: float
+    raw_url: str, brokers: list[str], *, timeout: float, ssl_context: ssl.SSLContext | None,
+    reconnect_interval: float,
 ) -> AbstractRobustConnection:
+    """A connection to ``raw_url``; with ``brokers`` (the whole list, ``raw_url`` among them), one that moves on
+    through them when it is lost."""
     url = redact_url(raw_url) or raw_url
+    options = _reconnect_options(raw_url, reconnect_interval)
+    if brokers:
+        options.update(connection_class=FailoverConnection, brokers=brokers)
     try:
         return await aio_pika.connect_robust(
             raw_url,
             timeout=timeout,
             ssl_context=ssl_context,
             client_properties={"connection_name": "otter"},
-            **_reconnect_options(raw_url, reconnect_interval),
+            **options,
         )
     except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, pamqp.exceptions.AMQPError, ConnectionError,
             RuntimeError) as exc:  # pamqp's: the broker's connection.close during the handshake (vhost, permissions)
@@ -165,26 +186,86 @@ async def open_link(connection: AbstractRobustConnection, topology: Topology) ->
 
 
 class Queues:
-    """Task queues and the dead-letter queue, declared once per transport (and again after a return)."""
+    """Task queues and the dead-letter queue, as a sender and ``otter dlq`` see them: declared once per transport
+    (and again after a return)."""
 
-    def __init__(self, channel: AbstractChannel, task_exchange: AbstractExchange, dead_letter_queue: str) -> None:
-        self._channel, self._task_exchange, self._dead_letter_queue = channel, task_exchange, dead_letter_queue
+    def __init__(
+        self, connection: AbstractRobustConnection, channel: AbstractChannel, topology: Topology
+    ) -> None:
+        self._connection, self._channel, self._topology = connection, channel, topology
         self.declared: set[str] = set()
         self.consumers: dict[str, int] = {}  # of a task queue, as its declaration found them (until taken)
 
     async def task_queue(self, queue: str) -> None:
+        """Make sure ``queue`` exists before sending to it. A sender cannot know the type its workers gave the queue,
+        and a declaration with other arguments is refused (closing the channel), so an existing queue is looked up
+        passively and used as it is; a missing one is created with this side's ``TASK_QUEUE_TYPE`` (a worker that
+        declares it otherwise is then told so, see ``consume_tasks``). Each step runs on a channel of its own,
+        which the broker may close without harm."""
         if queue in self.declared:
             return
         with translated(f"declare the task queue {queue!r}"):
-            declared = await self._channel.declare_queue(queue, durable=True, arguments=TASK_QUEUE_ARGUMENTS)
-            await declared.bind(self._task_exchange, queue)
+            consumers = await self._find_or_create(queue)
         self.declared.add(queue)
-        self.consumers[queue] = int(getattr(declared.declaration_result, "consumer_count", 0) or 0)
+        self.consumers[queue] = consumers
+
+    async def _find_or_create(self, queue: str) -> int:
+        arguments = self._topology.task_queue_arguments()
+        for _ in range(3):
+            try:
+                async with _scratch_channel(self._connection) as channel:
+                    found = await channel.queue_declare(queue, passive=True)
+                    await channel.queue_bind(queue, self._topology.task_exchange, routing_key=queue)
+                    return int(found.consumer_count or 0)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                pass
+            if "x-dead-letter-routing-key" in arguments:  # what the broker dead-letters needs somewhere to go
+                await self.dead_letter_queue()
+            try:
+                async with _scratch_channel(self._connection) as channel:
+                    created = await channel.queue_declare(queue, durable=True, arguments=arguments)
+                    await channel.queue_bind(queue, self._topology.task_exchange, routing_key=queue)
+                    return int(created.consumer_count or 0)
+            except aiormq.exceptions.ChannelPreconditionFailed:
+                pass  # a worker created it meanwhile, with other arguments: the passive look finds it
+        raise BrokerUnavailable(f"could not declare the task queue {queue!r}: it kept appearing and disappearing")
+
+    async def existing_type(self, queue: str) -> str | None:
+        """The type of the existing ``queue``, if it has the arguments Otter (or kiwipy) would give a queue of that
+        type with this config; None otherwise. AMQP has no way to read a queue's arguments: each guess is a
+        declaration the broker accepts only if it changes nothing."""
+        for queue_type in TASK_QUEUE_TYPES:
+            guesses = [self._topology.task_queue_arguments(queue_type)]
+            if queue_type == "classic":
+                guesses.append(dict(TASK_QUEUE_ARGUMENTS))
+            for arguments in guesses:
+                try:
+                    async with _scratch_channel(self._connection) as channel:
+                        await channel.queue_declare(queue, durable=True, arguments=arguments)
+                        return queue_type
+                except aiormq.exceptions.ChannelPreconditionFailed:
+                    continue
+        return None
 
     async def dead_letter_queue(self) -> str:
-        dlq = self._dead_letter_queue
+        dlq = self._topology.dead_letter_queue
         if dlq not in self.declared:
             with translated("declare the dead-letter queue"):
                 await self._channel.declare_queue(dlq, durable=True)
             self.declared.add(dlq)
         return dlq
+
+
+@contextlib.asynccontextmanager
+async def _scratch_channel(connection: AbstractRobustConnection) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+    """A plain aiormq channel that nothing re-opens or restores: for steps the broker may answer by closing it."""
+    transport = connection.transport
+    if transport is None:
+        raise BrokerUnavailable("no connection to the broker")
+    channel = await transport.connection.channel()
+    try:
+        yield channel
+    finally:
+        if not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await channel.close()

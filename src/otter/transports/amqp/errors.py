@@ -15,7 +15,15 @@ import aiormq
 
 from ...errors import BrokerRefused, BrokerUnavailable, OtterError, Unroutable
 
-__all__ = ["REFUSALS", "connect_failure", "deprecated_feature", "describe", "quiet_outage_noise", "translated"]
+__all__ = [
+    "REFUSALS",
+    "connect_failure",
+    "deprecated_feature",
+    "describe",
+    "queue_mismatch",
+    "quiet_outage_noise",
+    "translated",
+]
 
 # Refusals are answers, not outages: retrying them cannot help. (NOT_FOUND is retried: the robust channel
 # re-declares the exchanges and queues it declared when it re-opens.)
@@ -130,6 +138,45 @@ def deprecated_feature(exc: BaseException) -> str | None:
     return (f"RabbitMQ refused the deprecated feature {feature!r} ({describe(exc)}). Otter itself uses none, so "
             f"this queue or setting comes from elsewhere (an older Otter, a policy, another client); remove it, or "
             f"allow it with deprecated_features.permit.{feature} = true in rabbitmq.conf")
+
+
+# The config key behind each task queue argument, for the fix in ``queue_mismatch``'s message.
+_ARGUMENT_KEYS = {
+    "x-queue-type": "TASK_QUEUE_TYPE (or add_task(queue_type=...))",
+    "x-message-ttl": "TASK_MESSAGE_TTL",
+    "x-delivery-limit": "TASK_DELIVERY_LIMIT",
+    "x-dead-letter-exchange": "TASK_QUEUE_TYPE and TASK_MESSAGE_TTL (only a classic queue with kiwipy's 7-day TTL "
+                              "has no dead-letter exchange)",
+    "x-dead-letter-routing-key": "DEAD_LETTER_QUEUE",
+}
+_INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)' for queue '([^']*)' in vhost '[^']*': "
+                           r"received (.+?) but current is (.+?)\s*$")
+
+
+def queue_mismatch(exc: BaseException, queue: str, queue_type: str, existing_type: str | None) -> str:
+    """One line for a worker whose task queue exists with other arguments (the broker's 406, measured on 3.10 and
+    4.0: any argument more, less or different): the queue's type and this worker's, or else the argument the broker
+    named with both values; and the fix."""
+    fix = (f"or move its tasks elsewhere and delete it (rabbitmqctl delete_queue {queue}) so that the worker declares "
+           f"it anew")
+    if existing_type is not None and existing_type != queue_type:
+        return (f"the task queue {queue!r} exists as a {existing_type} queue, but this worker declares it as a "
+                f"{queue_type} queue; RabbitMQ refuses a declaration that differs. Fix: set TASK_QUEUE_TYPE (or "
+                f"add_task(queue_type=...)) to {existing_type!r}, {fix}")
+    found = _INEQUIVALENT.search(str(exc))
+    if found is None:
+        return (f"the task queue {queue!r} exists with other settings than this worker's ({describe(exc)}); give "
+                f"the worker the queue's settings, {fix}")
+    argument, _, ours, theirs = found.groups()
+
+    def value(text: str) -> str:
+        quoted = re.search(r"'([^']*)'", text)
+        return quoted.group(1) if quoted else "none"
+
+    key = _ARGUMENT_KEYS.get(argument, "the task queue settings")
+    return (f"the task queue {queue!r} exists with {argument}={value(theirs)}, but this worker declares it with "
+            f"{argument}={value(ours)} (a {queue_type} queue); RabbitMQ refuses a declaration that differs. Fix: set "
+            f"{key} to match the queue, {fix}")
 
 
 CONNECTION_ERRORS = (

@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractQueue
 from aiormq.abc import DeliveredMessage
 
@@ -22,7 +24,7 @@ from .errors import describe, translated
 from .public import CANCEL_TIMEOUT
 from .publishing import Fields, Outlet
 
-__all__ = ["AmqpDelivery", "AmqpSubscription", "FastOutlet"]
+__all__ = ["AmqpDelivery", "AmqpSubscription", "FastOutlet", "watch_returns"]
 
 log = logging.getLogger("otter.amqp")
 
@@ -53,9 +55,27 @@ class FastOutlet(Outlet):
 
     async def publish(self, exchange: str, routing_key: str, body: bytes, fields: Fields) -> None:
         underlay: Any = await self.channel.get_underlay_channel()
+        if underlay.is_closed:  # frames queued on a closed aiormq channel are dropped without a word
+            raise aiormq.exceptions.ChannelInvalidStateError("the channel closed before the publish")
         self.underlay = underlay
         payload = frames.encode(underlay.number, underlay.max_content_size, exchange, routing_key, body, **fields)
         await frames.publish(underlay, payload, fields.get("message_id", ""))
+
+
+async def watch_returns(channel: AbstractChannel, on_return: Callable[[str | None, str], None]) -> None:
+    """Call ``on_return(correlation_id, routing_key)`` for each message the broker returns on ``channel``, on
+    whichever aiormq channel is under it. aio-pika (9.5) forwards returns to a robust channel's
+    ``return_callbacks`` only from the channel it first opened: once it re-opens (a lost connection, another
+    broker), returns went nowhere and a call to an unserved name waited for its whole deadline."""
+
+    def returned(message: DeliveredMessage) -> None:
+        on_return(message.header.properties.correlation_id, getattr(message.delivery, "routing_key", "") or "")
+
+    async def reopened(_channel: Any) -> None:
+        (await channel.get_underlay_channel()).on_return_callbacks.add(returned)
+
+    await reopened(channel)
+    channel.reopen_callbacks.add(reopened)  # type: ignore[attr-defined]
 
 
 class AmqpDelivery(Delivery):

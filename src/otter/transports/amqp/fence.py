@@ -7,6 +7,10 @@ installed versions and every private attribute the patches replace or use (its p
 parameters). On a mismatch that part is not applied: aiormq's falls back to aio-pika's public path (``public``),
 pamqp's is simply left out, and one warning line says which version was found and what is slower. Slower, never
 broken: ``.ci/newest-deps`` runs the contract suite on the newest versions the pins allow.
+
+``failover`` (moving to the next broker of a ``;``-list on a lost connection) overrides one aio-pika method and
+relies on aio-pika reporting failed attempts to it: ``failover_problems`` checks both, and on a mismatch the
+connection stays with one broker (as before), with one warning.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["SERIES", "Check", "apply", "attribute_problems", "choose", "installed_versions", "version_problems"]
+__all__ = ["SERIES", "Check", "apply", "attribute_problems", "choose", "failover_problems", "installed_versions",
+           "version_problems"]
 
 log = logging.getLogger("otter.amqp")
 
@@ -108,6 +113,18 @@ def choose(robust_channel: Any, underlay: Any) -> bool:
     return not problems
 
 
+def failover_problems() -> list[str]:
+    """What stops ``failover`` from working with the aio-pika installed (empty: nothing); warns once if anything."""
+    problems = version_problems(installed_versions(), ("aio-pika",)) or _static_problems("failover")
+    if problems:
+        line = (f"not moving to another broker of BROKER_URL when the connection is lost, for {', '.join(problems)}: "
+                f"the connection comes back to the broker it was on")
+        if line not in _warned:
+            _warned.add(line)
+            log.warning("%s; pyproject.toml pins the aio-pika version failover was written for", line)
+    return problems
+
+
 _warned: set[str] = set()
 
 
@@ -137,7 +154,8 @@ def _static_problems(part: str) -> list[str]:
     """The module-level checks of ``part``, made once, before its patches are applied (they replace some of
     what is checked)."""
     if part not in _static:
-        _static[part] = attribute_problems(_pamqp_checks() if part == "pamqp" else _aiormq_checks())
+        checks = {"pamqp": _pamqp_checks, "aiormq": _aiormq_checks, "failover": _failover_checks}[part]
+        _static[part] = attribute_problems(checks())
     return _static[part]
 
 
@@ -165,6 +183,19 @@ def _aiormq_checks() -> list[Check]:
     if not {"payload", "should_close", "drain_future"} <= frame_fields:
         checks.append(Check(abc.ChannelFrame, "payload, should_close and drain_future fields"))
     return checks
+
+
+def _failover_checks() -> list[Check]:
+    import aio_pika
+    from aio_pika.abc import UnderlayConnection
+
+    return [
+        # Overridden by FailoverConnection: called on every loss and every failed attempt, before the next one.
+        Check(aio_pika.RobustConnection, "_on_connection_close", ("self", "closing")),
+        Check(aio_pika.RobustConnection, "__init__", ("self", "url", "loop", "kwargs")),
+        # What calls it on a failed attempt, with the URL the attempt used (read from ``self.url`` each time).
+        Check(UnderlayConnection, "connect", ("url", "close_callback", "timeout", "kwargs")),
+    ]
 
 
 def _live_checks(robust_channel: Any, underlay: Any) -> list[Check]:

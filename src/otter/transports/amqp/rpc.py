@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
 
 from ... import protocol
 from ...errors import BrokerUnavailable, DeadlineExceeded, Unroutable
@@ -65,11 +64,11 @@ class Calls:
         if future is not None and not future.done():
             future.set_result(delivery)
 
-    def on_return(self, _channel: Any, message: AbstractIncomingMessage) -> None:
+    def on_return(self, correlation_id: str | None, routing_key: str) -> None:
         """The broker returned a ``mandatory`` RPC request: no queue is bound to its name."""
-        future = self.pending.get(message.correlation_id or "")
+        future = self.pending.get(correlation_id or "")
         if future is not None and not future.done():
-            future.set_exception(_unroutable(message.routing_key or ""))
+            future.set_exception(_unroutable(routing_key))
 
     def fail_all(self, reason: str) -> int:
         """Fail every call still waiting with ``BrokerUnavailable(reason)``; returns how many there were."""

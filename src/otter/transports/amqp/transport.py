@@ -25,10 +25,19 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnectio
 from ... import protocol
 from ...config import redact_url
 from ...errors import BrokerUnavailable, Unroutable
-from ..base import Delivery, OnDelivery, QueueInUse, ReplayRoute, Subscription, Topology, Transport
-from .connection import TASK_QUEUE_ARGUMENTS, Link, Queues, connect, open_link
+from ..base import (
+    Delivery,
+    OnDelivery,
+    QueueInUse,
+    QueueMismatch,
+    ReplayRoute,
+    Subscription,
+    Topology,
+    Transport,
+)
+from .connection import Link, Queues, broker_of, connect, fails_over, open_link
 from .dead_letters import DeadLetters
-from .errors import describe, translated
+from .errors import describe, queue_mismatch, translated
 from .publishing import Sender
 from .rpc import Calls
 
@@ -70,6 +79,7 @@ class AmqpTransport(Transport):
         self._dead_letters: DeadLetters | None = None
         self._down = False  # between a lost connection and the reconnection: its warning was given
         self._closed = False
+        self._broker = self.url  # the (redacted) broker of the list the connection is on
         self._sent_to: set[str] = set()  # task queues this transport has sent to
         self._sender = Sender(self.url, publish_timeout)
         self._calls = Calls(protocol.reply_queue_name(topology.message_exchange, uuid.uuid4().hex))
@@ -92,16 +102,23 @@ class AmqpTransport(Transport):
             self._raw_url, self.url, timeout=self._connect_timeout, ssl_context=self._ssl_context,
             reconnect_interval=self._reconnect_interval,
         )
+        self._broker = broker_of(self._connection)
         with translated("open channels"):
             self._link = link = await open_link(self._connection, self.topology)
             # The reply queue is consumed on this channel: when it closes (the connection is lost), replies still
             # due are lost and the publishes in flight are abandoned (``_on_calling_channel_closed``).
             link.confirming.close_callbacks.add(self._on_calling_channel_closed)
-            link.plain.return_callbacks.add(self._calls.on_return)
+            if link.fast:  # RPC requests go on the plain channel (on the public path: the confirming one, where a
+                # return fails the publish's confirm instead)
+                from .fast import watch_returns
+
+                await watch_returns(link.plain, self._calls.on_return)
+                # Its requests are lost if the broker closes it (a call to a deleted exchange): fail the calls then.
+                link.plain.close_callbacks.add(self._on_requests_channel_closed)
             self._connection.reconnect_callbacks.add(self._on_reconnected)
             exchange = await link.confirming.declare_exchange(self.topology.message_exchange, ExchangeType.TOPIC)
-            task_exchange = await link.confirming.declare_exchange(self.topology.task_exchange, ExchangeType.TOPIC)
-            self._queues = Queues(link.confirming, task_exchange, self.topology.dead_letter_queue)
+            await link.confirming.declare_exchange(self.topology.task_exchange, ExchangeType.TOPIC)
+            self._queues = Queues(self._connection, link.confirming, self.topology)
             self._dead_letters = DeadLetters(link, self._sender, self._queues, self.topology, self._next_message_id)
             # A name of our own, not the broker's: the robust channel re-declares the same queue after a restart.
             reply_queue = await link.confirming.declare_queue(self._calls.reply_to, exclusive=True)
@@ -262,12 +279,26 @@ class AmqpTransport(Transport):
                 raise _QueueVanished from None
 
     async def consume_tasks(
-        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False,
+        queue_type: str | None = None,
     ) -> Subscription:
-        assert self._link is not None, "call connect() first"
+        """Declare the queue with this worker's arguments (never passively: a worker must not run a queue of
+        another type than it was configured for) and consume it. A queue that exists with other arguments is a
+        ``QueueMismatch`` saying which argument differs and how to fix it, not an outage to retry."""
+        assert self._link is not None and self._queues is not None, "call connect() first"
+        queue_type = queue_type or self.topology.task_queue_type
+        arguments = self.topology.task_queue_arguments(queue_type)
+        if "x-dead-letter-routing-key" in arguments:  # what the broker dead-letters needs somewhere to go
+            await self._queues.dead_letter_queue()
         async with self._link.consumer_channel(prefetch) as channel:
             exchange = await channel.declare_exchange(self.topology.task_exchange, ExchangeType.TOPIC)
-            task_queue = await channel.declare_queue(queue, durable=True, arguments=TASK_QUEUE_ARGUMENTS)
+            try:
+                task_queue = await channel.declare_queue(queue, durable=True, arguments=arguments)
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                existing = await self._queues.existing_type(queue)
+                raise QueueMismatch(queue_mismatch(exc, queue, queue_type, existing)) from None
             await task_queue.bind(exchange, queue)
             try:
                 return await self._link.subscribe(channel, task_queue, on_delivery, no_ack=False, exclusive=exclusive)
@@ -306,17 +337,34 @@ class AmqpTransport(Transport):
         self._down = True
         if self.watcher is not None:
             self.watcher.connection_changed(False, False)
+        several = fails_over(self._connection)
         log.warning(
-            "lost the connection to %s (%s); reconnecting every %g s, sends wait for it up to %g s%s",
-            self.url, describe(exc) if exc else "closed", self._reconnect_interval, self.publish_timeout,
+            "lost the connection to %s (%s); reconnecting every %g s%s, sends wait for it up to %g s%s",
+            self._broker, describe(exc) if exc else "closed", self._reconnect_interval,
+            " to the next broker of BROKER_URL in turn" if several else "", self.publish_timeout,
             f", {failed} RPCs waiting for replies fail" if failed else "",
         )
+
+    def _on_requests_channel_closed(self, _sender: Any, exc: BaseException | None) -> None:
+        """The broker drops what comes after the frame it closed a channel for: the calls sent on it would wait
+        for their deadlines. (A lost connection closes it too; ``_on_calling_channel_closed`` reports that.)"""
+        connection = self._connection
+        if self._sender.closing or self._down or connection is None or not connection.connected.is_set():
+            return  # the connection is lost or closed: not a refusal on this channel
+        failed = self._calls.fail_all(
+            f"the broker closed the channel carrying RPC requests ({describe(exc) if exc else 'closed'}); the call "
+            f"may or may not have run"
+        )
+        if failed:
+            log.warning("the broker closed the channel carrying RPC requests (%s); %d RPCs waiting for replies fail",
+                        describe(exc) if exc else "closed", failed)
 
     def _on_reconnected(self, _sender: Any) -> None:
         self._down = False
         if self.watcher is not None:
             self.watcher.connection_changed(True, True)
-        log.info("reconnected to %s", self.url)
+        lost, self._broker = self._broker, broker_of(self._connection) if self._connection else self._broker
+        log.info("reconnected to %s%s", self._broker, f" (moved from {lost})" if lost != self._broker else "")
 
 
 class _QueueVanished(BrokerUnavailable):
