@@ -6,6 +6,7 @@ The broker outage (``/readyz`` 503 and back, ``/livez`` 200 throughout) is in ``
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -120,10 +121,17 @@ def test_two_workers_report_their_sum_on_one_endpoint(amqp_url: str, service: An
             pids.add(client.rpc("metrics.pid").result())
             calls += 1
             assert calls < 400, "one worker took every call"
-        samples = scrape(metrics_port)
+
+        def summed() -> Any:  # each worker writes its figures for the supervisor every second
+            samples = scrape(metrics_port)
+            handled = value(samples, "otter_messages_handled_total", kind="rpc", name="metrics.pid", outcome="ok")
+            return samples if handled >= calls else None
+
+        samples = wait_until(summed, 5, f"the sum of both workers to reach {calls}")
         assert value(samples, "otter_messages_handled_total", kind="rpc", name="metrics.pid", outcome="ok") == calls
         assert value(samples, "otter_connected") == 2
         assert value(samples, "otter_publish_seconds_count", what="reply") == calls
+        assert value(samples, "otter_handler_duration_seconds_count", kind="rpc", name="metrics.pid") == calls
 
         # A killed worker: the pod is not ready until it is replaced; its counts stay in the sum.
         victim = next(iter(pids))
@@ -131,7 +139,8 @@ def test_two_workers_report_their_sum_on_one_endpoint(amqp_url: str, service: An
         supervisor.wait_for("was killed by SIGKILL")
         wait_until(lambda: probe(health_port, "/readyz")[0] == 200 and supervisor.output.count(READY) == 3, 20,
                    "the replacement worker to be ready")
-        samples = scrape(metrics_port)
+        samples = wait_until(lambda: (found := scrape(metrics_port)) and value(found, "otter_connected") == 2 and found,
+                             5, "the replacement's figures")
         assert value(samples, "otter_messages_handled_total", kind="rpc", name="metrics.pid", outcome="ok") == calls
         assert value(samples, "otter_connected") == 2, "the killed worker's gauge left the sum"
         assert supervisor.stop() == 0
@@ -149,15 +158,17 @@ def test_metrics_without_prometheus_client_say_what_to_install(amqp_url: str) ->
     assert "Traceback" not in result.stderr
 
 
-def test_a_taken_port_is_one_clear_error(amqp_url: str) -> None:
+@pytest.mark.parametrize(("option", "what"), [("--health-port", "health probes"), ("--metrics-port", "metrics")])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_taken_port_is_one_clear_error(amqp_url: str, option: str, what: str, workers: str) -> None:
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "otter", "run", APP, "--health-port", str(port), "--broker",
-                                 amqp_url], env=app_env(), capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
-    assert f"cannot serve health probes on port {port} (HEALTH_PORT)" in result.stderr
+        result = subprocess.run([sys.executable, "-m", "otter", "run", APP, option, str(port), "--workers", workers,
+                                 "--broker", amqp_url], env=app_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"cannot serve {what} on port {port} ({option[2:].upper().replace('-', '_')}): " in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -206,3 +217,47 @@ def test_bad_requests_to_the_probes_get_an_answer_or_a_closed_socket_and_change_
                            b"HTTP/1.1 200 OK"]
         assert probe(health_port, "/readyz") == (200, "ready\n")
         assert client.rpc("probed.echo", 1).result() == 1
+
+
+def test_the_supervisor_sums_its_workers_and_keeps_a_finished_ones_counts(tmp_path: Any) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from otter.metrics import Metrics, PodCollector
+    from otter.worker import Handled
+
+    def worker(handled: int, slow: int, running: int) -> dict[str, Any]:
+        metrics = Metrics()
+        for n in range(handled):
+            seconds = 2.0 if n < slow else 0.0005
+            metrics(Handled("rpc", "x.y", "q", None, "ok", seconds, None, True, "reply"))
+        metrics(Handled("task", "t", "q", None, "e", 0.1, ValueError(), False, "retry"))
+        change = metrics.in_flight("rpc", "x.y")
+        for _ in range(running):
+            change(1)
+        metrics.connection_changed(True, False)
+        return metrics.snapshot()
+
+    (tmp_path / "1.json").write_text(json.dumps(worker(3, 1, 2)))
+    (tmp_path / "2.json").write_text(json.dumps(worker(4, 0, 1)))
+    (tmp_path / "3.json").write_text(json.dumps(worker(5, 2, 7)))
+    (tmp_path / "4.json.tmp").write_text("{half a fil")  # being written: skipped
+    collector = PodCollector(tmp_path)
+    collector.worker_exited(3)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    samples = {(s.name, frozenset(s.labels.items())): s.value
+               for family in text_string_to_metric_families(generate_latest(registry).decode())
+               for s in family.samples}
+    rpc = {"kind": "rpc", "name": "x.y"}
+    assert value(samples, "otter_messages_handled_total", **rpc, outcome="ok") == 12  # the finished one's too
+    assert value(samples, "otter_messages_in_flight", **rpc) == 3  # running workers only
+    assert value(samples, "otter_connected") == 2
+    assert value(samples, "otter_task_retries_total", name="t") == 3
+    assert value(samples, "otter_handler_errors_total", kind="task", name="t", error="ValueError") == 3
+    assert value(samples, "otter_handler_duration_seconds_bucket", **rpc, le="0.001") == 9
+    assert value(samples, "otter_handler_duration_seconds_bucket", **rpc, le="1.0") == 9
+    assert value(samples, "otter_handler_duration_seconds_bucket", **rpc, le="2.5") == 12
+    assert value(samples, "otter_handler_duration_seconds_bucket", **rpc, le="+Inf") == 12
+    assert value(samples, "otter_handler_duration_seconds_count", **rpc) == 12
+    assert value(samples, "otter_handler_duration_seconds_sum", **rpc) == pytest.approx(3 * 2.0 + 9 * 0.0005)

@@ -1,13 +1,14 @@
 """What a serving worker process offers its operators, as ``METRICS_PORT`` and ``HEALTH_PORT`` say.
 
 A lone worker serves both ports itself. A worker under the ``--workers N`` supervisor (``OTTER_WORKER_NUMBER`` is
-set) serves neither: it records its metrics in the supervisor's multiprocess directory and serves its probes on a
-port of its own on 127.0.0.1 for the supervisor to ask, which serves the public ports for all of them (see
+set) serves neither: it writes its metrics to a file in the supervisor's directory and serves its probes on a port
+of its own on 127.0.0.1 for the supervisor to ask, which serves the public ports for all of them (see
 ``otter.metrics`` and ``otter.health``). Nothing here is imported unless a port is configured.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .health import ProbeServer
-    from .metrics import Endpoint
+    from .metrics import Endpoint, PodCollector
     from .worker import Observer, Worker
 
 __all__ = ["Operations", "PodOperations"]
@@ -41,14 +42,21 @@ class Operations:
             self.metrics = Metrics()
             self.observers = (self.metrics,)
         self._endpoint: Endpoint | None = None
+        self._snapshots: asyncio.Task[None] | None = None
         self._probes: ProbeServer | None = None
         self._port_file: Path | None = None
 
     async def start(self, worker: Worker) -> None:
         """Serve the ports (before the worker connects, so ``/livez`` answers during a long ``STARTUP_WAIT``)."""
-        if self.metrics_port is not None and self.worker_number is None:
-            self._endpoint = self.metrics.serve(self.metrics_port)
-            log.info("metrics at http://0.0.0.0:%d/metrics", self.metrics_port)
+        if self.metrics_port is not None:
+            from .metrics import WORKER_METRICS_DIR_ENV, serve
+
+            if self.worker_number is None:
+                self._endpoint = serve(self.metrics_port, self.metrics)
+                log.info("metrics at http://0.0.0.0:%d/metrics", self.metrics_port)
+            elif os.environ.get(WORKER_METRICS_DIR_ENV):
+                path = Path(os.environ[WORKER_METRICS_DIR_ENV]) / f"{os.getpid()}.json"
+                self._snapshots = asyncio.ensure_future(self.metrics.write_snapshots(path))
         if self.health_port is None:
             return
         from .health import WORKER_HEALTH_DIR_ENV, ProbeServer, worker_probes, write_port
@@ -66,6 +74,10 @@ class Operations:
             log.info("health probes at http://0.0.0.0:%d/livez and /readyz", self._probes.port)
 
     async def close(self) -> None:
+        if self._snapshots is not None:  # its last snapshot, with the messages the stop finished, is written now
+            self._snapshots.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._snapshots
         if self._port_file is not None:
             with contextlib.suppress(OSError):
                 self._port_file.unlink()
@@ -87,6 +99,7 @@ class PodOperations:
         self.workers = workers
         self.env: dict[str, str] = {}
         self.directory: Path | None = None
+        self.collector: PodCollector | None = None
         if self.metrics_port is None and self.health_port is None:
             return
         if self.metrics_port is not None:
@@ -95,10 +108,11 @@ class PodOperations:
             require_prometheus()  # before any worker starts: one clear error, not N
         self.directory = Path(tempfile.mkdtemp(prefix="otter-supervisor-"))
         if self.metrics_port is not None:
-            from .metrics import MULTIPROC_DIR_ENV
+            from .metrics import WORKER_METRICS_DIR_ENV, PodCollector
 
             (self.directory / "metrics").mkdir()
-            self.env[MULTIPROC_DIR_ENV] = str(self.directory / "metrics")
+            self.env[WORKER_METRICS_DIR_ENV] = str(self.directory / "metrics")
+            self.collector = PodCollector(self.directory / "metrics")
         if self.health_port is not None:
             from .health import WORKER_HEALTH_DIR_ENV
 
@@ -112,10 +126,10 @@ class PodOperations:
         endpoint: Endpoint | None = None
         probes: ProbeServer | None = None
         try:
-            if self.metrics_port is not None:
-                from .metrics import serve_multiprocess
+            if self.metrics_port is not None and self.collector is not None:
+                from .metrics import serve
 
-                endpoint = serve_multiprocess(self.metrics_port, str(self.directory / "metrics"))
+                endpoint = serve(self.metrics_port, self.collector)
                 log.info("metrics of all %d workers at http://0.0.0.0:%d/metrics", self.workers, self.metrics_port)
             if self.health_port is not None:
                 from .health import ProbeServer, pod_probes
@@ -135,10 +149,8 @@ class PodOperations:
         """Forget a finished worker: its live gauges leave the sum, its probe port is no longer asked."""
         if self.directory is None:
             return
-        if self.metrics_port is not None:
-            from .metrics import mark_process_dead
-
-            mark_process_dead(pid, str(self.directory / "metrics"))
+        if self.collector is not None:
+            self.collector.worker_exited(pid)
         with contextlib.suppress(OSError):
             (self.directory / "health" / str(number)).unlink()
 

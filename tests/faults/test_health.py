@@ -55,7 +55,8 @@ def test_readiness_follows_the_broker_and_liveness_stays(
         assert set(liveness) == {200}, "liveness must not fail because the broker did"
         with Client(broker.url, **names) as client:
             assert client.rpc("metrics.echo", "back").result(timeout=10) == "back"  # the consumers are really back
-        samples = scrape(metrics_port)
+        # Several workers' figures reach the supervisor within a second.
+        samples = wait_until(lambda: (found := scrape(metrics_port)) and value(found, "otter_connected") == workers
+                             and found, 5, "every worker to report its connection")
         assert value(samples, "otter_reconnects_total") == workers
-        assert value(samples, "otter_connected") == workers
         assert worker.stop() == 0
