@@ -405,6 +405,7 @@ def summarise(runs: list[dict[str, Any]], systems: list[System], workloads: dict
               ) -> dict[str, dict[str, Any]]:
     """Per workload and system: medians, and the median of per-round ratios to the baseline."""
     base = {(r["wl"], r["round"]): r["rate"] for r in runs if r["ok"] and r["system"] == BASELINE}
+    plain = {(r["wl"], r["round"]): r for r in runs if r["ok"] and r["system"] == "otter"}
     summary: dict[str, dict[str, Any]] = {}
     for wl in workloads:
         summary[wl] = {}
@@ -425,6 +426,12 @@ def summarise(runs: list[dict[str, Any]], systems: list[System], workloads: dict
                 "server_cpu_us_per_msg": median([r["server_cpu_us_per_msg"] for r in rs]),
                 "rates": [round(r["rate"], 1) for r in rs],
             }
+            if system.name == "otter_metrics":  # paired with plain Otter's run of the same round, as the ratios are
+                pairs = [(r, plain[(wl, r["round"])]) for r in rs if (wl, r["round"]) in plain]
+                summary[wl][system.name]["vs_otter"] = median([on["rate"] / off["rate"] for on, off in pairs])
+                summary[wl][system.name]["server_cpu_vs_otter"] = median(
+                    [on["server_cpu_us_per_msg"] / off["server_cpu_us_per_msg"] for on, off in pairs
+                     if on.get("server_cpu_us_per_msg") and off.get("server_cpu_us_per_msg")])
     return summary
 
 
@@ -479,13 +486,13 @@ def print_report(summary: dict[str, dict[str, Any]], systems: list[System], work
 
 
 def print_metrics_cost(summary: dict[str, dict[str, Any]], workloads: dict[str, Workload]) -> None:
-    """With both 'otter' and 'otter_metrics' in the run: what metrics cost, as the ratio of their median rates."""
-    pairs = {key: (summary.get(key, {}).get("otter_metrics"), summary.get(key, {}).get("otter")) for key in workloads}
-    cells = [f"{workloads[key].title}: {on['rate'] / off['rate']:.3f}" for key, (on, off) in pairs.items()
-             if on and off and on["runs"] and off["runs"]]
+    """With both 'otter' and 'otter_metrics' in the run: what metrics cost, as the median of per-round ratios."""
+    rows = {key: summary.get(key, {}).get("otter_metrics") or {} for key in workloads}
+    cells = [f"{workloads[key].title}: rate {row['vs_otter']:.3f}, server CPU {fmt(row.get('server_cpu_vs_otter'), 3)}"
+             for key, row in rows.items() if row.get("vs_otter") is not None]
     if cells:
         print()
-        print("Metrics on / off (Otter's median rates, 1.000 = no cost): " + "; ".join(cells))
+        print("Metrics on / off (median of per-round ratios to Otter; rate 1.000 = no cost): " + "; ".join(cells))
 
 
 # -- memory mode --------------------------------------------------------------------------------------------------
