@@ -209,10 +209,12 @@ class Otter(Scaffold):
             await stop.wait()
             log.info("stopping: finishing running handlers (up to %gs)", worker.grace)
         finally:
-            await worker.stop()
-            await operations.close()
-            for sig in handled_signals:
-                loop.remove_signal_handler(sig)
+            try:
+                await worker.stop()
+            finally:
+                await operations.close()
+                for sig in handled_signals:
+                    loop.remove_signal_handler(sig)
 
     def start_worker(self, config: dict[str, Any], observers: Sequence[Observer] = ()) -> Worker:
         """A worker for this app's routes (closing its setup), on a transport for ``config["BROKER_URL"]``."""
