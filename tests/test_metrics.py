@@ -261,3 +261,21 @@ def test_the_supervisor_sums_its_workers_and_keeps_a_finished_ones_counts(tmp_pa
     assert value(samples, "otter_handler_duration_seconds_bucket", **rpc, le="+Inf") == 12
     assert value(samples, "otter_handler_duration_seconds_count", **rpc) == 12
     assert value(samples, "otter_handler_duration_seconds_sum", **rpc) == pytest.approx(3 * 2.0 + 9 * 0.0005)
+
+
+def test_the_test_client_serves_no_port_it_was_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``OTTER_HEALTH_PORT`` left in the shell would have every test's app bind the same port."""
+    taken = free_port()
+    monkeypatch.setenv("OTTER_HEALTH_PORT", str(taken))
+    monkeypatch.setenv("OTTER_METRICS_PORT", str(taken))
+    app = Otter("quiet")
+
+    @app.add_rpc("quiet.echo")
+    def echo(comm: Any, data: Any) -> Any:
+        return data
+
+    with app.test_client() as first, app.test_client() as second:
+        assert first.rpc("quiet.echo", 1).result() == 1
+        assert second.rpc("quiet.echo", 2).result() == 2
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", taken), timeout=5).close()

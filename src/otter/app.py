@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import eventloop
 from .blueprints import Blueprint
-from .config import Config, redact_url, resolve
+from .config import Config, ResolvedConfig, redact_url, resolve
 from .errors import ConfigurationError
 from .logs import configure_logging
 from .pipeline import Pipeline, RouteTable
@@ -157,7 +157,7 @@ class Otter(Scaffold):
         return Pipeline(route, before, after, [scope.error_handlers for scope in scopes])
 
     # -- running ------------------------------------------------------------------------------------------------
-    def resolve_config(self, url: str | None = None, **overrides: Any) -> dict[str, Any]:
+    def resolve_config(self, url: str | None = None, **overrides: Any) -> ResolvedConfig:
         """The effective config (``otter.config.resolve``): arguments > ``OTTER_*`` environment > ``app.config`` >
         defaults; a ``ResolvedConfig``, whose ``sources`` say where each value came from."""
         arguments = {key.upper(): value for key, value in overrides.items()}

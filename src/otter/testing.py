@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import eventloop
 from .client import Client
+from .config import ARGUMENT
 from .errors import DeadlineExceeded, OtterError
 from .transports import MEMORY_URL
 
@@ -81,6 +82,9 @@ class ServedApp:
         self.app = app
         self.handled = HandledLog(raise_errors)
         self.config = app.resolve_config(url or f"{MEMORY_URL}test-{uuid.uuid4().hex}", **config)
+        for key in ("METRICS_PORT", "HEALTH_PORT"):  # only when the test asks: an OTTER_* port in the shell would
+            if self.config.sources.get(key) != ARGUMENT:  # have every test's app bind the same port
+                self.config[key] = None
         self.url: str = self.config["BROKER_URL"]
         self._loop = eventloop.new_event_loop()
         self._stop = asyncio.Event()
