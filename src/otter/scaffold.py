@@ -56,6 +56,7 @@ class Scaffold:
         backoff: float | None = None,
         backoff_max: float | None = None,
         jitter: bool | None = None,
+        consumer_timeout: float | None = None,
         **options: Any,
     ) -> Callable[[F], F]:
         """Run tasks from the queue ``name``: ``handler(comm, body)``.
@@ -69,6 +70,9 @@ class Scaffold:
         ``backoff`` seconds, doubling up to ``backoff_max`` (with ``jitter``), then goes to the dead-letter queue;
         options left out come from the app's ``TASK_*`` config.
 
+        ``consumer_timeout`` (seconds) overrides the app's ``CONSUMER_TIMEOUT`` for this task's queue: how long the
+        broker lets a delivery stay unacked (RabbitMQ 4.3+ with quorum queues honour it; see "Long handlers").
+
         >>> @app.add_task("mail.send", max_retries=3, retry_on=(IOError,), backoff=2.0)
         ... def send(comm, body): ...
         """
@@ -81,6 +85,12 @@ class Scaffold:
                  "jitter": jitter}
         validate_retry_options(retry)
         options.update({option: value for option, value in retry.items() if value is not None})
+        if consumer_timeout is not None:
+            if isinstance(consumer_timeout, bool) or not isinstance(consumer_timeout, int | float) \
+                    or not 0 < consumer_timeout < float("inf"):
+                raise ConfigurationError(f"add_task({name!r}): consumer_timeout must be a number of seconds, more "
+                                         f"than 0, got {consumer_timeout!r}")
+            options["consumer_timeout"] = float(consumer_timeout)
 
         def decorator(handler: F) -> F:
             self._register("task", name or handler.__name__, handler, {**options, "default": default})

@@ -420,8 +420,10 @@ class MemoryTransport(Transport):
         return self._consume(self.topology.rpc_queue(name), on_delivery, prefetch, auto_delete=True)
 
     async def consume_tasks(
-        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False,
+        consumer_timeout: float | None = None,
     ) -> Subscription:
+        """``consumer_timeout`` is the broker's business: this broker has no acknowledgement timeout."""
         return self._consume(queue, on_delivery, prefetch, auto_delete=False, exclusive=exclusive)
 
     async def consume_broadcasts(self, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:

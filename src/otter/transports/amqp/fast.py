@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractQueue
@@ -73,9 +74,14 @@ class AmqpDelivery(Delivery):
             correlation_id=properties.correlation_id,
             reply_to=properties.reply_to,
             redelivered=bool(getattr(message.delivery, "redelivered", False)),
+            message_id=properties.message_id,
         )
         self._channel = message.channel
         self._tag: int = getattr(message.delivery, "delivery_tag", 0) or 0
+
+    @property
+    def orphaned(self) -> bool:
+        return bool(self._channel.is_closed)
 
     async def ack(self) -> None:
         """Queue the ack frame without waiting for it to drain to the socket (an ack needs no answer, and a lost
@@ -94,9 +100,10 @@ class AmqpSubscription(Subscription):
 
     def __init__(
         self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery,
-        *, no_ack: bool, exclusive: bool = False,
+        *, no_ack: bool, exclusive: bool = False, arguments: Mapping[str, Any] | None = None,
     ) -> None:
         self._channel, self._queue, self._no_ack, self._exclusive = channel, queue, no_ack, exclusive
+        self._arguments = dict(arguments or {})
         name = queue.name
 
         async def on_message(message: DeliveredMessage) -> None:
@@ -124,7 +131,7 @@ class AmqpSubscription(Subscription):
     async def _consume(self) -> None:
         underlay = await self._channel.get_underlay_channel()
         await underlay.basic_consume(self._queue.name, self._on_message, no_ack=self._no_ack, consumer_tag=self._tag,
-                                     exclusive=self._exclusive)
+                                     exclusive=self._exclusive, arguments=self._arguments)
 
     async def _restart(self, _channel: Any) -> None:
         """After aio-pika re-declared the queue on the re-opened channel: consume it again."""

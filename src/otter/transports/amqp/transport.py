@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnectio
 from ... import protocol
 from ...config import redact_url
 from ...errors import BrokerUnavailable, Unroutable
-from ..base import Delivery, OnDelivery, QueueInUse, ReplayRoute, Subscription, Topology, Transport
+from ..base import Delivery, OnAckTimeout, OnDelivery, QueueInUse, ReplayRoute, Subscription, Topology, Transport
 from .connection import TASK_QUEUE_ARGUMENTS, Link, Queues, connect, open_link
 from .dead_letters import DeadLetters
 from .errors import describe, translated
@@ -231,7 +231,8 @@ class AmqpTransport(Transport):
                 raise _QueueVanished from None
 
     async def consume_tasks(
-        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False,
+        consumer_timeout: float | None = None,
     ) -> Subscription:
         assert self._link is not None, "call connect() first"
         async with self._link.consumer_channel(prefetch) as channel:
@@ -239,7 +240,9 @@ class AmqpTransport(Transport):
             task_queue = await channel.declare_queue(queue, durable=True, arguments=TASK_QUEUE_ARGUMENTS)
             await task_queue.bind(exchange, queue)
             try:
-                return await self._link.subscribe(channel, task_queue, on_delivery, no_ack=False, exclusive=exclusive)
+                return await self._link.subscribe(
+                    channel, task_queue, on_delivery, no_ack=False, exclusive=exclusive,
+                    arguments=protocol.consumer_arguments(consumer_timeout), on_ack_timeout=self._ack_timeout_report)
             except aiormq.exceptions.ChannelAccessRefused as exc:  # the broker closed this consumer's channel
                 with contextlib.suppress(Exception):
                     await channel.close()
@@ -257,7 +260,11 @@ class AmqpTransport(Transport):
 
     async def _consume(self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery) -> Subscription:
         assert self._link is not None, "call connect() first"
-        return await self._link.subscribe(channel, queue, on_delivery, no_ack=False)
+        return await self._link.subscribe(channel, queue, on_delivery, no_ack=False,
+                                          on_ack_timeout=self._ack_timeout_report)
+
+    def _ack_timeout_report(self) -> OnAckTimeout | None:
+        return self.on_ack_timeout
 
     # -- internals ----------------------------------------------------------------------------------------------
     def _next_message_id(self) -> str:
