@@ -105,11 +105,20 @@ class AmqpSubscription(Subscription):
         self._channel, self._queue, self._no_ack, self._exclusive = channel, queue, no_ack, exclusive
         self._arguments = dict(arguments or {})
         name = queue.name
+        handling = self._handling = set[asyncio.Future[None]]()
 
         async def on_message(message: DeliveredMessage) -> None:
             await on_delivery(AmqpDelivery(message, name))
 
-        self._on_message = on_message
+        async def on_message_detached(message: DeliveredMessage) -> None:
+            # aiormq runs this in a task of the channel, cancelled when the channel closes: a handler that is still
+            # running then (the broker closed the channel for an ack timeout, or the connection was lost) must end
+            # and have its outcome carried out on the redelivery, so it runs in a task of our own.
+            task = asyncio.ensure_future(on_delivery(AmqpDelivery(message, name)))
+            handling.add(task)
+            task.add_done_callback(handling.discard)
+
+        self._on_message = on_message if no_ack else on_message_detached
         self._tag = f"otter.{uuid.uuid4().hex}"
         self._cancelled = False
 

@@ -94,9 +94,13 @@ class PublicSubscription(Subscription):
         self._queue, self._no_ack, self._exclusive = queue, no_ack, exclusive
         self._arguments = dict(arguments or {})
         name = queue.name
+        handling = self._handling = set[asyncio.Future[None]]()
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await on_delivery(PublicDelivery(message, name))
+            # In a task of our own, not the channel's (cancelled when it closes): see ``fast.AmqpSubscription``.
+            task = asyncio.ensure_future(on_delivery(PublicDelivery(message, name)))
+            handling.add(task)
+            task.add_done_callback(handling.discard)
 
         self._on_message = on_message
         self._tag: str | None = None
