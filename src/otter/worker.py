@@ -21,6 +21,7 @@ import contextvars
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,17 +29,20 @@ from typing import Any, Literal
 from .codec import JsonCodec
 from .comm import Communicator
 from .core import (
+    FOLLOWING,
     NOT_STARTED,
     Ack,
     BroadcastRules,
     DeadLetter,
     Decision,
+    Redeliveries,
     Reply,
     Requeue,
     RetryLater,
     RpcRules,
     Run,
     TaskRules,
+    ack_timeout_note,
 )
 from .errors import BrokerRefused, BrokerUnavailable, OtterError
 from .logs import MessageContext, current_message
@@ -48,7 +52,7 @@ from .routing import BroadcastRoute, TaskRoute
 from .threadpool import HandlerThreadPool
 from .tracing import tracing_for
 from .transports import Delivery, Subscription, Transport
-from .transports.base import QueueInUse
+from .transports.base import AckTimeout, QueueInUse
 
 __all__ = ["Handled", "Observer", "Worker"]
 
@@ -100,6 +104,12 @@ class Worker:
         self._running: dict[asyncio.Task[Any], tuple[Delivery, Rules]] = {}
         self._idle: asyncio.Event | None = None
         self._connected = False
+        # Long tasks (see core.Redeliveries): the task deliveries whose handler runs (since when), the last ones each
+        # task queue settled, and what to do with the redeliveries when the broker closes a channel under them.
+        self._started: dict[Delivery, float] = {}
+        self._recent: dict[str, deque[Delivery]] = {}
+        self._redeliveries = Redeliveries()
+        self._task_names: dict[str, tuple[str, float | None]] = {}  # queue -> handler, consumer timeout asked
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,6 +123,7 @@ class Worker:
             loop_thread=threading.current_thread(),  # so .result() on the loop fails fast instead of freezing it
             tracing=self.tracing,
         )
+        self.transport.on_ack_timeout = self._on_ack_timeout
         table = self.table
         # Each RPC name gets its own slots and threads, so a handler waiting on a nested call to another name never
         # starves it; tasks and broadcasts share one pool per kind.
@@ -127,7 +138,8 @@ class Worker:
                 await self._consume_default_queue(queue, pipeline)
                 continue
             self._subscriptions.append(await self.transport.consume_tasks(
-                queue, self._task_consumer(pipeline), prefetch=self.prefetch, queue_type=_queue_type(pipeline)))
+                queue, self._task_consumer(pipeline), prefetch=self.prefetch, queue_type=_queue_type(pipeline),
+                consumer_timeout=self._consumer_timeout(queue, pipeline)))
         if table.broadcasts:
             self._subscriptions.append(await self.transport.consume_broadcasts(
                 self._broadcast_consumer(table.broadcasts), prefetch=self.prefetch))
@@ -141,7 +153,7 @@ class Worker:
         try:
             subscription = await self.transport.consume_tasks(
                 queue, self._task_consumer(pipeline), prefetch=self.prefetch, exclusive=not shared,
-                queue_type=_queue_type(pipeline))
+                queue_type=_queue_type(pipeline), consumer_timeout=self._consumer_timeout(queue, pipeline))
         except QueueInUse as exc:
             if shared:
                 raise QueueInUse(
@@ -228,9 +240,20 @@ class Worker:
         gate, kind, name = self._gates[slots], pipeline.route.kind, pipeline.route.name
         timed = self.debug or bool(self.observers)
         tracing = self.tracing
+        task = isinstance(rules, TaskRules)
+        redeliveries, running = self._redeliveries, self._started
 
         async def on_delivery(delivery: Delivery) -> None:
+            if task and delivery.redelivered and redeliveries:
+                first = redeliveries.arrived(delivery)
+                if first is FOLLOWING:  # its first run goes on here: settled when that run ends
+                    return
+                if first is not None:
+                    await self._carry_out(delivery, first, rules)
+                    return
             async with gate:
+                if delivery.orphaned:  # its channel closed while it waited: back in its queue, to run from there
+                    return
                 current_message.set(MessageContext(kind, name, delivery.correlation_id, delivery.headers))
                 if rules.settle_on_receipt:
                     await delivery.ack()
@@ -239,6 +262,8 @@ class Worker:
                 decision: Decision
                 error: Exception | None = None
                 if isinstance(step, Run):
+                    if task:
+                        running[delivery] = time.monotonic()
                     try:
                         result = await self._invoke(pipeline, kind, delivery, step, slots)
                     except Exception as exc:
@@ -249,11 +274,52 @@ class Worker:
                         decision = rules.succeeded(delivery, step, result)
                 else:
                     decision = step
-                done = await self._carry_out(delivery, decision, rules)
+                if task:
+                    running.pop(delivery, None)
+                    if delivery.orphaned:
+                        done = await self._settle_orphan(delivery, decision, rules)
+                    else:
+                        done = await self._carry_out(delivery, decision, rules)
+                        self._recent.setdefault(delivery.queue, deque(maxlen=self.prefetch)).append(delivery)
+                else:
+                    done = await self._carry_out(delivery, decision, rules)
                 if timed:
                     self._handled(kind, name, delivery, started, done, error)
 
         return self._tracked(on_delivery if tracing is None else tracing.processing(kind, name, on_delivery), rules)
+
+    async def _settle_orphan(self, delivery: Delivery, decision: Decision, rules: Rules) -> Decision:
+        """A task whose channel closed while it ran: the broker has already put it back on its queue, so its run's
+        decision is carried out on the redelivery (now, if it is here, else when it comes)."""
+        for note in decision.notes:
+            log.log(note.level, note.message, exc_info=note.exc)
+        follower = self._redeliveries.ended(delivery, decision)
+        if follower is None:
+            return decision
+        redelivery, quiet = follower
+        assert isinstance(redelivery, Delivery)
+        return await self._carry_out(redelivery, quiet, rules)
+
+    def _consumer_timeout(self, queue: str, pipeline: Pipeline) -> float | None:
+        """The consumer timeout asked of the broker for a task queue: the task's own, else ``CONSUMER_TIMEOUT``."""
+        asked = pipeline.route.options.get("consumer_timeout", self.config.get("CONSUMER_TIMEOUT"))
+        timeout = None if asked is None else float(asked)
+        self._task_names[queue] = (pipeline.route.name, timeout)
+        return timeout
+
+    def _on_ack_timeout(self, event: AckTimeout) -> None:
+        """The broker closed a task queue's channel for a delivery left unacked too long (it re-opens by itself and
+        the consumer starts again): say so once, and see that the handlers still running are not run again here."""
+        queue = event.queue
+        now = time.monotonic()
+        running = [delivery for delivery in self._started if delivery.queue == queue]
+        waiting = sum(1 for delivery, _ in self._running.values()
+                      if delivery.queue == queue and delivery not in self._started)
+        self._redeliveries.orphaned(running, self._recent.pop(queue, ()))
+        name, asked = self._task_names.get(queue, (queue, None))
+        note = ack_timeout_note(queue, name, [now - self._started[d] for d in running], waiting, event.timeout,
+                                asked)
+        log.log(note.level, note.message)
 
     def _broadcast_consumer(self, pipelines: tuple[Pipeline, ...]) -> Callable[[Delivery], Awaitable[None]]:
         by_route = {id(pipeline.route): pipeline for pipeline in pipelines}
