@@ -96,14 +96,16 @@ _FORMAT_EXAMPLES = {
 _MAX_DEPTH = 6
 
 
-def example_of(schema: Any, components: Mapping[str, Any], depth: int = 0) -> Any:
+def example_of(schema: Any, components: Mapping[str, Any], depth: int = 0,
+               path: frozenset[str] = frozenset()) -> Any:
     """A plausible value for ``schema`` (its ``default``, first ``enum`` value, or one built from its type), to show
-    next to it; ``$ref`` s are looked up in ``components`` and recursion stops at a fixed depth."""
+    next to it. ``$ref`` s are looked up in ``components``; a schema that nests itself ends where it may (an empty
+    list, an optional property left out), and any recursion at a fixed depth."""
     if not isinstance(schema, Mapping) or depth > _MAX_DEPTH:
         return None
     ref = schema.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
-        return example_of(components.get(ref.rsplit("/", 1)[1]), components, depth + 1)
+        return example_of(components.get(ref.rsplit("/", 1)[1]), components, depth + 1, path | {ref})
     for key in ("const", "default"):
         if key in schema:
             return schema[key]
@@ -113,24 +115,43 @@ def example_of(schema: Any, components: Mapping[str, Any], depth: int = 0) -> An
         return schema["enum"][0]
     for key in ("oneOf", "anyOf", "allOf"):
         if schema.get(key):
-            return example_of(schema[key][0], components, depth + 1)
+            return example_of(schema[key][0], components, depth + 1, path)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), None)
     if kind == "object" or "properties" in schema:
-        return {name: example_of(sub, components, depth + 1) for name, sub in schema.get("properties", {}).items()}
+        required = set(schema.get("required", ()))
+        return {name: example_of(sub, components, depth + 1, path) for name, sub in schema.get("properties", {}).items()
+                if name in required or not _loops(sub, path)}
     if kind == "array":
         items = schema.get("items", {})
         if isinstance(items, list):
-            return [example_of(item, components, depth + 1) for item in items]
-        return [example_of(items, components, depth + 1)]
+            return [example_of(item, components, depth + 1, path) for item in items]
+        return [] if _loops(items, path) else [example_of(items, components, depth + 1, path)]
     if kind == "string":
-        return _FORMAT_EXAMPLES.get(str(schema.get("format")), "string")
+        return _FORMAT_EXAMPLES.get(str(schema.get("format"))) or _text(schema)
     if kind in ("integer", "number"):
         return _number(schema, kind)
     if kind == "boolean":
         return True
     return None
+
+
+def _loops(schema: Any, path: frozenset[str]) -> bool:
+    """Whether ``schema`` (or the items of it, an array) refers back to a schema being built."""
+    if not isinstance(schema, Mapping):
+        return False
+    if schema.get("$ref") in path:
+        return True
+    return schema.get("type") == "array" and _loops(schema.get("items"), path)
+
+
+def _text(schema: Mapping[str, Any]) -> str:
+    low, high = schema.get("minLength"), schema.get("maxLength")
+    text = "string"
+    if isinstance(low, int) and len(text) < low:
+        text += "x" * (low - len(text))
+    return text[:high] if isinstance(high, int) else text
 
 
 def _number(schema: Mapping[str, Any], kind: str) -> int | float:
