@@ -3,7 +3,8 @@
 Nothing here is declared twice: addresses, exchanges, queues and queue arguments come from the app's effective
 config through ``Topology``, the object the AMQP transport declares them with; the payloads are kiwipy's envelopes
 as ``protocol`` builds them, around the handlers' ``@use_args`` schemas; subject filters are documented by the
-regular expression the worker matches them with. docs/asyncapi.md says how Otter maps its wire onto AsyncAPI.
+regular expression the worker matches them with. docs/cli.md ("AsyncAPI documents") says how
+Otter's wire maps onto AsyncAPI.
 """
 
 from __future__ import annotations
