@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("aio_pika", "aiormq", "pamqp", "kiwipy.rmq", "marshmallow", "click", "rich", "watchfiles")
+HEAVY = ("aio_pika", "aiormq", "pamqp", "kiwipy.rmq", "marshmallow", "click", "rich", "watchfiles", "apispec", "yaml")
 
 
 def test_import_otter_loads_no_heavy_library() -> None:
