@@ -13,16 +13,22 @@ import pytest
 from otter import protocol
 from otter.codec import JsonCodec
 from otter.core import (
+    ACKED,
+    FOLLOWING,
+    SETTLED,
     Ack,
     BroadcastRules,
     DeadLetter,
     Drop,
+    Note,
+    Redeliveries,
     Reply,
     Requeue,
     RetryLater,
     RpcRules,
     Run,
     TaskRules,
+    ack_timeout_note,
 )
 from otter.errors import BrokerUnavailable, MessageError, ValidationError
 from otter.retry import RetryPolicy
@@ -305,3 +311,96 @@ def test_a_dead_letter_keeps_the_handlers_traceback_bounded_to_its_last_frames()
     assert trace.rstrip().endswith("KeyError: 'at the bottom'")
     unraised = task_rules().failed(Message(b""), Run(("x",)), ValueError("never raised"))
     assert isinstance(unraised, DeadLetter) and protocol.ERROR_TRACEBACK_HEADER not in (unraised.headers or {})
+
+
+# -- redeliveries of tasks still running (a channel closed under them) ----------------------------------------------
+@dataclass
+class Delivered:
+    body: bytes = b'"A"'
+    queue: str = "svc.job"
+    message_id: str | None = "m-1"
+    correlation_id: str | None = "cid-1"
+    redelivered: bool = False
+    orphaned: bool = False
+    content_type: str | None = protocol.CONTENT_TYPE
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    reply_to: str | None = None
+
+
+def test_a_redelivery_of_a_task_still_running_follows_it_and_gets_its_decision_without_notes() -> None:
+    redeliveries = Redeliveries()
+    first = Delivered()
+    redeliveries.orphaned(running=[first], settled=[])
+    again = Delivered(redelivered=True)
+    assert redeliveries.arrived(again) is FOLLOWING
+    decision = Ack("ok", (Note(logging.INFO, "done"),))
+    assert redeliveries.ended(first, decision) == (again, Ack("ok"))
+    assert not redeliveries  # nothing left to remember
+
+
+def test_a_redelivery_after_its_first_run_ended_is_settled_as_that_run_decided() -> None:
+    redeliveries = Redeliveries()
+    first = Delivered(orphaned=True)
+    retry = RetryLater("error, retry 1/3", (Note(logging.WARNING, "retrying"),), 1.0, {"x": 1})
+    assert redeliveries.ended(first, retry) is None  # no redelivery here yet: kept
+    assert redeliveries.arrived(Delivered(redelivered=True)) == RetryLater("error, retry 1/3", (), 1.0, {"x": 1})
+    assert redeliveries.arrived(Delivered(redelivered=True)) is None  # settled once only
+
+
+def test_a_task_settled_just_before_the_close_is_acked_when_it_comes_back() -> None:
+    redeliveries = Redeliveries()
+    redeliveries.orphaned(running=[], settled=[Delivered()])
+    assert redeliveries.arrived(Delivered(redelivered=True)) == SETTLED
+
+
+@pytest.mark.parametrize("other", [
+    pytest.param(Delivered(redelivered=False), id="not redelivered: a new send"),
+    pytest.param(Delivered(redelivered=True, message_id="m-2"), id="another message id"),
+    pytest.param(Delivered(redelivered=True, body=b'"B"'), id="another body"),
+    pytest.param(Delivered(redelivered=True, queue="other"), id="another queue"),
+])
+def test_only_the_same_message_redelivered_follows_a_run(other: Delivered) -> None:
+    redeliveries = Redeliveries()
+    redeliveries.orphaned(running=[Delivered()], settled=[])
+    assert redeliveries.arrived(other) is None
+
+
+def test_a_follower_whose_channel_closed_too_is_not_settled_the_next_redelivery_is() -> None:
+    redeliveries = Redeliveries()
+    first = Delivered()
+    redeliveries.orphaned(running=[first], settled=[])
+    stale = Delivered(redelivered=True)
+    assert redeliveries.arrived(stale) is FOLLOWING
+    stale.orphaned = True  # the run outlived a second timeout
+    assert redeliveries.ended(first, ACKED) is None
+    assert redeliveries.arrived(Delivered(redelivered=True)) == ACKED
+
+
+def test_redeliveries_remember_a_bounded_number_of_ended_runs() -> None:
+    redeliveries = Redeliveries(keep=2)
+    for index in range(3):
+        redeliveries.ended(Delivered(message_id=f"m-{index}", orphaned=True), ACKED)
+    assert redeliveries.arrived(Delivered(message_id="m-0", redelivered=True)) is None  # the oldest: forgotten
+    assert redeliveries.arrived(Delivered(message_id="m-2", redelivered=True)) == ACKED
+
+
+@pytest.mark.parametrize(("running", "waiting", "timeout", "asked", "expected", "absent"), [
+    pytest.param([4.04, 2.5], 1, 2.0, None,
+                 ["'svc.job'", "consumer_timeout (2 s)", "handler svc.job has run 4.0 s", "1 other handlers",
+                  "will not run again in this worker", "1 deliveries not yet started went back",
+                  "raise consumer_timeout in rabbitmq.conf", "consumer-timeout policy", "CONSUMER_TIMEOUT"],
+                 ["was asked for"], id="a handler running"),
+    pytest.param([], 3, None, 60.0,
+                 ["no handler of it was running", "PREFETCH_MULTIPLIER", "CONSUMER_TIMEOUT 60 s was asked for, but "
+                  "this broker ignores it"], ["consumer_timeout ("], id="only waiting deliveries, timeout unsaid"),
+])
+def test_the_ack_timeout_line_says_what_happened_and_the_fix(
+    running: list[float], waiting: int, timeout: float | None, asked: float | None, expected: list[str],
+    absent: list[str],
+) -> None:
+    note = ack_timeout_note("svc.job", "svc.job", running, waiting, timeout, asked)
+    assert note.level == logging.WARNING and "\n" not in note.message
+    for text in expected:
+        assert text in note.message
+    for text in absent:
+        assert text not in note.message

@@ -7,7 +7,8 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("aio_pika", "aiormq", "pamqp", "kiwipy.rmq", "marshmallow", "click", "rich", "watchfiles", "prometheus_client")
+HEAVY = ("aio_pika", "aiormq", "pamqp", "kiwipy.rmq", "marshmallow", "click", "rich", "watchfiles", "apispec", "yaml",
+         "prometheus_client")
 
 
 def test_import_otter_loads_no_heavy_library() -> None:

@@ -66,6 +66,9 @@ DEFAULTS: dict[str, Any] = {
     # trying again with a log line each time; a broker that answers and refuses is not waited for.
     "STARTUP_WAIT": 30.0,
     "SHUTDOWN_GRACE": 30.0,  # seconds running handlers get to finish on SIGTERM/Ctrl-C
+    # Seconds a task consumer may hold a delivery unacked, asked of the broker per consumer (basic.consume's
+    # x-consumer-timeout: RabbitMQ 4.3+, quorum queues; older brokers ignore it). None: the broker's consumer_timeout.
+    "CONSUMER_TIMEOUT": None,
     "MAX_MESSAGE_SIZE": DEFAULT_MAX_MESSAGE_SIZE,  # bytes, enforced by senders and receivers alike
     # Encodes what JSON has no place for (Decimal, your classes): a function (or its dotted path) as orjson's default.
     "JSON_DEFAULT": None,
@@ -267,6 +270,7 @@ RULES: dict[str, Rule] = {
     "CONNECT_TIMEOUT": _seconds(0, inclusive=False),
     "STARTUP_WAIT": _seconds(0, inclusive=True),
     "SHUTDOWN_GRACE": _seconds(0, inclusive=True),
+    "CONSUMER_TIMEOUT": Rule("a number of seconds, more than 0", _seconds(0, inclusive=False).convert, True),
     "MAX_MESSAGE_SIZE": Rule("a number of bytes, at least 1", _whole(1).convert),
     "JSON_DEFAULT": Rule("a function, or its dotted path (e.g. 'myapp.encoding:default')", _function, True),
     "PUBLISH_TIMEOUT": _seconds(0, inclusive=False),

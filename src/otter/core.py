@@ -14,8 +14,9 @@ nothing, so this module is the one to read to know what Otter does with a messag
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol
 
 from . import protocol
@@ -25,6 +26,7 @@ from .retry import RetryPolicy
 from .routing import BroadcastRoute
 
 __all__ = [
+    "FOLLOWING",
     "Ack",
     "BroadcastRules",
     "DeadLetter",
@@ -32,14 +34,18 @@ __all__ = [
     "Drop",
     "Note",
     "Received",
+    "Redelivered",
+    "Redeliveries",
     "Reply",
     "Requeue",
     "RetryLater",
     "RpcRules",
     "Run",
     "TaskRules",
+    "ack_timeout_note",
     "deadline_passed",
     "encode_error",
+    "message_key",
 ]
 
 class Received(Protocol):
@@ -272,6 +278,123 @@ class BroadcastRules:
 
     def abandoned(self, message: Received, grace: float) -> Drop:
         return Drop("abandoned")
+
+
+# -- redeliveries of tasks still running ----------------------------------------------------------------------------
+class Redelivered(Received, Protocol):
+    """What ``Redeliveries`` reads of a task delivery (a transport's ``Delivery`` is one)."""
+
+    @property
+    def queue(self) -> str: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def redelivered(self) -> bool: ...
+    @property
+    def orphaned(self) -> bool: ...
+
+
+MessageKey = tuple[str, "str | None", "str | None", bytes]
+
+
+def message_key(message: Redelivered) -> MessageKey:
+    """What a message is across its redeliveries: the broker hands back the same id, correlation id and body."""
+    return message.queue, message.message_id, message.correlation_id, message.body
+
+
+FOLLOWING = Drop("following its first run")  # a redelivery that waits for the run still going on
+SETTLED = Ack("settled by its first run")  # a redelivery of a task already handled here
+
+
+class Redeliveries:
+    """Tasks whose channel closed under them, so that their redelivery is settled by their first run here rather
+    than run a second time.
+
+    When RabbitMQ closes a consumer's channel (a delivery left unacked past its consumer timeout), every unacked
+    delivery on it goes back to the queue and comes back marked redelivered, while their handlers may still run. A
+    redelivery of a task still running here *follows* that run: it waits, unsettled, and the run's decision is
+    carried out on it when the run ends. A redelivery of a task whose run ended after its channel closed (or just
+    before: the ack may have been lost with the channel) is settled as that run decided. Memory is bounded by
+    ``keep`` entries (the oldest are forgotten: their redelivery, if it ever comes, runs again, at-least-once).
+
+    >>> redeliveries.orphaned(running=[first], settled=[])
+    >>> redeliveries.arrived(again)        # FOLLOWING: do not run it
+    >>> redeliveries.ended(first, ACKED)   # (again, ACKED): carry it out on the redelivery
+    """
+
+    def __init__(self, keep: int = 1024) -> None:
+        self.keep = keep
+        self._running: dict[MessageKey, Redelivered | None] = {}  # running tasks, and their redelivery once here
+        self._done: OrderedDict[MessageKey, Decision] = OrderedDict()  # runs ended; their redelivery not yet here
+
+    def __bool__(self) -> bool:
+        return bool(self._running or self._done)
+
+    def orphaned(self, running: Iterable[Redelivered], settled: Iterable[Redelivered]) -> None:
+        """The broker closed the channel of these deliveries: ``running`` ones are in their handler; ``settled``
+        ones were settled shortly before, perhaps too late (an ack written after the broker closed the channel is
+        lost, and the task comes back)."""
+        for message in running:
+            self._running.setdefault(message_key(message), None)
+        for message in settled:
+            self._remember(message_key(message), SETTLED)
+
+    def arrived(self, message: Redelivered) -> Decision | None:
+        """None: run it as usual. ``FOLLOWING``: its first run still goes on; leave it unsettled. Any other
+        decision: carry it out on this delivery (its first run decided it)."""
+        if not message.redelivered or not self:
+            return None
+        key = message_key(message)
+        if key in self._running:
+            self._running[key] = message
+            return FOLLOWING
+        return self._done.pop(key, None)
+
+    def ended(self, message: Redelivered, decision: Decision) -> tuple[Redelivered, Decision] | None:
+        """The run of ``message``, whose channel closed, ended with ``decision``: the redelivery to carry it out on
+        (without its notes: they were logged with the run), or None when none is here yet (kept for when it
+        comes)."""
+        key = message_key(message)
+        follower = self._running.pop(key, None)
+        quiet = replace(decision, notes=NO_NOTES)
+        if follower is None or follower.orphaned:
+            self._remember(key, quiet)
+            return None
+        return follower, quiet
+
+    def _remember(self, key: MessageKey, decision: Decision) -> None:
+        self._done[key] = decision
+        self._done.move_to_end(key)
+        while len(self._done) > self.keep:
+            self._done.popitem(last=False)
+
+
+def ack_timeout_note(
+    queue: str, name: str, running: Sequence[float], waiting: int, timeout: float | None,
+    asked: float | None,
+) -> Note:
+    """The one log line when the broker closed a task consumer's channel for an acknowledgement timeout: what
+    happened, what Otter does about it, and which setting to change. ``running``: how long each handler of that
+    channel has run; ``waiting``: deliveries that had not started; ``timeout``: the broker's, when it said;
+    ``asked``: the consumer timeout Otter asked for (CONSUMER_TIMEOUT or the task's ``consumer_timeout``)."""
+    limit = f" ({timeout:g} s)" if timeout is not None else ""
+    if running:
+        longest = max(running)
+        others = f", {len(running) - 1} other handlers of it too" if len(running) > 1 else ""
+        what = (f"handler {name} has run {longest:.1f} s and goes on{others}; it will not run again in this "
+                f"worker: its redelivery is settled when it ends")
+    else:
+        what = ("no handler of it was running: deliveries waited longer than that for a free slot (lower "
+                "PREFETCH_MULTIPLIER, or raise CONCURRENCY)")
+    requeued = f"; {waiting} deliveries not yet started went back to the queue" if waiting else ""
+    ignored = (f"; CONSUMER_TIMEOUT {asked:g} s was asked for, but this broker ignores it (only RabbitMQ 4.3+ with "
+               f"quorum queues takes it per consumer)") if asked is not None else ""
+    return Note(logging.WARNING,
+                f"task queue {queue!r}: RabbitMQ closed the consumer's channel because a delivery stayed "
+                f"unacknowledged longer than its consumer_timeout{limit}; {what}{requeued}{ignored}. Fix: raise "
+                f"consumer_timeout in rabbitmq.conf above the longest task (or, on RabbitMQ 3.12+, a "
+                f"consumer-timeout policy on the queue; on 4.3+ with quorum queues, CONSUMER_TIMEOUT or "
+                f"add_task(consumer_timeout=...))")
 
 
 # -- the message envelope ------------------------------------------------------------------------------------------

@@ -50,24 +50,45 @@ class SubjectFilter:
         self._regex = _compile(pattern)
 
     def matches(self, subject: str | None) -> bool:
-        return subject is not None and self._regex.fullmatch("." + subject) is not None
+        return subject is not None and self._regex.fullmatch(subject) is not None
+
+    @property
+    def regex(self) -> str:
+        """The pattern as a regular expression over the whole subject, valid in Python and in ECMA 262 (JSON Schema's
+        ``pattern``, which is how ``otter.asyncapi`` documents the filter): one rule for matching and documenting."""
+        return subject_regex(self.pattern)
 
     def __repr__(self) -> str:
         return f"SubjectFilter({self.pattern!r})"
 
 
+def subject_regex(pattern: str) -> str:
+    """The regular expression a subject must match in full for ``pattern`` (unanchored source)."""
+    words = pattern.split(".")
+    lead = 0
+    while lead < len(words) and words[lead] == "#":
+        lead += 1
+    if lead == len(words):  # only '#': any subject, the empty one included
+        return r"(?:[^.]*\.)*[^.]*"
+    # Leading '#'s: zero or more whole words, each with its dot; every later word brings its own leading dot.
+    parts = [r"(?:[^.]*\.)*" if lead else "", _word(words[lead])]
+    for word in words[lead + 1 :]:
+        parts.append(r"(?:\.[^.]*)*" if word == "#" else r"\." + _word(word))
+    return "".join(parts)
+
+
+def _word(word: str) -> str:
+    return "[^.]*" if word == "*" else "".join("\\" + char if char in _SYNTAX else char for char in word)
+
+
+# ECMA 262's syntax characters and '/': escaping them means the same in Python's re and in JSON Schema's regexes
+# (re.escape would also escape '-', which an ECMA regex in unicode mode refuses).
+_SYNTAX = frozenset("\\^$.|?*+()[]{}/")
+
+
 @lru_cache(maxsize=256)
 def _compile(pattern: str) -> re.Pattern[str]:
-    # Every word, and the subject, gets a leading dot; then '#' is "zero or more dotted words".
-    parts = []
-    for word in pattern.split("."):
-        if word == "#":
-            parts.append(r"(?:\.[^.]*)*")
-        elif word == "*":
-            parts.append(r"\.[^.]*")
-        else:
-            parts.append(r"\." + re.escape(word))
-    return re.compile("".join(parts))
+    return re.compile(subject_regex(pattern))
 
 
 @dataclass(frozen=True)
@@ -153,7 +174,7 @@ def make_filters(patterns: str | Iterable[str]) -> tuple[SubjectFilter, ...]:
 # The options each kind of route takes (add_rpc/add_task/add_broadcast's keyword arguments, add_route's options).
 ROUTE_OPTIONS: dict[str, frozenset[str]] = {
     "rpc": frozenset(),
-    "task": frozenset({"default", "queue_type", *RETRY_OPTIONS}),
+    "task": frozenset({"default", "queue_type", "consumer_timeout", *RETRY_OPTIONS}),
     "broadcast": frozenset(),  # its filters are add_broadcast's argument (add_route's "filters" option)
 }
 # What the worker passes each kind of handler, positionally; and each hook.

@@ -58,6 +58,7 @@ class Scaffold:
         backoff_max: float | None = None,
         jitter: bool | None = None,
         queue_type: str | None = None,
+        consumer_timeout: float | None = None,
         **options: Any,
     ) -> Callable[[F], F]:
         """Run tasks from the queue ``name``: ``handler(comm, body)``.
@@ -74,6 +75,8 @@ class Scaffold:
         ``queue_type`` (``"classic"`` or ``"quorum"``) is how the worker declares the task's queue; None: the app's
         ``TASK_QUEUE_TYPE``. A quorum queue survives the loss of a cluster node and dead-letters a task delivered
         ``TASK_DELIVERY_LIMIT`` times (one that kills its worker each time), but kiwipy programs cannot declare it.
+        ``consumer_timeout`` (seconds) overrides the app's ``CONSUMER_TIMEOUT`` for this task's queue: how long the
+        broker lets a delivery stay unacked (RabbitMQ 4.3+ with quorum queues honour it; see "Long handlers").
 
         >>> @app.add_task("mail.send", max_retries=3, retry_on=(IOError,), backoff=2.0)
         ... def send(comm, body): ...
@@ -92,6 +95,12 @@ class Scaffold:
                                          f"{', '.join(repr(t) for t in TASK_QUEUE_TYPES)}, or None for TASK_QUEUE_TYPE")
             options["queue_type"] = queue_type
         options.update({option: value for option, value in retry.items() if value is not None})
+        if consumer_timeout is not None:
+            if isinstance(consumer_timeout, bool) or not isinstance(consumer_timeout, int | float) \
+                    or not 0 < consumer_timeout < float("inf"):
+                raise ConfigurationError(f"add_task({name!r}): consumer_timeout must be a number of seconds, more "
+                                         f"than 0, got {consumer_timeout!r}")
+            options["consumer_timeout"] = float(consumer_timeout)
 
         def decorator(handler: F) -> F:
             self._register("task", name or handler.__name__, handler, {**options, "default": default})

@@ -21,6 +21,7 @@ import contextvars
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,18 +29,21 @@ from typing import Any, Literal
 from .codec import JsonCodec
 from .comm import Communicator
 from .core import (
+    FOLLOWING,
     NOT_STARTED,
     Ack,
     BroadcastRules,
     DeadLetter,
     Decision,
     Drop,
+    Redeliveries,
     Reply,
     Requeue,
     RetryLater,
     RpcRules,
     Run,
     TaskRules,
+    ack_timeout_note,
 )
 from .errors import BrokerRefused, BrokerUnavailable, OtterError
 from .logs import MessageContext, current_message
@@ -49,7 +53,7 @@ from .routing import BroadcastRoute, TaskRoute
 from .threadpool import HandlerThreadPool
 from .tracing import tracing_for
 from .transports import Delivery, Subscription, Transport
-from .transports.base import QueueInUse
+from .transports.base import AckTimeout, QueueInUse
 
 __all__ = ["Handled", "Observer", "Worker"]
 
@@ -117,6 +121,12 @@ class Worker:
         self._idle: asyncio.Event | None = None
         self._connected = False
         self.state = "starting"  # then "serving" once every consumer is up, "stopping" from stop() on
+        # Long tasks (see core.Redeliveries): the task deliveries whose handler runs (since when), the last ones each
+        # task queue settled, and what to do with the redeliveries when the broker closes a channel under them.
+        self._started: dict[Delivery, float] = {}
+        self._recent: dict[str, deque[Delivery]] = {}
+        self._redeliveries = Redeliveries()
+        self._task_names: dict[str, tuple[str, float | None]] = {}  # queue -> handler, consumer timeout asked
 
     def readiness(self) -> str | None:
         """None while the worker can take messages (connected, every consumer active), else why not: what
@@ -142,6 +152,7 @@ class Worker:
             loop_thread=threading.current_thread(),  # so .result() on the loop fails fast instead of freezing it
             tracing=self.tracing,
         )
+        self.transport.on_ack_timeout = self._on_ack_timeout
         table = self.table
         # Each RPC name gets its own slots and threads, so a handler waiting on a nested call to another name never
         # starves it; tasks and broadcasts share one pool per kind.
@@ -156,7 +167,8 @@ class Worker:
                 await self._consume_default_queue(queue, pipeline)
                 continue
             self._subscriptions.append(await self.transport.consume_tasks(
-                queue, self._task_consumer(pipeline), prefetch=self.prefetch, queue_type=_queue_type(pipeline)))
+                queue, self._task_consumer(pipeline), prefetch=self.prefetch, queue_type=_queue_type(pipeline),
+                consumer_timeout=self._consumer_timeout(queue, pipeline)))
         if table.broadcasts:
             self._subscriptions.append(await self.transport.consume_broadcasts(
                 self._broadcast_consumer(table.broadcasts), prefetch=self.prefetch))
@@ -171,7 +183,7 @@ class Worker:
         try:
             subscription = await self.transport.consume_tasks(
                 queue, self._task_consumer(pipeline), prefetch=self.prefetch, exclusive=not shared,
-                queue_type=_queue_type(pipeline))
+                queue_type=_queue_type(pipeline), consumer_timeout=self._consumer_timeout(queue, pipeline))
         except QueueInUse as exc:
             if shared:
                 raise QueueInUse(
@@ -258,11 +270,22 @@ class Worker:
         """RPCs and tasks: take a slot, ask the rules, run the handler if told to, carry out the outcome."""
         gate, kind, name = self._gates[slots], pipeline.route.kind, pipeline.route.name
         timed = self.debug or bool(self.observers)
-        running = self._in_flight(kind, name)
+        in_flight = self._in_flight(kind, name)
         tracing = self.tracing
+        task = isinstance(rules, TaskRules)
+        redeliveries, running = self._redeliveries, self._started
 
         async def on_delivery(delivery: Delivery) -> None:
+            if task and delivery.redelivered and redeliveries:
+                first = redeliveries.arrived(delivery)
+                if first is FOLLOWING:  # its first run goes on here: settled when that run ends
+                    return
+                if first is not None:
+                    await self._carry_out(delivery, first, rules)
+                    return
             async with gate:
+                if delivery.orphaned:  # its channel closed while it waited: back in its queue, to run from there
+                    return
                 current_message.set(MessageContext(kind, name, delivery.correlation_id, delivery.headers))
                 if rules.settle_on_receipt:
                     await delivery.ack()
@@ -271,8 +294,10 @@ class Worker:
                 decision: Decision
                 error: Exception | None = None
                 if isinstance(step, Run):
-                    if running:
-                        _tell(running, 1)
+                    if in_flight:
+                        _tell(in_flight, 1)
+                    if task:
+                        running[delivery] = time.monotonic()
                     try:
                         result = await self._invoke(pipeline, kind, delivery, step, slots)
                     except Exception as exc:
@@ -282,15 +307,56 @@ class Worker:
                     else:
                         decision = rules.succeeded(delivery, step, result)
                     finally:
-                        if running:
-                            _tell(running, -1)
+                        if in_flight:
+                            _tell(in_flight, -1)
                 else:
                     decision = step
-                done = await self._carry_out(delivery, decision, rules)
+                if task:
+                    running.pop(delivery, None)
+                    if delivery.orphaned:
+                        done = await self._settle_orphan(delivery, decision, rules)
+                    else:
+                        done = await self._carry_out(delivery, decision, rules)
+                        self._recent.setdefault(delivery.queue, deque(maxlen=self.prefetch)).append(delivery)
+                else:
+                    done = await self._carry_out(delivery, decision, rules)
                 if timed:
                     self._handled(kind, name, delivery, started, done, error)
 
         return self._tracked(on_delivery if tracing is None else tracing.processing(kind, name, on_delivery), rules)
+
+    async def _settle_orphan(self, delivery: Delivery, decision: Decision, rules: Rules) -> Decision:
+        """A task whose channel closed while it ran: the broker has already put it back on its queue, so its run's
+        decision is carried out on the redelivery (now, if it is here, else when it comes)."""
+        for note in decision.notes:
+            log.log(note.level, note.message, exc_info=note.exc)
+        follower = self._redeliveries.ended(delivery, decision)
+        if follower is None:
+            return decision
+        redelivery, quiet = follower
+        assert isinstance(redelivery, Delivery)
+        return await self._carry_out(redelivery, quiet, rules)
+
+    def _consumer_timeout(self, queue: str, pipeline: Pipeline) -> float | None:
+        """The consumer timeout asked of the broker for a task queue: the task's own, else ``CONSUMER_TIMEOUT``."""
+        asked = pipeline.route.options.get("consumer_timeout", self.config.get("CONSUMER_TIMEOUT"))
+        timeout = None if asked is None else float(asked)
+        self._task_names[queue] = (pipeline.route.name, timeout)
+        return timeout
+
+    def _on_ack_timeout(self, event: AckTimeout) -> None:
+        """The broker closed a task queue's channel for a delivery left unacked too long (it re-opens by itself and
+        the consumer starts again): say so once, and see that the handlers still running are not run again here."""
+        queue = event.queue
+        now = time.monotonic()
+        running = [delivery for delivery in self._started if delivery.queue == queue]
+        waiting = sum(1 for delivery, _ in self._running.values()
+                      if delivery.queue == queue and delivery not in self._started)
+        self._redeliveries.orphaned(running, self._recent.pop(queue, ()))
+        name, asked = self._task_names.get(queue, (queue, None))
+        note = ack_timeout_note(queue, name, [now - self._started[d] for d in running], waiting, event.timeout,
+                                asked)
+        log.log(note.level, note.message)
 
     def _broadcast_consumer(self, pipelines: tuple[Pipeline, ...]) -> Callable[[Delivery], Awaitable[None]]:
         by_route = {id(pipeline.route): pipeline for pipeline in pipelines}
@@ -298,7 +364,7 @@ class Worker:
         rules = BroadcastRules([r for r in routes if isinstance(r, BroadcastRoute)], self.codec, debug=self.debug)
         gate = self._gates["broadcast"]
         timed = self.debug or bool(self.observers)
-        running_by_route = {id(route): self._in_flight("broadcast", route.name) for route in routes}
+        in_flight_by_route = {id(route): self._in_flight("broadcast", route.name) for route in routes}
         tracing = self.tracing
 
         async def on_broadcast(delivery: Delivery) -> None:
@@ -313,9 +379,9 @@ class Worker:
                                                        delivery.headers))
                     started = time.perf_counter() if timed else 0.0
                     error: Exception | None = None
-                    running = running_by_route[id(route)]
-                    if running:
-                        _tell(running, 1)
+                    in_flight = in_flight_by_route[id(route)]
+                    if in_flight:
+                        _tell(in_flight, 1)
                     try:
                         await self._invoke(by_route[id(route)], "broadcast", delivery, step, "broadcast")
                     except Exception as exc:
@@ -325,8 +391,8 @@ class Worker:
                     else:
                         decision = rules.finished(delivery, route)
                     finally:
-                        if running:
-                            _tell(running, -1)
+                        if in_flight:
+                            _tell(in_flight, -1)
                     await self._carry_out(delivery, decision, rules)
                     if timed:
                         self._handled("broadcast", route.name, delivery, started, decision, error)
@@ -440,8 +506,8 @@ class Worker:
 
 
 
-def _tell(running: tuple[InFlight, ...], change: int) -> None:
-    for in_flight in running:
+def _tell(counters: tuple[InFlight, ...], change: int) -> None:
+    for in_flight in counters:
         try:
             in_flight(change)
         except Exception:

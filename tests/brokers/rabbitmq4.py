@@ -41,7 +41,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from faults.node_watchdog import alive
-from faults.rabbitmq_node import PrivateRabbitMQ, _free_ports
+from faults.rabbitmq_node import PrivateRabbitMQ, _free_ports, advanced_config, consumer_timeout_line
 
 __all__ = [
     "DENIED_FEATURES",
@@ -260,7 +260,8 @@ class Rabbitmq4Node(PrivateRabbitMQ):
     """A RabbitMQ 4 node chrooted into ``root``, on its own ports, name, data dir and cookie; plain AMQP only.
 
     ``base`` is the node's folder seen from here (``<root>/otter-nodes/<id>``), ``inner`` the same folder seen from
-    inside the chroot. ``consumer_timeout`` is in seconds; ``extra_config`` lines are appended to rabbitmq.conf.
+    inside the chroot. ``consumer_timeout`` is in seconds (and makes channels tick often enough to enforce it, as
+    ``PrivateRabbitMQ``'s does); ``extra_config`` lines are appended to rabbitmq.conf.
     """
 
     def __init__(
@@ -386,9 +387,9 @@ class Rabbitmq4Node(PrivateRabbitMQ):
             "log.console = false",
             *(f"deprecated_features.permit.{feature} = false" for feature in DENIED_FEATURES),
         ]
-        if self.consumer_timeout is not None:
-            lines.append(f"consumer_timeout = {round(self.consumer_timeout * 1000)}")
-        (self.base / "rabbitmq.conf").write_text("\n".join(lines) + "\n" + self.extra_config)
+        (self.base / "advanced.config").write_text(advanced_config(self.consumer_timeout))
+        (self.base / "rabbitmq.conf").write_text(
+            "\n".join(lines) + "\n" + consumer_timeout_line(self.consumer_timeout) + self.extra_config)
         env = {key: value for key, value in os.environ.items() if not key.startswith(("RABBITMQ_", "ERL_"))}
         env.update(
             PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -400,6 +401,7 @@ class Rabbitmq4Node(PrivateRabbitMQ):
             RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
             RABBITMQ_CONFIG_FILE=str(inner / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(inner / "advanced.config"),
             RABBITMQ_CONF_ENV_FILE=str(inner / "rabbitmq-env.conf"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(inner / "enabled_plugins"),
             RABBITMQ_MNESIA_BASE=str(inner / "mnesia"),

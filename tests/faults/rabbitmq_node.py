@@ -32,8 +32,8 @@ import pytest
 from .certificates import CertificateSet, generate_certificates
 from .node_watchdog import alive
 
-__all__ = ["REQUIRE_RABBITMQ_SERVER", "PrivateRabbitMQ", "private_broker_fixture", "rabbitmq_installed",
-           "require_rabbitmq_server"]
+__all__ = ["REQUIRE_RABBITMQ_SERVER", "PrivateRabbitMQ", "advanced_config", "consumer_timeout_line",
+           "private_broker_fixture", "rabbitmq_installed", "require_rabbitmq_server"]
 
 # Set (to 1) by scripts/test, the README's test command: there a missing rabbitmq-server fails the tests that need
 # it instead of skipping them, so a run that skipped the fault and TLS tests cannot pass for a full one.
@@ -70,10 +70,15 @@ def require_rabbitmq_server() -> None:
 
 class PrivateRabbitMQ:
     """A RabbitMQ node of our own. ``url``/``tls_url`` carry the credentials; ``restart_app()`` restarts the broker
-    application (connections drop, durable queues and persistent messages survive) without restarting Erlang."""
+    application (connections drop, durable queues and persistent messages survive) without restarting Erlang.
 
-    def __init__(self, base: Path) -> None:
+    ``consumer_timeout`` (seconds) sets the broker's delivery acknowledgement timeout; a channel checks it on each
+    tick, once a minute by default, so the node then ticks every ``TICK_FOR_TIMEOUT`` of it (``advanced.config``'s
+    ``channel_tick_interval``), which makes a timeout of a few seconds fire within a fraction of a second of it."""
+
+    def __init__(self, base: Path, *, consumer_timeout: float | None = None) -> None:
         self.base = base
+        self.consumer_timeout = consumer_timeout
         self.node = f"otter-fault-{uuid.uuid4().hex[:8]}@localhost"
         self.port, self.tls_port, self.dist_port = _free_ports(3)
         self.user = "otter"
@@ -198,7 +203,9 @@ class PrivateRabbitMQ:
         (self.base / "rabbitmq-env.conf").write_text("")
         (self.base / "enabled_plugins").write_text("[].\n")
         certs = self.certs
+        (self.base / "advanced.config").write_text(advanced_config(self.consumer_timeout))
         (self.base / "rabbitmq.conf").write_text(
+            consumer_timeout_line(self.consumer_timeout) +
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
             f"ssl_options.cacertfile = {certs.ca_file}\n"
@@ -219,6 +226,7 @@ class PrivateRabbitMQ:
             RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
             RABBITMQ_CONFIG_FILE=str(self.base / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(self.base / "advanced.config"),
             RABBITMQ_CONF_ENV_FILE=str(self.base / "rabbitmq-env.conf"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.base / "enabled_plugins"),
             RABBITMQ_MNESIA_BASE=str(self.base / "mnesia"),
@@ -261,6 +269,22 @@ class PrivateRabbitMQ:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s") from None
                 time.sleep(0.05)
+
+
+TICK_FOR_TIMEOUT = 0.1  # of a consumer_timeout: how often a channel checks it
+
+
+def consumer_timeout_line(consumer_timeout: float | None) -> str:
+    """The rabbitmq.conf line of a ``consumer_timeout`` in seconds (none: the broker's default, 30 min)."""
+    return "" if consumer_timeout is None else f"consumer_timeout = {round(consumer_timeout * 1000)}\n"
+
+
+def advanced_config(consumer_timeout: float | None) -> str:
+    """advanced.config: with a consumer timeout, channels tick often enough to enforce it within 10% of it."""
+    if consumer_timeout is None:
+        return "[].\n"
+    tick = max(100, round(consumer_timeout * 1000 * TICK_FOR_TIMEOUT))
+    return f"[{{rabbit, [{{channel_tick_interval, {tick}}}]}}].\n"
 
 
 def _free_ports(count: int) -> list[int]:

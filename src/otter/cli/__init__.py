@@ -2,6 +2,7 @@
 
     otter run examples.app:app --broker amqp://guest:guest@127.0.0.1/ --workers 4
     otter routes examples.app:app
+    otter docs examples.app:app --serve
     otter call example.hash '"otter"'
 
 Every option of ``otter run`` is also a config key and an ``OTTER_<KEY>`` environment variable. Precedence, highest
@@ -10,8 +11,8 @@ first: the command-line option, then ``OTTER_<KEY>``, then the app's ``app.confi
 See docs/cli.md.
 
 This module is the group and its entry point; each command lives in the module of its job: ``serve`` (run),
-``describe`` (routes, config), ``send`` (call, task, broadcast), ``dlq``; ``settings``, ``loading`` and ``output``
-serve them all.
+``describe`` (routes, config), ``docs`` (the AsyncAPI document), ``send`` (call, task, broadcast), ``dlq``;
+``settings``, ``loading`` and ``output`` serve them all.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .. import __version__
 from ..app import RUN_FROM_CLI_ENV
 from .describe import routes, show_config
 from .dlq import dlq
+from .docs import docs
 from .output import (
     CONTEXT_SETTINGS,
     EXIT_APP_FAILED,
@@ -82,5 +84,5 @@ def cli() -> None:
     """
 
 
-for _command in (run, routes, show_config, call, task, broadcast, dlq):
+for _command in (run, routes, show_config, docs, call, task, broadcast, dlq):
     cli.add_command(_command)

@@ -17,7 +17,9 @@ from ..config import DEFAULTS
 from ..errors import ConfigurationError
 
 __all__ = [
+    "AckTimeout",
     "Delivery",
+    "OnAckTimeout",
     "OnDelivery",
     "QueueInUse",
     "QueueMismatch",
@@ -73,7 +75,8 @@ class Delivery(abc.ABC):
     """One received message. Exactly one of ``ack``/``requeue``/``dead_letter`` settles it (no-ops for RPC and
     broadcasts, which are settled on receipt)."""
 
-    __slots__ = ("body", "content_type", "correlation_id", "headers", "queue", "redelivered", "reply_to")
+    __slots__ = ("body", "content_type", "correlation_id", "headers", "message_id", "queue", "redelivered",
+                 "reply_to")
 
     def __init__(
         self,
@@ -85,6 +88,7 @@ class Delivery(abc.ABC):
         correlation_id: str | None = None,
         reply_to: str | None = None,
         redelivered: bool = False,
+        message_id: str | None = None,
     ) -> None:
         self.body = body
         self.queue = queue
@@ -93,6 +97,13 @@ class Delivery(abc.ABC):
         self.correlation_id = correlation_id
         self.reply_to = reply_to
         self.redelivered = redelivered
+        self.message_id = message_id
+
+    @property
+    def orphaned(self) -> bool:
+        """Its channel is gone (closed by the broker, or the connection lost): the broker has put it back on its
+        queue, so it can no longer be settled here and must not start."""
+        return False
 
     @abc.abstractmethod
     async def ack(self) -> None: ...
@@ -114,6 +125,19 @@ class Snapshot(Delivery):
 
 
 OnDelivery = Callable[[Delivery], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class AckTimeout:
+    """The broker closed a consumer's channel because a delivery stayed unacked past its consumer timeout
+    (``timeout`` seconds, when it said); every delivery of that channel went back to ``queue``."""
+
+    queue: str
+    timeout: float | None
+    reason: str
+
+
+OnAckTimeout = Callable[[AckTimeout], None]
 # Where a replayed dead letter goes: ``(queue, headers)``, or ``None`` to leave it in the dead-letter queue.
 ReplayRoute = Callable[[Delivery], "tuple[str, Mapping[str, Any]] | None"]
 
@@ -153,6 +177,8 @@ class Transport(abc.ABC):
     metrics watch it, so an unwatched publish pays one attribute test."""
 
     url: str
+    # Told when the broker closes a consumer's channel for an acknowledgement timeout (set by the worker).
+    on_ack_timeout: OnAckTimeout | None = None
     watcher: TransportWatcher | None = None
 
     @property
@@ -218,12 +244,13 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def consume_tasks(
         self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False,
-        queue_type: str | None = None,
+        queue_type: str | None = None, consumer_timeout: float | None = None,
     ) -> Subscription:
         """Declare the durable task ``queue`` as ``queue_type`` (default ``TASK_QUEUE_TYPE``) and consume it;
         ``exclusive`` asks to be its only consumer. ``QueueInUse`` when another consumer has it exclusively, or when
         exclusivity is asked for and it has consumers already; ``QueueMismatch`` when it exists with other
-        arguments."""
+        arguments. ``consumer_timeout``: seconds the broker may leave a delivery unacked (where it takes it per
+        consumer)."""
 
     @abc.abstractmethod
     async def consume_broadcasts(self, on_delivery: OnDelivery, *, prefetch: int) -> Subscription: ...

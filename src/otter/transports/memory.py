@@ -478,8 +478,9 @@ class MemoryTransport(Transport):
 
     async def consume_tasks(
         self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False,
-        queue_type: str | None = None,
+        queue_type: str | None = None, consumer_timeout: float | None = None,
     ) -> Subscription:
+        """``consumer_timeout`` is the broker's business: this broker has no acknowledgement timeout."""
         queue_type = queue_type or self.topology.task_queue_type
         arguments = self.topology.task_queue_arguments(queue_type)
         existing = self.broker.declare(queue, arguments=arguments).arguments

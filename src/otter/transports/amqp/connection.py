@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -26,9 +26,9 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnectio
 from ...config import redact_url
 from ...errors import BrokerRefused, BrokerUnavailable
 from ...protocol import TASK_QUEUE_ARGUMENTS, TASK_QUEUE_TYPES
-from ..base import OnDelivery, Subscription, Topology
+from ..base import AckTimeout, OnAckTimeout, OnDelivery, Subscription, Topology
 from . import fence
-from .errors import connect_failure, quiet_outage_noise, translated
+from .errors import ack_timeout, connect_failure, describe, quiet_outage_noise, translated
 from .failover import FailoverConnection
 from .public import PublicOutlet, PublicSubscription
 from .publishing import Outlet
@@ -132,17 +132,33 @@ class Link:
 
     async def subscribe(
         self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery, *, no_ack: bool,
-        exclusive: bool = False,
+        exclusive: bool = False, arguments: Mapping[str, Any] | None = None,
+        on_ack_timeout: Callable[[], OnAckTimeout | None] | None = None,
     ) -> Subscription:
-        """Consume ``queue`` on ``channel``, on this connection's path; ``exclusive``: as its only consumer."""
+        """Consume ``queue`` on ``channel``, on this connection's path; ``exclusive``: as its only consumer;
+        ``arguments``: basic.consume's. ``on_ack_timeout`` gives the callback (if any, when it happens) to tell
+        when the broker closes the channel for a delivery left unacked too long; the robust channel then re-opens
+        and the subscription consumes again, as after a reconnection."""
         subscription: Subscription
         if self.fast:
             from .fast import AmqpSubscription
 
-            subscription = AmqpSubscription(channel, queue, on_delivery, no_ack=no_ack, exclusive=exclusive)
+            subscription = AmqpSubscription(channel, queue, on_delivery, no_ack=no_ack, exclusive=exclusive,
+                                            arguments=arguments)
         else:
-            subscription = PublicSubscription(queue, on_delivery, no_ack=no_ack, exclusive=exclusive)
+            subscription = PublicSubscription(queue, on_delivery, no_ack=no_ack, exclusive=exclusive,
+                                              arguments=arguments)
         await subscription.start()
+        if on_ack_timeout is not None:
+            name = queue.name
+
+            def on_close(_channel: Any, exc: BaseException | None) -> None:
+                timed_out, timeout = ack_timeout(exc)
+                report = on_ack_timeout() if timed_out else None
+                if report is not None:
+                    report(AckTimeout(name, timeout, describe(exc) if exc else ""))
+
+            channel.close_callbacks.add(on_close)
         return subscription
 
     @contextlib.asynccontextmanager

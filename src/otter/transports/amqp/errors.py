@@ -17,6 +17,7 @@ from ...errors import BrokerRefused, BrokerUnavailable, OtterError, Unroutable
 
 __all__ = [
     "REFUSALS",
+    "ack_timeout",
     "connect_failure",
     "deprecated_feature",
     "describe",
@@ -126,6 +127,20 @@ class translated:
                 f"could not {self.action}: the broker connection failed ({describe(exc)})"
             ) from None
         return False
+
+
+_ACK_TIMEOUT = re.compile(r"delivery acknowledgement on channel \d+ timed out")
+_TIMEOUT_USED = re.compile(r"Timeout value used: (\d+) ms")
+
+
+def ack_timeout(exc: BaseException | None) -> tuple[bool, float | None]:
+    """Whether ``exc`` is the broker closing a channel for a delivery left unacked past ``consumer_timeout``
+    (``PRECONDITION_FAILED - delivery acknowledgement on channel N timed out``, RabbitMQ 3.8.15 to 4.2, and 4.3+
+    for clients without consumer_cancel_notify), and the timeout in seconds when the broker said it."""
+    if not isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed) or not _ACK_TIMEOUT.search(str(exc)):
+        return False, None
+    used = _TIMEOUT_USED.search(str(exc))
+    return True, int(used.group(1)) / 1000 if used else None
 
 
 def deprecated_feature(exc: BaseException) -> str | None:

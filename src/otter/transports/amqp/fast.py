@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiormq
@@ -93,9 +93,14 @@ class AmqpDelivery(Delivery):
             correlation_id=properties.correlation_id,
             reply_to=properties.reply_to,
             redelivered=bool(getattr(message.delivery, "redelivered", False)),
+            message_id=properties.message_id,
         )
         self._channel = message.channel
         self._tag: int = getattr(message.delivery, "delivery_tag", 0) or 0
+
+    @property
+    def orphaned(self) -> bool:
+        return bool(self._channel.is_closed)
 
     async def ack(self) -> None:
         """Queue the ack frame without waiting for it to drain to the socket (an ack needs no answer, and a lost
@@ -114,15 +119,25 @@ class AmqpSubscription(Subscription):
 
     def __init__(
         self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery,
-        *, no_ack: bool, exclusive: bool = False,
+        *, no_ack: bool, exclusive: bool = False, arguments: Mapping[str, Any] | None = None,
     ) -> None:
         self._channel, self._queue, self._no_ack, self._exclusive = channel, queue, no_ack, exclusive
+        self._arguments = dict(arguments or {})
         name = queue.name
+        handling = self._handling = set[asyncio.Future[None]]()
 
         async def on_message(message: DeliveredMessage) -> None:
             await on_delivery(AmqpDelivery(message, name))
 
-        self._on_message = on_message
+        async def on_message_detached(message: DeliveredMessage) -> None:
+            # aiormq runs this in a task of the channel, cancelled when the channel closes: a handler that is still
+            # running then (the broker closed the channel for an ack timeout, or the connection was lost) must end
+            # and have its outcome carried out on the redelivery, so it runs in a task of our own.
+            task = asyncio.ensure_future(on_delivery(AmqpDelivery(message, name)))
+            handling.add(task)
+            task.add_done_callback(handling.discard)
+
+        self._on_message = on_message if no_ack else on_message_detached
         self._tag = f"otter.{uuid.uuid4().hex}"
         self._cancelled = False
 
@@ -144,7 +159,7 @@ class AmqpSubscription(Subscription):
     async def _consume(self) -> None:
         underlay = await self._channel.get_underlay_channel()
         await underlay.basic_consume(self._queue.name, self._on_message, no_ack=self._no_ack, consumer_tag=self._tag,
-                                     exclusive=self._exclusive)
+                                     exclusive=self._exclusive, arguments=self._arguments)
 
     async def _restart(self, _channel: Any) -> None:
         """After aio-pika re-declared the queue on the re-opened channel: consume it again."""

@@ -8,6 +8,7 @@ message, and it relies on nothing private of aio-pika, aiormq or pamqp.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import aio_pika
@@ -66,8 +67,13 @@ class PublicDelivery(Delivery):
             correlation_id=message.correlation_id,
             reply_to=message.reply_to,
             redelivered=bool(message.redelivered),
+            message_id=message.message_id,
         )
         self._message = message
+
+    @property
+    def orphaned(self) -> bool:
+        return bool(self._message.channel.is_closed)
 
     async def ack(self) -> None:
         with translated("ack"):
@@ -83,18 +89,25 @@ class PublicSubscription(Subscription):
 
     def __init__(
         self, queue: AbstractQueue, on_delivery: OnDelivery, *, no_ack: bool, exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> None:
         self._queue, self._no_ack, self._exclusive = queue, no_ack, exclusive
+        self._arguments = dict(arguments or {})
         name = queue.name
+        handling = self._handling = set[asyncio.Future[None]]()
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await on_delivery(PublicDelivery(message, name))
+            # In a task of our own, not the channel's (cancelled when it closes): see ``fast.AmqpSubscription``.
+            task = asyncio.ensure_future(on_delivery(PublicDelivery(message, name)))
+            handling.add(task)
+            task.add_done_callback(handling.discard)
 
         self._on_message = on_message
         self._tag: str | None = None
 
     async def start(self) -> None:
-        self._tag = await self._queue.consume(self._on_message, no_ack=self._no_ack, exclusive=self._exclusive)
+        self._tag = await self._queue.consume(self._on_message, no_ack=self._no_ack, exclusive=self._exclusive,
+                                              arguments=self._arguments)
 
     async def cancel(self) -> None:
         if self._tag is not None:

@@ -27,6 +27,7 @@ from ...config import redact_url
 from ...errors import BrokerUnavailable, Unroutable
 from ..base import (
     Delivery,
+    OnAckTimeout,
     OnDelivery,
     QueueInUse,
     QueueMismatch,
@@ -280,7 +281,7 @@ class AmqpTransport(Transport):
 
     async def consume_tasks(
         self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False,
-        queue_type: str | None = None,
+        queue_type: str | None = None, consumer_timeout: float | None = None,
     ) -> Subscription:
         """Declare the queue with this worker's arguments (never passively: a worker must not run a queue of
         another type than it was configured for) and consume it. A queue that exists with other arguments is a
@@ -301,7 +302,9 @@ class AmqpTransport(Transport):
                 raise QueueMismatch(queue_mismatch(exc, queue, queue_type, existing)) from None
             await task_queue.bind(exchange, queue)
             try:
-                return await self._link.subscribe(channel, task_queue, on_delivery, no_ack=False, exclusive=exclusive)
+                return await self._link.subscribe(
+                    channel, task_queue, on_delivery, no_ack=False, exclusive=exclusive,
+                    arguments=protocol.consumer_arguments(consumer_timeout), on_ack_timeout=self._ack_timeout_report)
             except aiormq.exceptions.ChannelAccessRefused as exc:  # the broker closed this consumer's channel
                 with contextlib.suppress(Exception):
                     await channel.close()
@@ -319,7 +322,11 @@ class AmqpTransport(Transport):
 
     async def _consume(self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery) -> Subscription:
         assert self._link is not None, "call connect() first"
-        return await self._link.subscribe(channel, queue, on_delivery, no_ack=False)
+        return await self._link.subscribe(channel, queue, on_delivery, no_ack=False,
+                                          on_ack_timeout=self._ack_timeout_report)
+
+    def _ack_timeout_report(self) -> OnAckTimeout | None:
+        return self.on_ack_timeout
 
     # -- internals ----------------------------------------------------------------------------------------------
     def _next_message_id(self) -> str:
