@@ -8,7 +8,7 @@ tally: sent, confirmed, processed, lost (confirmed, never processed), duplicates
 
 ``tests/brokers/test_rabbitmq4_nodeloss.py`` asserts on it; by hand, to print the figures::
 
-    PYTHONPATH=tests .venv/bin/python -m brokers.nodeloss [tasks]
+    cd tests && ../.venv/bin/python -m brokers.nodeloss [tasks [classic|quorum]]
 """
 
 from __future__ import annotations
@@ -80,12 +80,13 @@ class NodeLossReport:
 
 def run(
     cluster: Rabbitmq4Cluster, directory: Path, *, tasks: int = 20_000, in_flight: int = 200,
-    kill_after: int = 5_000, rpc_timeout: float = 5.0, rpc_interval: float = 0.05,
+    kill_after: int = 5_000, rpc_timeout: float = 5.0, rpc_interval: float = 0.05, rpc_queue_type: str = "quorum",
 ) -> NodeLossReport:
-    """The scenario above; node 0 is restarted before it returns, and the worker stopped."""
+    """The scenario above; node 0 is restarted before it returns, and the worker stopped. ``rpc_queue_type``
+    classic shows what a classic RPC queue on the lost node does."""
     names = unique_names("nodeloss")
     rig = FaultRig(cluster.nodes[0], directory, names, url=cluster.url)
-    config = {"TASK_QUEUE_TYPE": "quorum", "RPC_QUEUE_TYPE": "quorum", "RECONNECT_INTERVAL": RECONNECT_INTERVAL}
+    config = {"TASK_QUEUE_TYPE": "quorum", "RPC_QUEUE_TYPE": rpc_queue_type, "RECONNECT_INTERVAL": RECONNECT_INTERVAL}
     worker = rig.spawn(**config)
     report = NodeLossReport(rpc_timeout=rpc_timeout)
     try:
@@ -127,11 +128,11 @@ async def _drive(
                 try:
                     await asyncio.wait_for(client.task(f"{prefix}.count", {"id": task_id}),
                                            publish_timeout + SEND_HANG)
+                except OtterError as error:  # before TimeoutError: DeadlineExceeded is one too
+                    report.send_errors[type(error).__name__] += 1
+                    failed.add(task_id)
                 except asyncio.TimeoutError:
                     report.send_errors["hung"] += 1
-                    failed.add(task_id)
-                except OtterError as error:
-                    report.send_errors[type(error).__name__] += 1
                     failed.add(task_id)
                 except Exception as error:  # must not happen: every failure is an Otter error
                     report.send_errors[f"not an Otter error: {type(error).__name__}"] += 1
@@ -150,10 +151,10 @@ async def _drive(
                     reply = await asyncio.wait_for(client.rpc(f"{prefix}.echo", number, timeout=rpc_timeout),
                                                    rpc_timeout + SEND_HANG)
                     outcome = "answered" if reply == number else "wrong reply"
+                except OtterError as error:  # before TimeoutError: DeadlineExceeded is one too
+                    outcome = type(error).__name__
                 except asyncio.TimeoutError:
                     outcome = "hung"
-                except OtterError as error:
-                    outcome = type(error).__name__
                 except Exception as error:  # must not happen
                     outcome = f"not an Otter error: {type(error).__name__}"
                 ended = time.time()
@@ -239,11 +240,12 @@ def _reconnected_at(output: str) -> float | None:
 
 def _main(argv: list[str]) -> int:
     tasks = int(argv[1]) if len(argv) > 1 else 20_000
+    rpc_queue_type = argv[2] if len(argv) > 2 else "quorum"
     cluster = Rabbitmq4Cluster(ensure_root())
     try:
         cluster.start()
         with tempfile.TemporaryDirectory(prefix="otter-nodeloss-") as directory:
-            report = run(cluster, Path(directory), tasks=tasks, kill_after=tasks // 4)
+            report = run(cluster, Path(directory), tasks=tasks, kill_after=tasks // 4, rpc_queue_type=rpc_queue_type)
         print(report)
     finally:
         cluster.stop()
