@@ -30,7 +30,7 @@ def test_no_confirmed_task_is_lost_when_a_cluster_node_dies(
     report = run(rabbitmq4_cluster, tmp_path, tasks=20_000, kill_after=5_000)
     print(f"\n{report}")
     assert report.sent == 20_000
-    assert report.confirmed_before_kill == 5_000
+    assert 5_000 <= report.confirmed_before_kill < 5_200  # the sends in flight when the kill was decided
     assert report.lost == 0, report
     assert report.confirmed + sum(report.send_errors.values()) == report.sent, report
     assert not [kind for kind in report.send_errors if kind not in ("BrokerUnavailable",)], report
