@@ -327,8 +327,8 @@ def test_every_option_of_run_reaches_the_config_as_an_option() -> None:
     run_options = {param.name for param in cli.commands["run"].params if isinstance(param, click.Option)}
     assert run_options - {"help"} == set(RUN_SETTINGS)
     args = ["--broker", "amqp://u:pw@h/", "--workers", "2", "--concurrency", "4", "--prefetch-multiplier", "2",
-            "--grace", "1.5", "--startup-wait", "5", "--task-queue-type", "QUORUM", "--reload",
-            "--log-level", "warning", "--log-format", "json", "--log-config", "logging.yaml", "--debug",
+            "--grace", "1.5", "--startup-wait", "5", "--task-queue-type", "QUORUM", "--rpc-queue-type", "quorum",
+            "--reload", "--log-level", "warning", "--log-format", "json", "--log-config", "logging.yaml", "--debug",
             "--metrics-port", "9100", "--health-port", "8081"]
     result = otter("config", ROUTES_APP, *args, "--json")
     assert result.returncode == 0, result.stderr
@@ -337,6 +337,7 @@ def test_every_option_of_run_reaches_the_config_as_an_option() -> None:
                                                                                             "option")
     assert config["STARTUP_WAIT"]["value"] == 5.0
     assert config["TASK_QUEUE_TYPE"]["value"] == "quorum"
+    assert config["RPC_QUEUE_TYPE"]["value"] == "quorum"
 
 
 def test_every_run_option_has_an_env_var() -> None:
@@ -348,6 +349,7 @@ def test_every_run_option_has_an_env_var() -> None:
         "OTTER_SHUTDOWN_GRACE": "1.5",
         "OTTER_STARTUP_WAIT": "5",
         "OTTER_TASK_QUEUE_TYPE": "quorum",
+        "OTTER_RPC_QUEUE_TYPE": "quorum",
         "OTTER_RELOAD": "true",
         "OTTER_LOG_LEVEL": "warning",
         "OTTER_LOG_FORMAT": "JSON",

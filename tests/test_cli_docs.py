@@ -93,6 +93,7 @@ def test_serve_renders_the_page_offline_on_localhost() -> None:
         assert list(jsonschema.Draft7Validator(SCHEMA).iter_errors(served)) == []
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(url.group(0) + "nothing", timeout=10)
+        missing.value.close()  # its response's socket, else a ResourceWarning fails whichever test runs next
         assert missing.value.code == 404
         assert server.stop(signal.SIGTERM) == 0
 

@@ -37,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .codec import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import ConfigurationError
-from .protocol import TASK_QUEUE_TYPES
+from .protocol import RPC_QUEUE_TYPES, TASK_QUEUE_TYPES
 from .protocol import KiwipyDefaults as kiwipy_defaults
 
 __all__ = ["DEFAULTS", "RULES", "Config", "ResolvedConfig", "Rule", "redact_url", "redacted", "resolve"]
@@ -93,6 +93,10 @@ DEFAULTS: dict[str, Any] = {
     # queues; quorum: replicated in a cluster, with a delivery limit, not declarable by kiwipy. A task's own
     # add_task(queue_type=...) wins.
     "TASK_QUEUE_TYPE": "classic",
+    # RPC queues (docs/protocol.md, "RPC queues"). classic: auto-delete, so a name nobody serves fails fast
+    # (Unroutable), but it lives on one node of a cluster; quorum: survives the loss of a node, lingers a minute
+    # after its last worker left.
+    "RPC_QUEUE_TYPE": "classic",
     # Seconds a task may wait in its queue; 0 or None: for ever. kiwipy's 7 days keep classic queues kiwipy's; past it
     # a task is dead-lettered with the reason "expired", except on those kiwipy-compatible classic queues.
     "TASK_MESSAGE_TTL": kiwipy_defaults.TASK_MESSAGE_TTL / 1000,
@@ -231,7 +235,7 @@ def _is_exception_name(item: Any) -> bool:
 
 
 def _queue_type(value: Any) -> str:
-    if not isinstance(value, str) or value.strip().lower() not in TASK_QUEUE_TYPES:
+    if not isinstance(value, str) or value.strip().lower() not in TASK_QUEUE_TYPES + RPC_QUEUE_TYPES:
         raise ValueError
     return value.strip().lower()
 
@@ -288,6 +292,7 @@ RULES: dict[str, Rule] = {
     "TASK_RETRY_BACKOFF_MAX": _seconds(0, inclusive=True),
     "TASK_RETRY_JITTER": _FLAG,
     "TASK_QUEUE_TYPE": Rule("classic or quorum", _queue_type),
+    "RPC_QUEUE_TYPE": Rule("classic or quorum", _queue_type),
     "TASK_MESSAGE_TTL": Rule("a number of seconds, at least 0.001; 0 or None: never", _ttl, True),
     "TASK_DELIVERY_LIMIT": _whole(1),
     "WORKERS": _whole(1),

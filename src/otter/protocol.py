@@ -38,6 +38,7 @@ __all__ = [
     "RETRY_QUEUE_SPARE_MS",
     "RPC_PREFIX",
     "RPC_QUEUE_ARGUMENTS",
+    "RPC_QUEUE_TYPES",
     "TASK_HEADER",
     "TASK_QUEUE_ARGUMENTS",
     "TASK_QUEUE_TYPES",
@@ -57,6 +58,7 @@ __all__ = [
     "result_reply",
     "retry_queue_arguments",
     "retry_queue_name",
+    "rpc_queue_arguments",
     "rpc_routing_key",
     "task_queue_arguments",
 ]
@@ -115,6 +117,23 @@ RETRY_QUEUE_SPARE_MS = 60_000  # a retry delay queue outlives its longest wait b
 # (auto-delete), and, should a broker restart recover it with no consumer at all, deleted after a minute unused, so
 # that calls to a name nobody serves fail fast (unroutable) again.
 RPC_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-expires": 60_000}
+RPC_QUEUE_TYPES = ("classic", "quorum")
+
+
+def rpc_queue_arguments(queue_type: str) -> tuple[bool, dict[str, Any]]:
+    """(auto-delete, arguments) of an RPC queue of ``queue_type`` (see docs/protocol.md, "RPC queues").
+
+    A classic queue lives on the cluster node that declared it: while that node is down no other node can declare,
+    consume or deliver to it (RabbitMQ 4.0.5 leaves the declaration unanswered). A quorum queue is replicated and
+    survives the loss of a node, but RabbitMQ refuses it auto-delete (PRECONDITION_FAILED "invalid property
+    'auto-delete'"), so only ``x-expires`` removes it, a minute after its last consumer left: until then calls to
+    the name wait for their deadlines instead of failing with ``Unroutable``.
+    """
+    if queue_type not in RPC_QUEUE_TYPES:
+        raise ValueError(f"queue type must be one of {', '.join(RPC_QUEUE_TYPES)}, got {queue_type!r}")
+    if queue_type == "quorum":
+        return False, {"x-queue-type": "quorum", **RPC_QUEUE_ARGUMENTS}
+    return True, dict(RPC_QUEUE_ARGUMENTS)
 
 
 # basic.consume's argument for how long (ms) this consumer may hold a delivery unacked. A consumer argument, not a

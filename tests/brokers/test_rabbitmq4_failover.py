@@ -48,7 +48,7 @@ def test_a_client_goes_on_through_another_node_when_its_node_is_killed(
 
     # The worker starts on node 2, so its queues (classic: each lives on the node that declared it) survive the
     # loss of node 1. A worker moved off a lost node cannot declare its queues again while their home node is
-    # down (see the README's "Several brokers"); quorum queues would be needed for that.
+    # down (see the README's "Several brokers"); quorum queues are needed for that (test_rabbitmq4_nodeloss.py).
     worker_url = ";".join(cluster.urls[1:] + cluster.urls[:1])
     with ServedApp(app, worker_url, **names, RECONNECT_INTERVAL=0.2, SHUTDOWN_GRACE=1), \
             Client(cluster.url, **names, RECONNECT_INTERVAL=0.2) as client:

@@ -59,11 +59,15 @@ class Ledger:
     directory: Path
 
     def entries(self) -> list[tuple[str, str, int]]:
+        return [(event, task_id, pid) for event, task_id, pid, _ in self.timed_entries()]
+
+    def timed_entries(self) -> list[tuple[str, str, int, float]]:
+        """Each line with its time (``time.time()`` in the worker), in the order of the files' lines."""
         rows = []
         for path in self.directory.glob("*.ledger"):
             for line in path.read_text().splitlines():
-                event, task_id, pid = line.split(" ")
-                rows.append((event, task_id, int(pid)))
+                event, task_id, pid, when = line.split(" ")
+                rows.append((event, task_id, int(pid), float(when)))
         return rows
 
     def ids(self, event: str, pid: int | None = None) -> collections.Counter[str]:

@@ -15,7 +15,7 @@ from ..app import Otter
 from ..config import DEFAULT, DEFAULTS, LOG_LEVELS, ResolvedConfig, resolve
 from ..errors import ConfigurationError
 from ..logs import LOG_FORMATS
-from ..protocol import TASK_QUEUE_TYPES
+from ..protocol import RPC_QUEUE_TYPES, TASK_QUEUE_TYPES
 from ..transports import MEMORY_URL
 
 PRECEDENCE = (
@@ -96,6 +96,13 @@ def run_settings(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Choice(TASK_QUEUE_TYPES, case_sensitive=False),
             help="How the worker declares its task queues: classic (kiwipy's, shared with kiwipy programs) or "
             "quorum (replicated, with a delivery limit); an existing queue must match.",
+        ),
+        _setting(
+            "--rpc-queue-type",
+            key="RPC_QUEUE_TYPE",
+            type=click.Choice(RPC_QUEUE_TYPES, case_sensitive=False),
+            help="How the worker declares its RPC queues: classic (auto-delete, on one node of a cluster) or quorum "
+            "(survives the loss of a cluster node; lingers a minute after its last worker).",
         ),
         _setting("--reload/--no-reload", key="RELOAD", help="Restart when a .py file changes (development)."),
         _setting(

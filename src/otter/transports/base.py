@@ -45,6 +45,7 @@ class Topology:
     task_queue_type: str = "classic"
     task_message_ttl_ms: int | None = protocol.KiwipyDefaults.TASK_MESSAGE_TTL
     task_delivery_limit: int = 20
+    rpc_queue_type: str = "classic"  # see protocol.rpc_queue_arguments
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Topology:
@@ -58,6 +59,7 @@ class Topology:
             task_queue_type=str(config.get("TASK_QUEUE_TYPE", DEFAULTS["TASK_QUEUE_TYPE"])),
             task_message_ttl_ms=round(float(ttl) * 1000) or None if ttl else None,
             task_delivery_limit=int(config.get("TASK_DELIVERY_LIMIT", DEFAULTS["TASK_DELIVERY_LIMIT"])),
+            rpc_queue_type=str(config.get("RPC_QUEUE_TYPE", DEFAULTS["RPC_QUEUE_TYPE"])),
         )
 
     def rpc_queue(self, name: str) -> str:

@@ -3,13 +3,15 @@
 Run as ``python tests/faults/apps/ledger.py``; configured like any Otter app through ``OTTER_*`` variables (broker URL,
 exchange and queue names, concurrency, shutdown grace), plus:
 
-- ``FAULT_LEDGER_DIR``: where each process appends ``<event> <task id> <pid>`` lines to ``<pid>.ledger``;
+- ``FAULT_LEDGER_DIR``: where each process appends ``<event> <task id> <pid> <time.time()>`` lines to
+  ``<pid>.ledger``;
 - ``FAULT_PREFIX``: the prefix of the task and RPC names, unique per test.
 
 Handlers:
 - ``<prefix>.slow`` (plain, in the thread pool): ``{"id": ..., "seconds": s}`` records ``start``, sleeps, records
   ``done``; with ``"hold": true`` it waits instead until the file ``release`` appears in ``FAULT_LEDGER_DIR``;
 - ``<prefix>.count`` (async): ``{"id": ...}``, records ``done``;
+- broadcasts with the subject ``<prefix>.note``: ``{"id": ...}``, records ``broadcast``;
 - RPC ``<prefix>.echo``: returns its argument; ``<prefix>.ping.<pid>``: answers only from this process;
 - RPC ``<prefix>.held`` (plain): ``"<id>"`` records ``start``, waits until ``release`` appears, records ``done``
   and returns the id.
@@ -37,7 +39,7 @@ app = Otter("fault-ledger")
 
 
 def record(event: str, task_id: Any) -> None:
-    os.write(_fd, f"{event} {task_id} {os.getpid()}\n".encode())
+    os.write(_fd, f"{event} {task_id} {os.getpid()} {time.time():.6f}\n".encode())
 
 
 def hold() -> None:
@@ -60,6 +62,11 @@ def slow(comm: Any, body: dict[str, Any]) -> None:
 async def count(comm: Any, body: dict[str, Any]) -> None:
     record("done", body["id"])
     await asyncio.sleep(0)
+
+
+@app.add_broadcast([f"{PREFIX}.note"])
+def note(comm: Any, body: dict[str, Any], sender: Any, subject: str, correlation_id: Any) -> None:
+    record("broadcast", body["id"])
 
 
 @app.add_rpc(f"{PREFIX}.echo")

@@ -202,13 +202,17 @@ async def open_link(connection: AbstractRobustConnection, topology: Topology) ->
 
 
 class Queues:
-    """Task queues and the dead-letter queue, as a sender and ``otter dlq`` see them: declared once per transport
-    (and again after a return)."""
+    """Task queues, the dead-letter queue and retry delay queues, as a sender and ``otter dlq`` see them: declared
+    once per connection (and again after a return, or a reconnection: ``forget``).
 
-    def __init__(
-        self, connection: AbstractRobustConnection, channel: AbstractChannel, topology: Topology
-    ) -> None:
-        self._connection, self._channel, self._topology = connection, channel, topology
+    They are declared on channels that nothing restores: a durable queue needs no declaring again after a
+    reconnection, and on a cluster a classic queue whose node is down cannot be declared through another node
+    (RabbitMQ 4.0.5 answers NOT_FOUND "due to timeout" after about 67 s). Declared on a robust channel, it would
+    stall aio-pika's restore of every channel after it, so a worker that moved off the lost node would serve
+    nothing until that node came back."""
+
+    def __init__(self, connection: AbstractRobustConnection, topology: Topology) -> None:
+        self._connection, self._topology = connection, topology
         self.declared: set[str] = set()
         self.consumers: dict[str, int] = {}  # of a task queue, as its declaration found them (until taken)
 
@@ -263,13 +267,24 @@ class Queues:
                     continue
         return None
 
+    def forget(self) -> None:
+        """After a reconnection (perhaps to another broker): check each queue again before its next use."""
+        self.declared.clear()
+
     async def dead_letter_queue(self) -> str:
         dlq = self._topology.dead_letter_queue
         if dlq not in self.declared:
             with translated("declare the dead-letter queue"):
-                await self._channel.declare_queue(dlq, durable=True)
+                async with _scratch_channel(self._connection) as channel:
+                    await channel.queue_declare(dlq, durable=True)
             self.declared.add(dlq)
         return dlq
+
+    async def retry_queue(self, queue: str, arguments: dict[str, Any]) -> None:
+        """Declared on every retry, which renews its ``x-expires`` lease."""
+        with translated(f"declare the retry queue {queue!r}"):
+            async with _scratch_channel(self._connection) as channel:
+                await channel.queue_declare(queue, durable=True, arguments=arguments)
 
 
 @contextlib.asynccontextmanager

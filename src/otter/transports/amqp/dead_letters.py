@@ -47,9 +47,7 @@ class DeadLetters:
         target = delivery.queue
         if delay_ms:
             target = protocol.retry_queue_name(delivery.queue, delay_ms)
-            with translated(f"declare the retry queue {target!r}"):
-                await self._link.confirming.declare_queue(
-                    target, durable=True, arguments=protocol.retry_queue_arguments(delivery.queue, delay_ms))
+            await self._queues.retry_queue(target, protocol.retry_queue_arguments(delivery.queue, delay_ms))
         copied = {**protocol.forwarded_headers(delivery.headers), **headers}
         await self._copy("", target, delivery.body,
                          self._fields(delivery.content_type, delivery.correlation_id, copied),

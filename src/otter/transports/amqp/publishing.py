@@ -63,6 +63,7 @@ class Sender:
         # send on a "lost" future: removing a callback is linear in the number registered, ~13 µs per send with
         # 1,000 tasks in flight.)
         self._sending: dict[asyncio.Future[Any], asyncio.Future[object]] = {}  # a task, or a confirm's future
+        self._retrying = 0  # sends between their first failed attempt and their end: one warning for them all
 
     async def send(
         self, outlet: Outlet, exchange: str, routing_key: str, body: bytes, fields: Fields, *, timeout: float,
@@ -132,29 +133,49 @@ class Sender:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
         attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await self._attempt(outlet, exchange, routing_key, body, fields, action, deadline, prepare())
-            except asyncio.TimeoutError:
-                problem = "no connection to the broker, or no confirm from it"
-            except BrokerUnavailable as exc:
-                problem = str(exc)
-            else:
-                if attempt > 1:
-                    log.info("%s: done after %d attempts", action, attempt)
-                return
-            if self.closing:
-                raise BrokerUnavailable(f"could not {action}: the connection was closed")
-            pause = min(0.05 * 2**attempt, 1.0)
-            if loop.time() + pause >= deadline:
-                raise BrokerUnavailable(
-                    f"could not {action} within {self.publish_timeout:g} s (PUBLISH_TIMEOUT): {problem}. The "
-                    f"broker did not confirm it; send it again once the broker at {self.url} is back"
-                )
-            if attempt == 1:
-                log.warning("%s: %s; retrying for up to %g s", action, problem, self.publish_timeout)
-            await asyncio.sleep(pause)
+        try:
+            while True:
+                attempt += 1
+                if not await self._try(outlet, exchange, routing_key, body, fields, action, deadline, prepare,
+                                       attempt):
+                    return
+        finally:
+            if attempt > 1:
+                self._retrying -= 1
+
+    async def _try(
+        self, outlet: Outlet, exchange: str, routing_key: str, body: bytes, fields: Fields, action: str,
+        deadline: float, prepare: Callable[[], Prepare | None], attempt: int,
+    ) -> bool:
+        """One attempt of ``send_until_confirmed``: False once sent, True to go on (after a pause), or raise. The
+        first send that has to retry warns; those that fail while it does (a lost connection fails every send in
+        flight at once) say nothing more, nor does any but the last to go through."""
+        loop = asyncio.get_running_loop()
+        try:
+            await self._attempt(outlet, exchange, routing_key, body, fields, action, deadline, prepare())
+        except asyncio.TimeoutError:
+            problem = "no connection to the broker, or no confirm from it"
+        except BrokerUnavailable as exc:
+            problem = str(exc)
+        else:
+            if attempt > 1 and self._retrying == 1:
+                log.info("%s: done after %d attempts; no send is retrying now", action, attempt)
+            return False
+        if self.closing:
+            raise BrokerUnavailable(f"could not {action}: the connection was closed")
+        pause = min(0.05 * 2**attempt, 1.0)
+        if loop.time() + pause >= deadline:
+            raise BrokerUnavailable(
+                f"could not {action} within {self.publish_timeout:g} s (PUBLISH_TIMEOUT): {problem}. The "
+                f"broker did not confirm it; send it again once the broker at {self.url} is back"
+            )
+        if attempt == 1:
+            self._retrying += 1
+            if self._retrying == 1:
+                log.warning("%s: %s; retrying for up to %g s (as does any other send that fails meanwhile)",
+                            action, problem, self.publish_timeout)
+        await asyncio.sleep(pause)
+        return True
 
     async def _attempt(
         self, outlet: Outlet, exchange: str, routing_key: str, body: bytes, fields: Fields, action: str,

@@ -119,7 +119,7 @@ class AmqpTransport(Transport):
             self._connection.reconnect_callbacks.add(self._on_reconnected)
             exchange = await link.confirming.declare_exchange(self.topology.message_exchange, ExchangeType.TOPIC)
             await link.confirming.declare_exchange(self.topology.task_exchange, ExchangeType.TOPIC)
-            self._queues = Queues(self._connection, link.confirming, self.topology)
+            self._queues = Queues(self._connection, self.topology)
             self._dead_letters = DeadLetters(link, self._sender, self._queues, self.topology, self._next_message_id)
             # A name of our own, not the broker's: the robust channel re-declares the same queue after a restart.
             reply_queue = await link.confirming.declare_queue(self._calls.reply_to, exclusive=True)
@@ -270,8 +270,9 @@ class AmqpTransport(Transport):
         async with self._link.consumer_channel(prefetch) as channel:
             try:
                 exchange = await channel.declare_exchange(self.topology.message_exchange, ExchangeType.TOPIC)
-                queue = await channel.declare_queue(self.topology.rpc_queue(name), durable=True, auto_delete=True,
-                                                    arguments=protocol.RPC_QUEUE_ARGUMENTS)
+                auto_delete, arguments = protocol.rpc_queue_arguments(self.topology.rpc_queue_type)
+                queue = await channel.declare_queue(self.topology.rpc_queue(name), durable=True,
+                                                    auto_delete=auto_delete, arguments=arguments)
                 await queue.bind(exchange, protocol.rpc_routing_key(name))
                 return await self._consume(channel, queue, on_delivery)
             except aiormq.exceptions.ChannelNotFoundEntity:
@@ -368,6 +369,8 @@ class AmqpTransport(Transport):
 
     def _on_reconnected(self, _sender: Any) -> None:
         self._down = False
+        if self._queues is not None:
+            self._queues.forget()
         if self.watcher is not None:
             self.watcher.connection_changed(True, True)
         lost, self._broker = self._broker, broker_of(self._connection) if self._connection else self._broker
