@@ -386,8 +386,10 @@ def git_state() -> dict[str, Any]:
 
 
 def otter_env(pairs: list[str]) -> dict[str, str]:
-    """``KEY=VALUE`` pairs as ``OTTER_KEY`` environment variables (Otter's own config mechanism)."""
+    """``KEY=VALUE`` pairs as ``OTTER_KEY`` environment variables (Otter's own config mechanism). Tracing is off
+    unless a pair turns it on: as for a user without ``otter-mq[otel]``, although the dev venv has OpenTelemetry."""
     env = dict(os.environ)
+    env.setdefault("OTTER_TRACING", "false")
     for pair in pairs:
         key, _, value = pair.partition("=")
         env[f"OTTER_{key.upper()}"] = value
