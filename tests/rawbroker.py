@@ -134,6 +134,11 @@ class RawBroker(abc.ABC):
         """Delete ``queues``, the test's default task queue and dead-letter queue, and its exchanges; what is
         already gone is fine."""
 
+    def delete_queue(self, queue: str) -> bool:
+        """Delete ``queue`` alone, as an operator would, under its consumers; True if it existed. RabbitMQ only:
+        the broker then cancels the consumers (``basic.cancel``)."""
+        raise NotImplementedError("the in-process broker does not cancel consumers")
+
     def close(self) -> None:
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -358,6 +363,18 @@ class AmqpRawBroker(RawBroker):
                 await channel.close()
 
         self._run(delete())
+
+    def delete_queue(self, queue: str) -> bool:
+        async def delete() -> bool:
+            channel = await (await self._connected()).channel()
+            try:
+                await channel.queue_delete(queue)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return False
+            await channel.close()
+            return True
+
+        return self._run(delete())
 
     def close(self) -> None:
         if self._connection is not None:

@@ -20,13 +20,13 @@ class QueueDeletedOnFirstConsume(AmqpTransport):
 
     deleted = 0
 
-    async def _consume(self, channel: Any, queue: Any, on_delivery: Any) -> Any:
+    async def _consume(self, channel: Any, queue: Any, on_delivery: Any, *rest: Any) -> Any:
         if not self.deleted:
             self.deleted += 1
             other = await aio_pika.connect(self._raw_url)
             async with other:
                 await (await other.channel()).queue_delete(queue.name)
-        return await super()._consume(channel, queue, on_delivery)
+        return await super()._consume(channel, queue, on_delivery, *rest)
 
 
 @pytest.mark.amqp

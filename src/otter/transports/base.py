@@ -156,9 +156,11 @@ class QueueMismatch(ConfigurationError):
 
 class Subscription(abc.ABC):
     """A running consumer; ``cancel`` stops new deliveries (those already delivered still settle). ``active`` is
-    False while it could not be started again after a reconnection (the worker is then not ready)."""
+    False while it could not be started again after a reconnection, or after the broker cancelled it (the worker
+    is then not ready). ``queue`` is the name of the queue it consumes, where the transport knows it."""
 
     active = True
+    queue = ""
 
     @abc.abstractmethod
     async def cancel(self) -> None: ...

@@ -1,5 +1,5 @@
-"""Three changes to aiormq (6.9): returns on a channel without confirms, one socket write for many frames, and
-confirms in time proportional to what they confirm.
+"""Four changes to aiormq (6.9): returns on a channel without confirms, one socket write for many frames,
+confirms in time proportional to what they confirm, and word of a consumer the broker cancelled.
 
 Returns: aiormq matches a ``basic.return`` to the confirm of the publish it belongs to, so on a channel without
 confirms it finds none, logs "Unhandled message ... returning" and drops it: the return callbacks never run. Otter
@@ -20,6 +20,11 @@ for each one covered; with 1,000 publishes in flight that is 1,000 comparisons p
 publishes are kept in the order of their delivery tags, so the walk now stops at the first one not covered, and
 each covered one is settled at once. (A returned publish is marked again at the end of that order, with nobody
 waiting on it; its entry goes with its own confirm or a later multiple confirm past it.)
+
+Cancels: aiormq handles a ``basic.cancel`` from the broker (the queue was deleted, a consumer timeout on RabbitMQ
+4.3+ quorum queues) as it handles the ``cancel-ok`` of our own cancel: it drops the consumer and tells nobody. After
+aiormq's own handling, a broker's cancel now goes to ``cancels.notify``, which lets the Otter consumer with that tag
+come back.
 """
 
 from __future__ import annotations
@@ -27,16 +32,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from aiormq import connection
+from aiormq import connection, spec
 from aiormq.abc import ChannelFrame
 from aiormq.channel import Channel
 from aiormq.channel import log as channel_log
+
+from . import cancels
 
 __all__ = ["BATCH_BYTES", "apply"]
 
 BATCH_BYTES = 256 * 1024
 
 _original_on_return_frame = Channel._on_return_frame
+_original_on_cancel_frame = Channel._on_cancel_frame
 
 
 async def _on_return_frame(self: Channel, frame: Any) -> None:
@@ -47,6 +55,12 @@ async def _on_return_frame(self: Channel, frame: Any) -> None:
     message = await self._read_content(frame, header)
     for callback in self.on_return_callbacks:
         callback(message)
+
+
+async def _on_cancel_frame(self: Channel, frame: Any) -> None:
+    await _original_on_cancel_frame(self, frame)
+    if isinstance(frame, spec.Basic.Cancel) and frame.consumer_tag:  # the broker's, not the CancelOk of ours
+        cancels.notify(frame.consumer_tag, self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,5 +125,7 @@ def apply() -> None:
         Channel._on_return_frame = _on_return_frame  # type: ignore[method-assign]
     if Channel._on_confirm_frame is not _on_confirm_frame:
         Channel._on_confirm_frame = _on_confirm_frame  # type: ignore[method-assign]
+    if Channel._on_cancel_frame is not _on_cancel_frame:
+        Channel._on_cancel_frame = _on_cancel_frame  # type: ignore[method-assign]
     if connection.FrameGenerator.__anext__ is not _next_frames:
         connection.FrameGenerator.__anext__ = _next_frames  # type: ignore[method-assign]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -129,25 +129,31 @@ class Link:
     confirmed: Outlet  # tasks, broadcasts, retries, dead letters, replays
     requests: Outlet  # RPC requests
     replies: Outlet
+    retry_interval: float = 1.0  # between attempts to consume again a queue whose consumer the broker cancelled
 
     async def subscribe(
         self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery, *, no_ack: bool,
-        exclusive: bool = False, arguments: Mapping[str, Any] | None = None,
+        bindings: Sequence[tuple[str, str]], exclusive: bool = False, arguments: Mapping[str, Any] | None = None,
         on_ack_timeout: Callable[[], OnAckTimeout | None] | None = None,
     ) -> Subscription:
         """Consume ``queue`` on ``channel``, on this connection's path; ``exclusive``: as its only consumer;
         ``arguments``: basic.consume's. ``on_ack_timeout`` gives the callback (if any, when it happens) to tell
         when the broker closes the channel for a delivery left unacked too long; the robust channel then re-opens
-        and the subscription consumes again, as after a reconnection."""
+        and the subscription consumes again, as after a reconnection. ``bindings`` (exchange, routing key) are the
+        queue's: when the broker cancels the consumer (``cancels``), the queue is declared again as it was first,
+        bound again, and consumed again."""
         subscription: Subscription
+        declare_again = _declaration(self.connection, queue, bindings)
         if self.fast:
             from .fast import AmqpSubscription
 
             subscription = AmqpSubscription(channel, queue, on_delivery, no_ack=no_ack, exclusive=exclusive,
-                                            arguments=arguments)
+                                            arguments=arguments, declare_again=declare_again,
+                                            retry_interval=self.retry_interval)
         else:
             subscription = PublicSubscription(queue, on_delivery, no_ack=no_ack, exclusive=exclusive,
-                                              arguments=arguments)
+                                              arguments=arguments, declare_again=declare_again,
+                                              retry_interval=self.retry_interval)
         await subscription.start()
         if on_ack_timeout is not None:
             name = queue.name
@@ -182,7 +188,7 @@ class Link:
                 await channel.close()
 
 
-async def open_link(connection: AbstractRobustConnection, topology: Topology) -> Link:
+async def open_link(connection: AbstractRobustConnection, topology: Topology, retry_interval: float) -> Link:
     """Open the two publishing channels and choose the path (``fence``) on them."""
     fence.apply()  # before the channels open: they bind aiormq's frame handlers then
     confirming = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -196,9 +202,26 @@ async def open_link(connection: AbstractRobustConnection, topology: Topology) ->
 
         plain_outlet: Outlet = FastOutlet(plain, await plain.get_underlay_channel())
         return Link(connection, confirming, plain, True, FastOutlet(confirming, confirming_underlay),
-                    plain_outlet, plain_outlet)
+                    plain_outlet, plain_outlet, retry_interval)
     confirmed = PublicOutlet(confirming)
-    return Link(connection, confirming, plain, False, confirmed, confirmed, PublicOutlet(plain))
+    return Link(connection, confirming, plain, False, confirmed, confirmed, PublicOutlet(plain), retry_interval)
+
+
+def _declaration(
+    connection: AbstractRobustConnection, queue: AbstractQueue, bindings: Sequence[tuple[str, str]]
+) -> Callable[[], Awaitable[None]]:
+    """Declare ``queue`` again with the arguments it was first declared with, and bind it again. On a channel of
+    its own: a refusal (someone declared it meanwhile with other arguments) closes only that channel, not the
+    consumer's, whose re-opening would retry the same declaration."""
+
+    async def declare() -> None:
+        async with _scratch_channel(connection) as channel:
+            await channel.queue_declare(queue.name, durable=queue.durable, exclusive=queue.exclusive,
+                                        auto_delete=queue.auto_delete, arguments=queue.arguments)
+            for exchange, routing_key in bindings:
+                await channel.queue_bind(queue.name, exchange, routing_key=routing_key)
+
+    return declare
 
 
 class Queues:

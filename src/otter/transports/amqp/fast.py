@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiormq
@@ -19,7 +19,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 from aiormq.abc import DeliveredMessage
 
 from ..base import Delivery, OnDelivery, Subscription
-from . import frames
+from . import cancels, frames
 from .errors import describe, translated
 from .public import CANCEL_TIMEOUT
 from .publishing import Fields, Outlet
@@ -115,15 +115,18 @@ class AmqpDelivery(Delivery):
 
 class AmqpSubscription(Subscription):
     """A consumer on aio-pika's robust channel, started on the aiormq channel under it (so deliveries skip
-    aio-pika's message wrapper and its extra task) and started again each time the robust channel re-opens."""
+    aio-pika's message wrapper and its extra task), started again each time the robust channel re-opens, and after
+    the broker cancelled it (``cancels``), once ``declare_again`` has declared its queue again."""
 
     def __init__(
         self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery,
         *, no_ack: bool, exclusive: bool = False, arguments: Mapping[str, Any] | None = None,
+        declare_again: Callable[[], Awaitable[None]], retry_interval: float,
     ) -> None:
         self._channel, self._queue, self._no_ack, self._exclusive = channel, queue, no_ack, exclusive
         self._arguments = dict(arguments or {})
-        name = queue.name
+        self._declare_again = declare_again
+        name = self.queue = queue.name
         handling = self._handling = set[asyncio.Future[None]]()
 
         async def on_message(message: DeliveredMessage) -> None:
@@ -140,8 +143,10 @@ class AmqpSubscription(Subscription):
         self._on_message = on_message if no_ack else on_message_detached
         self._tag = f"otter.{uuid.uuid4().hex}"
         self._cancelled = False
+        self._comeback = cancels.Comeback(name, self._consume_again, retry_interval, self._set_active)
 
     async def start(self) -> None:
+        cancels.listen(self._tag, self._comeback.on_cancel)
         await self._consume()
         self._channel.reopen_callbacks.add(self._restart)  # type: ignore[attr-defined]
 
@@ -149,6 +154,8 @@ class AmqpSubscription(Subscription):
         """Stop the consumer. During an outage there is nothing to cancel (the broker dropped the consumer with the
         connection), and waiting for the channel to come back would hold a stopping worker until the broker does."""
         self._cancelled = True
+        cancels.forget(self._tag)
+        self._comeback.stop()
         self._channel.reopen_callbacks.discard(self._restart)  # type: ignore[attr-defined]
         if self._channel.is_closed:
             return
@@ -160,6 +167,19 @@ class AmqpSubscription(Subscription):
         underlay = await self._channel.get_underlay_channel()
         await underlay.basic_consume(self._queue.name, self._on_message, no_ack=self._no_ack, consumer_tag=self._tag,
                                      exclusive=self._exclusive, arguments=self._arguments)
+
+    async def _consume_again(self, cancelled_on: Any) -> None:
+        """After the broker cancelled the consumer on the aiormq channel ``cancelled_on``, unless that channel has
+        been replaced since (whose re-opening declared the queue and consumed again by itself)."""
+        if self._cancelled or await self._channel.get_underlay_channel() is not cancelled_on:
+            raise cancels.Superseded
+        await self._declare_again()
+        if self._cancelled or await self._channel.get_underlay_channel() is not cancelled_on:
+            raise cancels.Superseded
+        await self._consume()
+
+    def _set_active(self, active: bool) -> None:
+        self.active = active
 
     async def _restart(self, _channel: Any) -> None:
         """After aio-pika re-declared the queue on the re-opened channel: consume it again."""

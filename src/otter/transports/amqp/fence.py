@@ -1,8 +1,9 @@
 """Whether the fast path fits the aio-pika, aiormq and pamqp installed; decided at each connect, never at import.
 
 The fast path (``fast``, ``frames``, ``aiormq_fixes``) writes aiormq's channel bookkeeping and replaces aiormq
-functions; ``pamqp_fixes`` replaces pamqp functions. Both were written against one release series each
-(``SERIES``), and a patch release may rename what they touch. So before applying anything, the fence checks the
+functions (one of them, on both paths, tells a consumer the broker cancelled, so that it comes back: ``cancels``);
+``pamqp_fixes`` replaces pamqp functions. Both were written against one release series each (``SERIES``), and
+a patch release may rename what they touch. So before applying anything, the fence checks the
 installed versions and every private attribute the patches replace or use (its presence and, for functions, its
 parameters). On a mismatch that part is not applied: aiormq's falls back to aio-pika's public path (``public``),
 pamqp's is simply left out, and one warning line says which version was found and what is slower. Slower, never
@@ -134,7 +135,8 @@ def _warn_once(aiormq_problems: list[str], pamqp_problems: list[str]) -> None:
         parts.append(
             f"not using Otter's fast path for {', '.join(aiormq_problems)}: messages go through aio-pika's public "
             f"API (publishes wait their turn in a task and are not batched, RPC requests wait for a confirm, "
-            f"deliveries are wrapped by aio-pika), so each message costs more CPU"
+            f"deliveries are wrapped by aio-pika), so each message costs more CPU, and a consumer the broker cancels "
+            f"(its queue deleted, a consumer timeout on RabbitMQ 4.3+) is not consumed again until a reconnection"
         )
     if pamqp_problems:
         parts.append(
@@ -167,6 +169,7 @@ def _aiormq_checks() -> list[Check]:
     checks = [
         Check(channel.Channel, "_on_return_frame", ("self", "frame")),
         Check(channel.Channel, "_on_confirm_frame", ("self", "frame")),
+        Check(channel.Channel, "_on_cancel_frame", ("self", "frame")),
         Check(channel.Channel, "_confirm_delivery", ("self", "delivery_tag", "frame")),
         Check(channel.Channel, "_Channel__get_content_header", ("self",)),
         Check(channel.Channel, "_read_content", ("self", "frame", "header")),

@@ -8,13 +8,15 @@ message, and it relies on nothing private of aio-pika, aiormq or pamqp.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
 from ..base import Delivery, OnDelivery, Subscription
+from . import cancels
 from .errors import translated
 from .publishing import Fields, Outlet
 
@@ -85,15 +87,19 @@ class PublicDelivery(Delivery):
 
 
 class PublicSubscription(Subscription):
-    """``Queue.consume`` on the robust queue, which aio-pika consumes again after a reconnect."""
+    """``Queue.consume`` on the robust queue, which aio-pika consumes again after a reconnect; after the broker
+    cancelled it (``cancels``, when ``aiormq_fixes`` is applied), consumed again once ``declare_again`` has
+    declared its queue again."""
 
     def __init__(
         self, queue: AbstractQueue, on_delivery: OnDelivery, *, no_ack: bool, exclusive: bool = False,
-        arguments: Mapping[str, Any] | None = None,
+        arguments: Mapping[str, Any] | None = None, declare_again: Callable[[], Awaitable[None]],
+        retry_interval: float,
     ) -> None:
         self._queue, self._no_ack, self._exclusive = queue, no_ack, exclusive
         self._arguments = dict(arguments or {})
-        name = queue.name
+        self._declare_again = declare_again
+        name = self.queue = queue.name
         handling = self._handling = set[asyncio.Future[None]]()
 
         async def on_message(message: AbstractIncomingMessage) -> None:
@@ -104,15 +110,35 @@ class PublicSubscription(Subscription):
 
         self._on_message = on_message
         self._tag: str | None = None
+        self._comeback = cancels.Comeback(name, self._consume_again, retry_interval, self._set_active)
 
     async def start(self) -> None:
+        tag = f"otter.{uuid.uuid4().hex}"  # our own, so that a cancel from the broker can be told to us at once
+        cancels.listen(tag, self._comeback.on_cancel)
         self._tag = await self._queue.consume(self._on_message, no_ack=self._no_ack, exclusive=self._exclusive,
-                                              arguments=self._arguments)
+                                              arguments=self._arguments, consumer_tag=tag)
 
     async def cancel(self) -> None:
+        self._comeback.stop()
         if self._tag is not None:
             tag, self._tag = self._tag, None
+            cancels.forget(tag)
             try:  # bounded: during an outage the channel may not come back before the worker must be gone
                 await asyncio.wait_for(self._queue.cancel(tag), CANCEL_TIMEOUT)
             except Exception:  # the channel is gone: nothing left to cancel
                 return
+
+    async def _consume_again(self, cancelled_on: Any) -> None:
+        """After the broker cancelled the consumer on the aiormq channel ``cancelled_on``, unless that channel has
+        been replaced since (aio-pika's restore of the re-opened one consumed again by itself)."""
+        channel = self._queue.channel
+        if self._tag is None or await channel.get_underlay_channel() is not cancelled_on:
+            raise cancels.Superseded
+        await self._declare_again()
+        if self._tag is None or await channel.get_underlay_channel() is not cancelled_on:
+            raise cancels.Superseded
+        await self._queue.consume(self._on_message, no_ack=self._no_ack, exclusive=self._exclusive,
+                                  arguments=self._arguments, consumer_tag=self._tag)
+
+    def _set_active(self, active: bool) -> None:
+        self.active = active

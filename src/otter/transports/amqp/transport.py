@@ -105,7 +105,7 @@ class AmqpTransport(Transport):
         )
         self._broker = broker_of(self._connection)
         with translated("open channels"):
-            self._link = link = await open_link(self._connection, self.topology)
+            self._link = link = await open_link(self._connection, self.topology, self._reconnect_interval)
             # The reply queue is consumed on this channel: when it closes (the connection is lost), replies still
             # due are lost and the publishes in flight are abandoned (``_on_calling_channel_closed``).
             link.confirming.close_callbacks.add(self._on_calling_channel_closed)
@@ -124,7 +124,8 @@ class AmqpTransport(Transport):
             # A name of our own, not the broker's: the robust channel re-declares the same queue after a restart.
             reply_queue = await link.confirming.declare_queue(self._calls.reply_to, exclusive=True)
             await reply_queue.bind(exchange, self._calls.reply_to)
-            await link.subscribe(link.confirming, reply_queue, self._calls.on_reply, no_ack=True)
+            await link.subscribe(link.confirming, reply_queue, self._calls.on_reply, no_ack=True,
+                                 bindings=[(self.topology.message_exchange, self._calls.reply_to)])
         if self.watcher is not None:
             self.watcher.connection_changed(True, False)
 
@@ -274,7 +275,8 @@ class AmqpTransport(Transport):
                 queue = await channel.declare_queue(self.topology.rpc_queue(name), durable=True,
                                                     auto_delete=auto_delete, arguments=arguments)
                 await queue.bind(exchange, protocol.rpc_routing_key(name))
-                return await self._consume(channel, queue, on_delivery)
+                return await self._consume(channel, queue, on_delivery,
+                                           (self.topology.message_exchange, protocol.rpc_routing_key(name)))
             except aiormq.exceptions.ChannelNotFoundEntity:
                 with contextlib.suppress(Exception):
                     await channel.close()
@@ -305,6 +307,7 @@ class AmqpTransport(Transport):
             try:
                 return await self._link.subscribe(
                     channel, task_queue, on_delivery, no_ack=False, exclusive=exclusive,
+                    bindings=[(self.topology.task_exchange, queue)],
                     arguments=protocol.consumer_arguments(consumer_timeout), on_ack_timeout=self._ack_timeout_report)
             except aiormq.exceptions.ChannelAccessRefused as exc:  # the broker closed this consumer's channel
                 with contextlib.suppress(Exception):
@@ -319,11 +322,14 @@ class AmqpTransport(Transport):
                 exclusive=True, arguments=protocol.BROADCAST_QUEUE_ARGUMENTS
             )
             await queue.bind(exchange, protocol.BROADCAST_ROUTING_KEY)
-            return await self._consume(channel, queue, on_delivery)
+            return await self._consume(channel, queue, on_delivery,
+                                       (self.topology.message_exchange, protocol.BROADCAST_ROUTING_KEY))
 
-    async def _consume(self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery) -> Subscription:
+    async def _consume(
+        self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery, binding: tuple[str, str]
+    ) -> Subscription:
         assert self._link is not None, "call connect() first"
-        return await self._link.subscribe(channel, queue, on_delivery, no_ack=False,
+        return await self._link.subscribe(channel, queue, on_delivery, no_ack=False, bindings=[binding],
                                           on_ack_timeout=self._ack_timeout_report)
 
     def _ack_timeout_report(self) -> OnAckTimeout | None:
