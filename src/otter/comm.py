@@ -30,7 +30,7 @@ from .transports import Transport
 if TYPE_CHECKING:
     from .tracing import Tracing
 
-__all__ = ["Communicator", "task_target"]
+__all__ = ["Communicator", "Outgoing", "task_target", "warn_unconsumed"]
 
 log = logging.getLogger("otter.comm")
 
@@ -110,9 +110,34 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
             consumers = await self.transport.publish_task(queue, payload, correlation_id=correlation_id,
                                                           headers=sent or None)
         if consumers == 0:
-            what = f"task {name!r}" if name is not None else f"nameless task (default queue {queue!r})"
-            log.warning("no worker consumes the %s yet: it waits in its queue until one starts (is the name "
-                        "right, and is the service that handles it running?)", what)
+            warn_unconsumed(name, queue)
+
+    def outgoing_task(self, name: str | None, body: Any, headers: Mapping[str, Any] | None) -> Outgoing:
+        """A task checked and encoded in the caller's thread (so a bad name or body raises there, at once), for the
+        sync ``Client``'s pipelined send. With tracing, its publish span covers the hand-over."""
+        self._check_open()
+        if name is not None:
+            check_name(name, "task")
+        queue = name or self.transport.topology.default_task_queue  # type: ignore[attr-defined]
+        payload = self.codec.encode(protocol.task_body(body, no_reply=True), what="task body", payload=body)
+        sent, correlation_id = protocol.caller_headers(headers), self._next_id()
+        if self.tracing:
+            with self.tracing.sending("publish", queue, queue, correlation_id, sent):
+                pass
+        return Outgoing("task", queue, correlation_id, payload, sent or None, name)
+
+    def outgoing_broadcast(
+        self, body: Any, sender: Any, subject: str | None, correlation_id: Any, headers: Mapping[str, Any] | None
+    ) -> Outgoing:
+        """A broadcast checked and encoded in the caller's thread; see ``outgoing_task``."""
+        self._check_open()
+        message = protocol.Broadcast(body, sender, subject, correlation_id).to_wire()
+        payload = self.codec.encode(message, what="broadcast body", payload=body)
+        sent = protocol.caller_headers(headers)
+        if self.tracing:
+            with self._broadcast_span(subject, correlation_id, sent):
+                pass
+        return Outgoing("broadcast", subject or "", str(correlation_id or ""), payload, sent or None, None)
 
     async def send_broadcast(
         self, body: Any, sender: Any = None, subject: str | None = None, correlation_id: Any = None,
@@ -226,6 +251,29 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
             return asyncio.get_running_loop() is self.loop
         except RuntimeError:
             return False
+
+
+class Outgoing:
+    """A message encoded and ready to hand to the transport: a ``kind`` ("task" or "broadcast") and its ``target``
+    (the task queue, or the broadcast's subject), for saying which one failed."""
+
+    __slots__ = ("body", "correlation_id", "headers", "kind", "name", "target")
+
+    def __init__(self, kind: str, target: str, correlation_id: str, body: bytes,
+                 headers: Mapping[str, Any] | None, name: str | None) -> None:
+        self.kind, self.target, self.correlation_id = kind, target, correlation_id
+        self.body, self.headers, self.name = body, headers, name
+
+    def __repr__(self) -> str:
+        if self.kind == "task":
+            return f"task to {self.target!r} (correlation id {self.correlation_id})"
+        return f"broadcast {self.target!r} (correlation id {self.correlation_id or '-'})"
+
+
+def warn_unconsumed(name: str | None, queue: str) -> None:
+    what = f"task {name!r}" if name is not None else f"nameless task (default queue {queue!r})"
+    log.warning("no worker consumes the %s yet: it waits in its queue until one starts (is the name "
+                "right, and is the service that handles it running?)", what)
 
 
 _NO_BODY = object()

@@ -28,6 +28,7 @@ from ..base import (
     Delivery,
     OnAckTimeout,
     OnDelivery,
+    OnSent,
     QueueInUse,
     QueueMismatch,
     ReplayRoute,
@@ -164,6 +165,63 @@ class AmqpTransport(Transport):
             return None
         self._sent_to.add(queue)
         return consumers
+
+    def start_task(
+        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None, done: OnSent
+    ) -> None:
+        """Queue the publish at once when the queue is known and the channel free, and settle it from its confirm:
+        no task, no coroutine. A return is ``Unroutable``; anything else (the connection lost, a nack) sends it
+        again the way ``publish_task`` does, retrying until ``PUBLISH_TIMEOUT``."""
+        assert self._link is not None and self._queues is not None, "call connect() first"
+        if queue in self._sent_to and queue in self._queues.declared and not self._sender.closing:
+            fields = {
+                "mandatory": True, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
+                "correlation_id": correlation_id, "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
+            }
+            confirm = self._link.confirmed.now("", queue, body, fields)
+            if not isinstance(confirm, bool):
+                confirm.add_done_callback(
+                    lambda ended: self._task_confirmed(ended, queue, body, correlation_id, headers, done))
+                return
+        super().start_task(queue, body, correlation_id=correlation_id, headers=headers, done=done)
+
+    def _task_confirmed(
+        self, confirm: asyncio.Future[Any], queue: str, body: bytes, correlation_id: str,
+        headers: Mapping[str, Any] | None, done: OnSent,
+    ) -> None:
+        exc = None if confirm.cancelled() else confirm.exception()
+        if exc is None and not confirm.cancelled():
+            done(None, None)
+        elif isinstance(exc, aiormq.exceptions.PublishError):
+            assert self._queues is not None
+            self._queues.declared.discard(queue)  # deleted since it was declared: declare it on the next send
+            done(None, Unroutable(f"the broker could not route the task to queue {queue!r}: {exc}"))
+        else:
+            super().start_task(queue, body, correlation_id=correlation_id, headers=headers, done=done)
+
+    def start_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None, done: OnSent) -> None:
+        """Queued at once when the channel is free and settled from its confirm; sent once, as
+        ``publish_broadcast`` is: a lost connection before the confirm is reported, not repeated."""
+        assert self._link is not None, "call connect() first"
+        if not self._sender.closing:
+            fields = {
+                "mandatory": False, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
+                "delivery_mode": DeliveryMode.NOT_PERSISTENT.value, "headers": headers,
+            }
+            confirm = self._link.confirmed.now(self.topology.message_exchange, protocol.BROADCAST_ROUTING_KEY, body,
+                                               fields)
+            if not isinstance(confirm, bool):
+                confirm.add_done_callback(lambda ended: done(None, self._broadcast_failure(ended)))
+                return
+        super().start_broadcast(body, headers=headers, done=done)
+
+    def _broadcast_failure(self, confirm: asyncio.Future[Any]) -> BaseException | None:
+        if confirm.cancelled():
+            return BrokerUnavailable("could not broadcast: the connection was closed before the broker confirmed it")
+        if (exc := confirm.exception()) is None:
+            return None
+        return BrokerUnavailable(f"could not broadcast: the broker did not confirm it ({describe(exc)}); it was "
+                                 f"sent once, as broadcasts are: send it again once the broker at {self.url} is back")
 
     async def publish_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None = None) -> None:
         """Sent once (at-most-once, as kiwipy's broadcasts are), after waiting for the connection if it is being
