@@ -87,7 +87,7 @@ def test_closing_while_tasks_are_being_sent_fails_them_with_broker_unavailable(a
 
     def send() -> None:
         go.wait(5)
-        for n in range(200):
+        for n in range(1_000_000):  # until the close refuses one
             try:
                 client.task(task, n)
                 outcome = "ok"

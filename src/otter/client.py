@@ -157,12 +157,8 @@ class Client:
         _OPEN.discard(self)
         undelivered: Undelivered | None = None
         if self.comm is not None:
-            try:
-                self._outbox.wait(float(self.config["PUBLISH_TIMEOUT"]) + 5.0)
-            except Undelivered as exc:
-                undelivered = exc
-            self._outbox.fail_pending("the client was closed before the broker confirmed it")
-            self.comm.close()
+            self.comm.close()  # sends from other threads from now on raise BrokerUnavailable
+            undelivered = self._outbox.close(float(self.config["PUBLISH_TIMEOUT"]) + 5.0)
         if self._transport is not None:
             asyncio.run_coroutine_threadsafe(self._transport.close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)

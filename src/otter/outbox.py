@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import itertools
 import threading
@@ -60,6 +61,7 @@ class Outbox:
         self._pending: dict[int, tuple[Outgoing, concurrent.futures.Future[None] | None]] = {}  # not yet settled
         self._failures: list[Failure] = []
         self._keys = itertools.count()
+        self._closed = False
 
     @property
     def pending(self) -> int:
@@ -71,6 +73,8 @@ class Outbox:
         caller asked to wait for it) rather than to the next ``wait``."""
         key = next(self._keys)
         with self._lock:
+            if self._closed:
+                raise BrokerUnavailable("this client was closed")
             if len(self._pending) >= self.window:
                 self._wait_for(lambda: len(self._pending) < self.window, None, "room in the send window")
             self._pending[key] = (message, waiter)
@@ -95,12 +99,20 @@ class Outbox:
         if failures or unconfirmed:
             raise Undelivered(failures, unconfirmed=len(unconfirmed))
 
-    def fail_pending(self, why: str) -> None:
-        """Give up every message not yet settled (the connection is closing without them)."""
+    def close(self, timeout: float) -> Undelivered | None:
+        """Take no more messages, wait up to ``timeout`` for those handed over, give up the rest (the connection
+        closes without them) and return every failure not reported yet, if any."""
         with self._lock:
+            self._closed = True
+            with contextlib.suppress(DeadlineExceeded):
+                self._wait_for(lambda: not self._pending, timeout, "every confirm")
             keys = list(self._pending)
         for key in keys:
-            self._settled(key, None, BrokerUnavailable(why))
+            self._settled(key, None, BrokerUnavailable(
+                f"no confirm from the broker within {timeout:g} s, and the client was closed"))
+        with self._lock:
+            failures, self._failures = self._failures, []
+        return Undelivered(failures) if failures else None
 
     # -- on the loop --------------------------------------------------------------------------------------------
     def _drain(self) -> None:

@@ -9,6 +9,7 @@ exchange (which reaches any caller's reply queue by its name).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -81,6 +82,8 @@ class AmqpTransport(Transport):
         self._down = False  # between a lost connection and the reconnection: its warning was given
         self._broker = self.url  # the (redacted) broker of the list the connection is on
         self._sent_to: set[str] = set()  # task queues this transport has sent to
+        # Pipelined sends (``start_task``) to a queue whose first send, which declares it, is under way.
+        self._backlogs: dict[str, collections.deque[tuple[bytes, str, Mapping[str, Any] | None, OnSent]]] = {}
         self._sender = Sender(self.url, publish_timeout)
         self._calls = Calls(protocol.reply_queue_name(topology.message_exchange, uuid.uuid4().hex))
         # Message ids for publishes: aiormq matches a confirmed publish's return by it and would otherwise draw a
@@ -173,7 +176,16 @@ class AmqpTransport(Transport):
         no task, no coroutine. A return is ``Unroutable``; anything else (the connection lost, a nack) sends it
         again the way ``publish_task`` does, retrying until ``PUBLISH_TIMEOUT``."""
         assert self._link is not None and self._queues is not None, "call connect() first"
-        if queue in self._sent_to and queue in self._queues.declared and not self._sender.closing:
+        backlog = self._backlogs.get(queue)
+        if backlog is not None:  # behind a first send that declares the queue: in order, after it
+            backlog.append((body, correlation_id, headers, done))
+            return
+        if queue not in self._sent_to or queue not in self._queues.declared:
+            self._backlogs[queue] = collections.deque()
+            super().start_task(queue, body, correlation_id=correlation_id, headers=headers,
+                               done=lambda result, error: self._first_sent(queue, done, result, error))
+            return
+        if not self._sender.closing:
             fields = {
                 "mandatory": True, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
                 "correlation_id": correlation_id, "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
@@ -184,6 +196,12 @@ class AmqpTransport(Transport):
                     lambda ended: self._task_confirmed(ended, queue, body, correlation_id, headers, done))
                 return
         super().start_task(queue, body, correlation_id=correlation_id, headers=headers, done=done)
+
+    def _first_sent(self, queue: str, done: OnSent, result: Any, error: BaseException | None) -> None:
+        """The send that declared ``queue`` ended: the ones queued behind it go now, in their order."""
+        done(result, error)
+        for body, correlation_id, headers, later in self._backlogs.pop(queue, ()):
+            self.start_task(queue, body, correlation_id=correlation_id, headers=headers, done=later)
 
     def _task_confirmed(
         self, confirm: asyncio.Future[Any], queue: str, body: bytes, correlation_id: str,
