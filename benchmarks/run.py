@@ -93,8 +93,9 @@ SYSTEMS = {
     BASELINE: System(BASELINE, "aio-pika (hand-written)", "bench_aiopika.py", module="aio_pika",
                      what="direct reply-to, prefetch 100, stdlib json; tasks durable+persistent+confirmed"),
     "otter": System("otter", "Otter", "bench_otter.py", module="otter",
-                    what="plain def handlers; A: Client.rpc(name, data).result() in a loop; B: AsyncClient, 64 coroutines "
-                         "awaiting client.rpc; C/D: await AsyncClient.task / .broadcast, at most 1,000 awaiting"),
+                    what="plain def handlers; A: Client.rpc(name, data).result() in a loop; B: AsyncClient, 64 "
+                         "coroutines awaiting client.rpc; C/D: await AsyncClient.task / .broadcast, at most 1,000 "
+                         "awaiting"),
     "otter_seed": System("otter_seed", "Otter, the seed's loops", "bench_otter.py", ("rpc_seq", "task", "bcast"),
                          variant="seed-loop", module="otter",
                          what="plain def handlers; plain loops on the sync Client: client.rpc(name, data).result(), "
