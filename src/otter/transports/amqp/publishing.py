@@ -51,6 +51,11 @@ class Outlet(abc.ABC):
         """Publish on the open channel; on a confirming one, return once the broker confirmed it (a return of a
         ``mandatory`` publish raises aiormq's ``PublishError``, a nack its ``DeliveryError``)."""
 
+    async def queue(self, exchange: str, routing_key: str, body: bytes, fields: Fields) -> asyncio.Future[Any] | None:
+        """Queue the publish once the channel can take it, and return its confirm's future without waiting for it;
+        None when this outlet cannot (then ``publish`` it)."""
+        return None
+
 
 class Sender:
     """Sends through outlets and keeps every publish it waits on, so that a lost connection abandons them all."""

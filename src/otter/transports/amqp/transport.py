@@ -9,13 +9,12 @@ exchange (which reaches any caller's reply queue by its name).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
 import ssl
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiormq
@@ -40,7 +39,8 @@ from ..base import (
 from .connection import Link, Queues, broker_of, connect, fails_over, open_link
 from .dead_letters import DeadLetters
 from .errors import describe, queue_mismatch, translated
-from .publishing import Sender
+from .pipelined import Pipelined
+from .publishing import Outlet, Sender
 from .rpc import Calls
 
 __all__ = ["AmqpTransport"]
@@ -82,8 +82,7 @@ class AmqpTransport(Transport):
         self._down = False  # between a lost connection and the reconnection: its warning was given
         self._broker = self.url  # the (redacted) broker of the list the connection is on
         self._sent_to: set[str] = set()  # task queues this transport has sent to
-        # Pipelined sends (``start_task``) to a queue whose first send, which declares it, is under way.
-        self._backlogs: dict[str, collections.deque[tuple[bytes, str, Mapping[str, Any] | None, OnSent]]] = {}
+        self._pipelined = Pipelined(self._confirmed_outlet)
         self._sender = Sender(self.url, publish_timeout)
         self._calls = Calls(protocol.reply_queue_name(topology.message_exchange, uuid.uuid4().hex))
         # Message ids for publishes: aiormq matches a confirmed publish's return by it and would otherwise draw a
@@ -172,41 +171,37 @@ class AmqpTransport(Transport):
     def start_task(
         self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None, done: OnSent
     ) -> None:
-        """Queue the publish at once when the queue is known and the channel free, and settle it from its confirm:
-        no task, no coroutine. A return is ``Unroutable``; anything else (the connection lost, a nack) sends it
-        again the way ``publish_task`` does, retrying until ``PUBLISH_TIMEOUT``."""
-        assert self._link is not None and self._queues is not None, "call connect() first"
-        backlog = self._backlogs.get(queue)
-        if backlog is not None:  # behind a first send that declares the queue: in order, after it
-            backlog.append((body, correlation_id, headers, done))
+        """Pipelined (``pipelined``): queued without a task, settled from its confirm, in order. A return is
+        ``Unroutable``; any other failure sends it again the way ``publish_task`` does, until ``PUBLISH_TIMEOUT``."""
+        assert self._queues is not None, "call connect() first"
+        pipelined = self._pipelined
+
+        def fallback() -> None:
+            Transport.start_task(self, queue, body, correlation_id=correlation_id, headers=headers, done=done)
+
+        if pipelined.after(queue, lambda: self.start_task(queue, body, correlation_id=correlation_id,
+                                                          headers=headers, done=done)):
             return
-        if queue not in self._sent_to or queue not in self._queues.declared:
-            self._backlogs[queue] = collections.deque()
-            super().start_task(queue, body, correlation_id=correlation_id, headers=headers,
-                               done=lambda result, error: self._first_sent(queue, done, result, error))
-            return
-        if not self._sender.closing:
+        if self._sender.closing:
+            fallback()
+        elif queue not in self._sent_to or queue not in self._queues.declared:  # this send declares the queue
+            def first(release: Callable[[], None]) -> None:
+                def ended(result: Any, error: BaseException | None) -> None:
+                    done(result, error)
+                    release()
+
+                Transport.start_task(self, queue, body, correlation_id=correlation_id, headers=headers, done=ended)
+
+            pipelined.follow(queue, first)
+        else:
             fields = {
                 "mandatory": True, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
                 "correlation_id": correlation_id, "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
             }
-            confirm = self._link.confirmed.now("", queue, body, fields)
-            if not isinstance(confirm, bool):
-                confirm.add_done_callback(
-                    lambda ended: self._task_confirmed(ended, queue, body, correlation_id, headers, done))
-                return
-        super().start_task(queue, body, correlation_id=correlation_id, headers=headers, done=done)
+            pipelined.send("", queue, body, fields, lambda confirm: confirm.add_done_callback(
+                lambda ended: self._task_confirmed(ended, queue, done, fallback)), fallback)
 
-    def _first_sent(self, queue: str, done: OnSent, result: Any, error: BaseException | None) -> None:
-        """The send that declared ``queue`` ended: the ones queued behind it go now, in their order."""
-        done(result, error)
-        for body, correlation_id, headers, later in self._backlogs.pop(queue, ()):
-            self.start_task(queue, body, correlation_id=correlation_id, headers=headers, done=later)
-
-    def _task_confirmed(
-        self, confirm: asyncio.Future[Any], queue: str, body: bytes, correlation_id: str,
-        headers: Mapping[str, Any] | None, done: OnSent,
-    ) -> None:
+    def _task_confirmed(self, confirm: asyncio.Future[Any], queue: str, done: OnSent, fallback: Any) -> None:
         exc = None if confirm.cancelled() else confirm.exception()
         if exc is None and not confirm.cancelled():
             done(None, None)
@@ -215,23 +210,23 @@ class AmqpTransport(Transport):
             self._queues.declared.discard(queue)  # deleted since it was declared: declare it on the next send
             done(None, Unroutable(f"the broker could not route the task to queue {queue!r}: {exc}"))
         else:
-            super().start_task(queue, body, correlation_id=correlation_id, headers=headers, done=done)
+            fallback()
 
     def start_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None, done: OnSent) -> None:
-        """Queued at once when the channel is free and settled from its confirm; sent once, as
-        ``publish_broadcast`` is: a lost connection before the confirm is reported, not repeated."""
-        assert self._link is not None, "call connect() first"
-        if not self._sender.closing:
-            fields = {
-                "mandatory": False, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
-                "delivery_mode": DeliveryMode.NOT_PERSISTENT.value, "headers": headers,
-            }
-            confirm = self._link.confirmed.now(self.topology.message_exchange, protocol.BROADCAST_ROUTING_KEY, body,
-                                               fields)
-            if not isinstance(confirm, bool):
-                confirm.add_done_callback(lambda ended: done(None, self._broadcast_failure(ended)))
-                return
-        super().start_broadcast(body, headers=headers, done=done)
+        """Pipelined, as ``start_task``; sent once, as ``publish_broadcast`` is: a lost connection before the
+        confirm is reported, not repeated."""
+        if self._sender.closing:
+            Transport.start_broadcast(self, body, headers=headers, done=done)
+            return
+        fields = {
+            "mandatory": False, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
+            "delivery_mode": DeliveryMode.NOT_PERSISTENT.value, "headers": headers,
+        }
+        self._pipelined.send(
+            self.topology.message_exchange, protocol.BROADCAST_ROUTING_KEY, body, fields,
+            lambda confirm: confirm.add_done_callback(lambda ended: done(None, self._broadcast_failure(ended))),
+            lambda: Transport.start_broadcast(self, body, headers=headers, done=done),
+        )
 
     def _broadcast_failure(self, confirm: asyncio.Future[Any]) -> BaseException | None:
         if confirm.cancelled():
@@ -374,6 +369,10 @@ class AmqpTransport(Transport):
         return self.on_ack_timeout
 
     # -- internals ----------------------------------------------------------------------------------------------
+    def _confirmed_outlet(self) -> Outlet:
+        assert self._link is not None, "call connect() first"
+        return self._link.confirmed
+
     def _next_message_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):x}"
 
