@@ -131,3 +131,22 @@ def test_a_full_window_blocks_the_sender_until_confirms_come(amqp_url: str, name
         assert returned == [0, 1, 2, 3, 4]
         client.flush()
         assert raw.depth(job) == 6
+
+
+def test_a_failed_comm_send_nobody_waited_for_is_logged(
+    amqp_url: str, names: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``comm.task`` (what handlers use) returns its future at once; if nobody looks at it, a failure is logged."""
+    job = f"{names['TASK_EXCHANGE']}.unwatched"
+    with RawBroker.open(amqp_url, names) as raw, Client(amqp_url, **names) as client:
+        assert client.comm
+        client.comm.task(job, 1).result()
+        raw.delete(job)  # both sends below are returned by the broker
+        unwatched = client.comm.task(job, 3)
+        watched = client.comm.task(job, 2)
+        with pytest.raises(Unroutable):
+            watched.result()
+        wait_until(unwatched.done, 10, "the send to fail")
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and job in errors[0] and "nobody was waiting" in errors[0], errors
+        raw.delete(job)

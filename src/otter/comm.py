@@ -167,7 +167,8 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         >>> comm.task("mail.send", {"to": "a@example.com"}).result()
         """
         name, body = task_target(args, kwargs)
-        return self._submit(self.send_task(name, body, headers), self._send_wait())
+        return self._submit(self.send_task(name, body, headers), self._send_wait(),
+                            f"the task to {name!r}" if name else "a nameless task")
 
     def task_send(self, task: Any, no_reply: bool = True, *, name: str | None = None) -> CallFuture:
         """kiwipy's call: queue ``task`` (the body) on the default task queue, or on ``name``; resolves to None once
@@ -180,13 +181,15 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
             )
         if not no_reply:
             raise ConfigurationError("Otter tasks are fire-and-forget (no_reply=True); use rpc_send for a result")
-        return self._submit(self.send_task(name, task), self._send_wait())
+        return self._submit(self.send_task(name, task), self._send_wait(),
+                            f"the task to {name!r}" if name else "a nameless task")
 
     def broadcast_send(
         self, body: Any, sender: Any = None, subject: str | None = None, correlation_id: Any = None,
         headers: Mapping[str, Any] | None = None,
     ) -> CallFuture:
-        return self._submit(self.send_broadcast(body, sender, subject, correlation_id, headers), self._send_wait())
+        return self._submit(self.send_broadcast(body, sender, subject, correlation_id, headers), self._send_wait(),
+                            f"the broadcast {subject!r}")
 
     def is_closed(self) -> bool:
         return self._closed
@@ -230,8 +233,8 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         margin, so the transport's clear ``BrokerUnavailable`` arrives before a bare timeout would."""
         return float(getattr(self.transport, "publish_timeout", self.rpc_timeout)) + 5.0
 
-    def _submit(self, coro: Coroutine[Any, Any, Any], default_timeout: float) -> CallFuture:
-        future = CallFuture(default_timeout, self._loop_thread)
+    def _submit(self, coro: Coroutine[Any, Any, Any], default_timeout: float, what: str | None = None) -> CallFuture:
+        future = CallFuture(default_timeout, self._loop_thread, what)
 
         def start() -> None:
             task = self.loop.create_task(coro)
@@ -316,6 +319,9 @@ def _copy_outcome(task: asyncio.Task[Any], future: CallFuture) -> None:
     if task.cancelled():  # the communicator's loop or connection went away under the call
         future.set_exception(BrokerUnavailable("the connection was closed before the call completed"))
     elif (exc := task.exception()) is not None:
+        if (what := future.unwatched_send) is not None:  # a handler's comm.task(...) nobody waits on: not silently
+            log.error("%s failed and nobody was waiting for it (.result() or await): %s: %s", what,
+                      type(exc).__name__, exc)
         future.set_exception(exc)
     else:
         future.set_result(task.result())
