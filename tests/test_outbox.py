@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -150,3 +152,58 @@ def test_a_failed_comm_send_nobody_waited_for_is_logged(
         errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert len(errors) == 1 and job in errors[0] and "nobody was waiting" in errors[0], errors
         raw.delete(job)
+
+
+EXIT_SCRIPT = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+from otter import Client
+url, queue, names = sys.argv[1], sys.argv[2], dict(arg.split("=", 1) for arg in sys.argv[3:])
+client = Client(url, **names)
+client.task(queue, "declares it", wait=True)
+if "refused" in queue:
+    import asyncio, aio_pika
+    async def delete():
+        async with await aio_pika.connect(url) as connection:
+            await (await connection.channel()).queue_delete(queue)
+    asyncio.run(delete())
+for n in range(2000):
+    client.task(queue, n)
+"""  # and exits without flush() or close()
+
+
+@pytest.mark.parametrize("case", ["kept", "refused"])
+def test_interpreter_exit_waits_for_the_confirms_and_logs_what_failed(
+    amqp_url: str, names: dict[str, Any], case: str
+) -> None:
+    job = f"{names['TASK_EXCHANGE']}.exit-{case}"
+    with RawBroker.open(amqp_url, names) as raw:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", EXIT_SCRIPT, amqp_url, job, *(f"{k}={v}" for k, v in names.items())],
+                capture_output=True, text=True, timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            if case == "kept":
+                assert raw.depth(job) == 2001, done.stderr
+                assert "ERROR" not in done.stderr, done.stderr
+            else:
+                assert "at exit" in done.stderr and "not delivered" in done.stderr and "Unroutable" in done.stderr
+        finally:
+            raw.delete(job)
+
+
+def test_the_io_thread_is_woken_once_per_batch_not_per_message(amqp_url: str, names: dict[str, Any]) -> None:
+    job = f"{names['TASK_EXCHANGE']}.batch"
+    with RawBroker.open(amqp_url, names) as raw, Client(amqp_url, **names) as client:
+        client.task(job, "declares the queue", wait=True)
+        outbox = client._outbox
+        gate = threading.Event()
+        client.comm.loop.call_soon_threadsafe(gate.wait, 10)  # type: ignore[union-attr]  # the loop is busy
+        before = outbox.wakeups
+        for n in range(100):
+            client.task(job, n)
+        gate.set()
+        client.flush()
+        assert outbox.wakeups - before == 1
+        assert raw.depth(job) == 101

@@ -62,6 +62,7 @@ class Outbox:
         self._failures: list[Failure] = []
         self._keys = itertools.count()
         self._closed = False
+        self.wakeups = 0  # of the I/O thread: one per batch
 
     @property
     def pending(self) -> int:
@@ -81,6 +82,7 @@ class Outbox:
             self._batch.append((key, message))
             if len(self._batch) > 1:
                 return  # the I/O thread is woken already and takes this one with the others
+            self.wakeups += 1
         try:
             self._loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the loop was closed under us
