@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import kiwipy
@@ -26,6 +26,7 @@ from .futures import CallFuture
 from .logs import current_message
 from .routing import check_name
 from .transports import Transport
+from .transports.base import OnSent
 
 if TYPE_CHECKING:
     from .tracing import Tracing
@@ -107,8 +108,12 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         payload = self.codec.encode(protocol.task_body(body, no_reply=True), what="task body", payload=body)
         sent, correlation_id = protocol.caller_headers(headers), self._next_id()
         with self.tracing.sending("publish", queue, queue, correlation_id, sent) if self.tracing else _NOT_TRACED:
-            consumers = await self.transport.publish_task(queue, payload, correlation_id=correlation_id,
-                                                          headers=sent or None)
+            if self.transport.pipelines:
+                consumers = await self._confirmed(lambda done: self.transport.start_task(
+                    queue, payload, correlation_id=correlation_id, headers=sent or None, done=done))
+            else:
+                consumers = await self.transport.publish_task(queue, payload, correlation_id=correlation_id,
+                                                              headers=sent or None)
         if consumers == 0:
             warn_unconsumed(name, queue)
 
@@ -148,8 +153,30 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         payload = self.codec.encode(message, what="broadcast body", payload=body)
         sent = protocol.caller_headers(headers)
         with self._broadcast_span(subject, correlation_id, sent) if self.tracing else _NOT_TRACED:
-            await self.transport.publish_broadcast(payload, headers=sent or None)
+            if self.transport.pipelines:
+                await self._confirmed(lambda done: self.transport.start_broadcast(payload, headers=sent or None,
+                                                                                  done=done))
+            else:
+                await self.transport.publish_broadcast(payload, headers=sent or None)
         return True
+
+    async def _confirmed(self, start: Callable[[OnSent], None]) -> Any:
+        """Start a send the transport pipelines (in order, no task of its own) and wait for its outcome, at most
+        ``_send_wait`` seconds (the transport retries for PUBLISH_TIMEOUT; this bounds a confirm that never came)."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[Any] = loop.create_future()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if not outcome.done():
+                outcome.set_result(result) if error is None else outcome.set_exception(error)
+
+        start(done)
+        wait = self._send_wait()
+        timer = loop.call_later(wait, done, None, BrokerUnavailable(f"no confirm from the broker within {wait:g} s"))
+        try:
+            return await outcome
+        finally:
+            timer.cancel()
 
     # -- kiwipy's interface: thread-safe, returns futures -------------------------------------------------------
     def rpc_send(

@@ -168,6 +168,9 @@ class Transport(abc.ABC):
     url: str
     # Told when the broker closes a consumer's channel for an acknowledgement timeout (set by the worker).
     on_ack_timeout: OnAckTimeout | None = None
+    # Whether ``start_task``/``start_broadcast`` are cheaper than awaiting ``publish_task``/``publish_broadcast``
+    # (the communicator then uses them for awaited sends too).
+    pipelines = False
 
     @abc.abstractmethod
     async def connect(self) -> None: ...

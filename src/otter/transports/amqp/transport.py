@@ -58,6 +58,8 @@ class AmqpTransport(Transport):
     connection drops while it waits for the reply (which was lost with the connection).
     """
 
+    pipelines = True
+
     def __init__(
         self,
         url: str,
