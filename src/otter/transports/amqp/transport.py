@@ -247,15 +247,10 @@ class AmqpTransport(Transport):
             "mandatory": False, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
             "delivery_mode": DeliveryMode.NOT_PERSISTENT.value, "headers": headers,
         }
-        with translated("broadcast"):
-            try:
-                await self._sender.send(self._link.confirmed, self.topology.message_exchange,
-                                        protocol.BROADCAST_ROUTING_KEY, body, fields, timeout=self.publish_timeout)
-            except asyncio.TimeoutError:
-                raise BrokerUnavailable(
-                    f"could not broadcast: no connection to the broker at {self.url}, or no confirm from it, "
-                    f"within {self.publish_timeout:g} s"
-                ) from None
+        await self._sender.send_once(
+            self._link.confirmed, self.topology.message_exchange, protocol.BROADCAST_ROUTING_KEY, body, fields,
+            action="broadcast", late=f"no connection to the broker at {self.url}, or no confirm from it, within "
+                                     f"{self.publish_timeout:g} s")
 
     async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
         """At-most-once, like the call it answers: not mandatory and not confirmed, so a reply whose caller has
@@ -266,11 +261,8 @@ class AmqpTransport(Transport):
             "mandatory": False, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
             "correlation_id": correlation_id,
         }
-        with translated("reply"):
-            try:
-                await self._sender.send(self._link.replies, "", reply_to, body, fields, timeout=self.publish_timeout)
-            except asyncio.TimeoutError:
-                raise BrokerUnavailable(f"could not reply: no connection to the broker at {self.url}") from None
+        await self._sender.send_once(self._link.replies, "", reply_to, body, fields, action="reply",
+                                     late=f"no connection to the broker at {self.url}")
 
     async def dead_letter(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
         assert self._dead_letters is not None, "call connect() first"
