@@ -12,7 +12,6 @@ import atexit
 import concurrent.futures
 import logging
 import threading
-import weakref
 from collections.abc import Mapping
 from typing import Any, overload
 
@@ -181,8 +180,9 @@ class Client:
         return self.comm
 
 
-# Clients not closed yet: interpreter exit closes them, so what they handed over is confirmed or reported.
-_OPEN: weakref.WeakSet[Client] = weakref.WeakSet()
+# Clients not closed yet, held until they are (a client dropped without close() still has sends in flight):
+# interpreter exit closes them, so what they handed over is confirmed or reported.
+_OPEN: set[Client] = set()
 
 
 @atexit.register
