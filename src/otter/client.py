@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections.abc import Mapping
@@ -160,6 +161,8 @@ class Client:
             undelivered = self._outbox.close(float(self.config["PUBLISH_TIMEOUT"]) + 5.0)
         if self._transport is not None:
             asyncio.run_coroutine_threadsafe(self._transport.close(), self._loop).result(10)
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_end_tasks(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
@@ -178,6 +181,16 @@ class Client:
         if self.comm is None:
             raise BrokerUnavailable(str(self.error) if self.error else f"not connected to {self.url}")
         return self.comm
+
+
+async def _end_tasks() -> None:
+    """Cancel what still runs on a closing client's loop (a send waiting for a broker that is gone) and let it end,
+    so that every future waiting on it is told (``BrokerUnavailable``) rather than left pending."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=2.0)
 
 
 # Clients not closed yet, held until they are (a client dropped without close() still has sends in flight):

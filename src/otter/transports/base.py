@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import protocol
 from ..config import DEFAULTS
-from ..errors import ConfigurationError
+from ..errors import BrokerUnavailable, ConfigurationError
 
 __all__ = [
     "AckTimeout",
@@ -257,7 +257,13 @@ _BEGUN: set[asyncio.Task[Any]] = set()  # the loop keeps only weak references to
 
 
 def _begin(coro: Any, done: OnSent) -> None:
-    task = asyncio.get_running_loop().create_task(coro)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # called while the loop is being torn down (a coroutine closed by the collector)
+        coro.close()
+        done(None, BrokerUnavailable("the connection's event loop has stopped"))
+        return
+    task = loop.create_task(coro)
     _BEGUN.add(task)
     task.add_done_callback(lambda ended: _report(ended, done))
 

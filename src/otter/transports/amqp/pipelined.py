@@ -39,7 +39,11 @@ class Pipelined:
     def send(self, exchange: str, routing_key: str, body: bytes, fields: Fields, settle: Settle,
              fallback: Fallback) -> None:
         if self._feeder is None:
-            confirm = self._outlet().now(exchange, routing_key, body, fields)
+            outlet = self._outlet()
+            if outlet.channel.is_closed:  # being re-opened: the full path waits for it, up to PUBLISH_TIMEOUT
+                fallback()
+                return
+            confirm = outlet.now(exchange, routing_key, body, fields)
             if not isinstance(confirm, bool):
                 settle(confirm)
                 return
@@ -66,13 +70,26 @@ class Pipelined:
         behind.append(start)
         return True
 
+    def abandon(self) -> None:
+        """The connection is lost (or closing): a feeder waiting for room in a write queue nobody drains any more
+        would wait for ever, so the sends waiting go the full path, which waits for the next connection."""
+        if self._feeder is not None:
+            self._feeder.cancel()
+
     async def _feed(self) -> None:
         """Queue the waiting sends in order, each as soon as the write queue has room (one coroutine for all)."""
         try:
             while self._waiting:
                 exchange, routing_key, body, fields, settle, fallback = self._waiting.popleft()
+                outlet = self._outlet()
+                if outlet.channel.is_closed:
+                    fallback()
+                    continue
                 try:
-                    confirm = await self._outlet().queue(exchange, routing_key, body, fields)
+                    confirm = await outlet.queue(exchange, routing_key, body, fields)
+                except asyncio.CancelledError:  # ``abandon``: this one too goes the full path
+                    fallback()
+                    raise
                 except Exception:  # the channel closed or is being re-opened: the full path waits for it
                     confirm = None
                 if confirm is None:

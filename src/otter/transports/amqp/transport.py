@@ -128,6 +128,8 @@ class AmqpTransport(Transport):
     async def close(self) -> None:
         self._calls.fail_all("the connection was closed before the reply arrived")
         self._calls.pending.clear()
+        self._sender.closing = True  # what the pipelined sends hand back now fails at once
+        self._pipelined.abandon()
         await self._sender.close()  # the connection goes: nothing left to desynchronise
         if self._connection is not None:
             with contextlib.suppress(Exception):
@@ -372,6 +374,7 @@ class AmqpTransport(Transport):
 
     def _on_calling_channel_closed(self, _sender: Any, exc: BaseException | None) -> None:
         self._sender.abandon_all()  # on the dead connection: abandoned, and tasks sent again on the next one
+        self._pipelined.abandon()
         if self._sender.closing:
             return
         failed = self._calls.fail_all(
