@@ -13,6 +13,10 @@ Clients, i.e. what a user would write:
 - ``task``: ``AsyncClient.task(name, body)``, which returns once the broker confirmed the persistent message, with
   up to ``--inflight`` awaiting at once (``--variant sync-client``: a window of ``comm.task_send`` futures);
 - ``bcast``: ``AsyncClient.broadcast(body, subject=...)``, bounded the same way.
+
+``--variant seed-loop``: the seed's calls on the sync ``Client`` in plain loops, nothing else: ``for ...:
+client.task(name, body)`` then ``client.flush()`` (every task confirmed before the clock stops), ``for ...:
+client.broadcast(body, subject=...)`` then ``client.flush()``, and ``client.rpc(name, data).result()``.
 """
 
 from __future__ import annotations
@@ -143,6 +147,50 @@ def sync_task_client(args: argparse.Namespace) -> dict[str, Any]:
         client.close()
 
 
+def seed_loop_client(args: argparse.Namespace) -> dict[str, Any]:
+    """The seed's calls in plain loops (see the module docstring); the clock stops when ``flush`` returns."""
+    client = Client(args.url, **names(args.ns))
+    if not client.comm:
+        raise SystemExit(f"cannot connect: {client.error}")
+    info = {"client": "Client (sync), plain loop", "client_loop": type(client.comm.loop).__module__}
+    flush = getattr(client, "flush", lambda: None)  # the code before issue 13 confirmed each call in the call
+    try:
+        if args.wl == "task":
+            name = task_name(args.ns)
+
+            def send() -> None:
+                client.task(name, common.PAYLOAD)
+        elif args.wl == "bcast":
+            deadline = time.monotonic() + args.timeout
+            while True:
+                client.broadcast(common.READY_PING, subject=READY_SUBJECT)
+                flush()
+                try:
+                    common.wait_files_blocking(args.ready_files, 0.2, "ready marks")
+                    break
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise
+
+            def send() -> None:
+                client.broadcast(common.PAYLOAD, subject=SUBJECT)
+        else:
+            raise SystemExit(f"--variant seed-loop drives rpc_seq, task and bcast, not {args.wl}")
+        for _ in range(args.warm):
+            send()
+        flush()
+        common.wait_files_blocking(args.warm_files, args.timeout, "warm-up marks")
+        timer = common.Window(args.server_pids)
+        timer.start()
+        for _ in range(args.n):
+            send()
+        flush()
+        res = timer.stop()
+        return {**info, **res, "n": args.n, "t_sent": res["t_end"]}
+    finally:
+        client.close()
+
+
 def wait_rpc_served(call: Any, timeout: float) -> None:
     """Call until the server's queue is bound (before that the broker returns the call: ``Unroutable``)."""
     deadline = time.monotonic() + timeout
@@ -231,7 +279,9 @@ async def async_client(args: argparse.Namespace) -> dict[str, Any]:
 
 def client(args: argparse.Namespace) -> None:
     variant = flags(args)
-    if args.wl == "rpc_seq" and "async-client" not in variant:
+    if "seed-loop" in variant and args.wl != "rpc_seq":
+        result = seed_loop_client(args)
+    elif args.wl == "rpc_seq" and "async-client" not in variant:
         result = sync_client(args)  # the seed's client
     elif args.wl == "rpc_conc" and "sync-client" in variant:
         result = sync_client(args)

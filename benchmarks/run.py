@@ -93,9 +93,15 @@ SYSTEMS = {
     BASELINE: System(BASELINE, "aio-pika (hand-written)", "bench_aiopika.py", module="aio_pika",
                      what="direct reply-to, prefetch 100, stdlib json; tasks durable+persistent+confirmed"),
     "otter": System("otter", "Otter", "bench_otter.py", module="otter",
-                    what="plain def handlers; A: Client.rpc().result(), B/C/D: AsyncClient"),
+                    what="plain def handlers; A: Client.rpc(name, data).result() in a loop; B: AsyncClient, 64 "
+                         "coroutines awaiting client.rpc; C/D: await AsyncClient.task / .broadcast, at most 1,000 "
+                         "awaiting"),
+    "otter_seed": System("otter_seed", "Otter, the seed's loops", "bench_otter.py", ("rpc_seq", "task", "bcast"),
+                         variant="seed-loop", module="otter",
+                         what="plain def handlers; plain loops on the sync Client: client.rpc(name, data).result(), "
+                              "client.task(name, body) then flush(), client.broadcast(body, subject=...) then flush()"),
     "otter_async": System("otter_async", "Otter, async def handlers", "bench_otter.py", variant="async-handlers",
-                          module="otter", what="async def handlers; clients as 'otter'"),
+                          module="otter", what="async def handlers; the clients of the 'Otter' row"),
     "otter_aclient": System("otter_aclient", "Otter, AsyncClient for A", "bench_otter.py", ("rpc_seq",),
                             variant="async-client", module="otter", what="plain def handlers; await AsyncClient.rpc"),
     "otter_metrics": System("otter_metrics", "Otter, metrics on", "bench_otter.py", variant="metrics",
@@ -113,8 +119,8 @@ PEERS = {
     "nameko": System("nameko", "Nameko", "bench_nameko.py", module="nameko", uvloop=False,
                      what="@rpc / @event_handler, ClusterRpcProxy, eventlet"),
 }
-DEFAULT_SYSTEMS = (BASELINE, "otter", "otter_async", "otter_aclient")
-SMOKE_SYSTEMS = (BASELINE, "otter")
+DEFAULT_SYSTEMS = (BASELINE, "otter", "otter_seed", "otter_async", "otter_aclient")
+SMOKE_SYSTEMS = (BASELINE, "otter", "otter_seed")
 
 
 # -- processes ------------------------------------------------------------------------------------------------------
@@ -484,6 +490,11 @@ def print_report(summary: dict[str, dict[str, Any]], systems: list[System], work
             extra = f", p50 {fmt(row['p50_us'])} µs" if key == "rpc_seq" else ""
             cells.append(f"{fmt(row['ratio'], 2)} ({fmt(row['rate'])}/s{extra})")
         print(f"| {labels[system.name]} | " + " | ".join(cells) + " |")
+    print()
+    print("What each row runs:")
+    for system in systems:
+        what = meta.get("systems", {}).get(system.name, {}).get("what") or system.what
+        print(f"- {labels[system.name]}: {what}")
     print_metrics_cost(summary, workloads)
 
 

@@ -15,6 +15,7 @@ from .errors import (
     MessageTooLarge,
     OtterError,
     RemoteError,
+    Undelivered,
     Unroutable,
     ValidationError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "Otter",
     "OtterError",
     "RemoteError",
+    "Undelivered",
     "Unroutable",
     "ValidationError",
     "__version__",

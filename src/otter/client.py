@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections.abc import Mapping
@@ -18,8 +20,9 @@ from . import eventloop
 from .codec import JsonCodec
 from .comm import Communicator, task_target
 from .config import ResolvedConfig, redact_url, resolve
-from .errors import BrokerUnavailable, OtterError
+from .errors import BrokerUnavailable, OtterError, Undelivered
 from .futures import CallFuture
+from .outbox import Outbox
 from .tracing import tracing_for
 from .transports import Transport, open_transport
 
@@ -56,7 +59,13 @@ def _communicator(
 
 class Client:
     """Connects in the constructor; ``comm`` is the communicator, or ``None`` if the broker cannot be reached
-    (``error`` then says why, and every call raises ``BrokerUnavailable`` with that message)."""
+    (``error`` then says why, and every call raises ``BrokerUnavailable`` with that message).
+
+    ``task`` and ``broadcast`` return once the message is handed to the connection; the broker's confirms are
+    awaited in a window of ``SEND_WINDOW`` messages (a full window blocks the caller), and ``flush()``, ``close()``
+    and interpreter exit wait for all of them and raise (at exit: log) ``Undelivered`` for any the broker refused
+    or did not confirm. ``wait=True`` waits for one message's own confirm and raises its error.
+    """
 
     def __init__(self, url: str | None = None, *, timeout: float | None = None, **config: Any) -> None:
         self.config = _client_config(url, config, timeout)
@@ -83,6 +92,8 @@ class Client:
             log.error("%s", self.error)
         else:
             self.comm = _communicator(self._transport, self.config, self._loop, self._thread)
+            self._outbox = Outbox(self._transport, self._loop, int(self.config["SEND_WINDOW"]), self._thread)
+            _OPEN.add(self)
 
     def __repr__(self) -> str:
         state = "connected" if self.comm else "not connected"
@@ -102,46 +113,100 @@ class Client:
         return self._connected().rpc_send(name, data, timeout=timeout, headers=headers)
 
     @overload
-    def task(self, name: str, body: Any = None, /, *, headers: Headers = None) -> None: ...
+    def task(self, name: str, body: Any = None, /, *, headers: Headers = None, wait: bool = False) -> None: ...
     @overload
-    def task(self, body: Any, /, *, headers: Headers = None) -> None: ...
+    def task(self, body: Any, /, *, headers: Headers = None, wait: bool = False) -> None: ...
     @overload
-    def task(self, *, body: Any, headers: Headers = None) -> None: ...
+    def task(self, *, body: Any, headers: Headers = None, wait: bool = False) -> None: ...
     @overload
-    def task(self, name: str, /, *, body: Any, headers: Headers = None) -> None: ...
+    def task(self, name: str, /, *, body: Any, headers: Headers = None, wait: bool = False) -> None: ...
 
-    def task(self, *args: Any, headers: Headers = None, **kwargs: Any) -> None:
-        """Queue a task and return once the broker has it (publisher confirm).
+    def task(self, *args: Any, headers: Headers = None, wait: bool = False, **kwargs: Any) -> None:
+        """Queue a task: return once it is handed to the connection (``wait=True``: once the broker confirmed it,
+        raising what it refused). ``flush()`` or ``close()`` then wait for every confirm and raise ``Undelivered``
+        for the tasks that failed; until the window of unconfirmed tasks has room, this call blocks.
 
         ``task(name, body)`` and ``task(name)`` send the named task; ``task(body=...)`` a nameless one, to the default
         queue; the seed's ``task(5)`` too, when the lone argument is not a string (a lone string is a name).
         """
         name, body = task_target(args, kwargs)
-        self._connected().task(name, body=body, headers=headers).result()
+        comm = self._connected()
+        self._send(comm, comm.outgoing_task(name, body, headers), wait)
 
     def broadcast(
         self, body: Any, subject: str | None = None, sender: Any = None, correlation_id: Any = None, *,
-        headers: Headers = None,
+        headers: Headers = None, wait: bool = False,
     ) -> None:
-        """Send ``body`` to every app with a broadcast filter matching ``subject``."""
-        self._connected().broadcast_send(
-            body, sender=sender, subject=subject, correlation_id=correlation_id, headers=headers).result()
+        """Send ``body`` to every app with a broadcast filter matching ``subject``; handed over and confirmed
+        later, as ``task`` (``wait=True``: once the broker confirmed it)."""
+        comm = self._connected()
+        self._send(comm, comm.outgoing_broadcast(body, sender, subject, correlation_id, headers), wait)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until the broker confirmed every task and broadcast sent so far (``timeout`` seconds at most;
+        None: as long as it takes, which the transport bounds by ``PUBLISH_TIMEOUT`` per message); raise
+        ``Undelivered`` naming those it refused or that could not be confirmed since the last flush."""
+        if self.comm is not None:
+            self._outbox.wait(timeout)
 
     def close(self) -> None:
+        """Wait for every outstanding confirm (up to ``PUBLISH_TIMEOUT`` and a margin), close the connection, and
+        raise ``Undelivered`` if a message handed over was not delivered."""
         if self._loop.is_closed():
             return
+        _OPEN.discard(self)
+        undelivered: Undelivered | None = None
         if self.comm is not None:
-            self.comm.close()
+            self.comm.close()  # sends from other threads from now on raise BrokerUnavailable
+            undelivered = self._outbox.close(float(self.config["PUBLISH_TIMEOUT"]) + 5.0)
         if self._transport is not None:
             asyncio.run_coroutine_threadsafe(self._transport.close(), self._loop).result(10)
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_end_tasks(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+        if undelivered is not None:
+            raise undelivered
+
+    def _send(self, comm: Communicator, message: Any, wait: bool) -> None:
+        if not wait:
+            self._outbox.put(message)
+            return
+        waiter = CallFuture(comm._send_wait(), self._thread)
+        self._outbox.put(message, waiter)
+        waiter.result()
 
     def _connected(self) -> Communicator:
         if self.comm is None:
             raise BrokerUnavailable(str(self.error) if self.error else f"not connected to {self.url}")
         return self.comm
+
+
+async def _end_tasks() -> None:
+    """Cancel what still runs on a closing client's loop (a send waiting for a broker that is gone) and let it end,
+    so that every future waiting on it is told (``BrokerUnavailable``) rather than left pending."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=2.0)
+
+
+# Clients not closed yet, held until they are (a client dropped without close() still has sends in flight):
+# interpreter exit closes them, so what they handed over is confirmed or reported.
+_OPEN: set[Client] = set()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for client in list(_OPEN):
+        try:
+            client.close()
+        except Undelivered as exc:
+            log.error("at exit, %s", exc)
+        except Exception as exc:  # exit goes on; the reason is in the log
+            log.error("at exit, closing %r failed: %s: %s", client, type(exc).__name__, exc)
 
 
 class AsyncClient:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import kiwipy
@@ -26,11 +26,12 @@ from .futures import CallFuture
 from .logs import current_message
 from .routing import check_name
 from .transports import Transport
+from .transports.base import OnSent
 
 if TYPE_CHECKING:
     from .tracing import Tracing
 
-__all__ = ["Communicator", "task_target"]
+__all__ = ["Communicator", "Outgoing", "task_target", "warn_unconsumed"]
 
 log = logging.getLogger("otter.comm")
 
@@ -107,12 +108,41 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         payload = self.codec.encode(protocol.task_body(body, no_reply=True), what="task body", payload=body)
         sent, correlation_id = protocol.caller_headers(headers), self._next_id()
         with self.tracing.sending("publish", queue, queue, correlation_id, sent) if self.tracing else _NOT_TRACED:
-            consumers = await self.transport.publish_task(queue, payload, correlation_id=correlation_id,
-                                                          headers=sent or None)
+            if self.transport.pipelines:
+                consumers = await self._confirmed(lambda done: self.transport.start_task(
+                    queue, payload, correlation_id=correlation_id, headers=sent or None, done=done))
+            else:
+                consumers = await self.transport.publish_task(queue, payload, correlation_id=correlation_id,
+                                                              headers=sent or None)
         if consumers == 0:
-            what = f"task {name!r}" if name is not None else f"nameless task (default queue {queue!r})"
-            log.warning("no worker consumes the %s yet: it waits in its queue until one starts (is the name "
-                        "right, and is the service that handles it running?)", what)
+            warn_unconsumed(name, queue)
+
+    def outgoing_task(self, name: str | None, body: Any, headers: Mapping[str, Any] | None) -> Outgoing:
+        """A task checked and encoded in the caller's thread (so a bad name or body raises there, at once), for the
+        sync ``Client``'s pipelined send. With tracing, its publish span covers the hand-over."""
+        self._check_open()
+        if name is not None:
+            check_name(name, "task")
+        queue = name or self.transport.topology.default_task_queue  # type: ignore[attr-defined]
+        payload = self.codec.encode(protocol.task_body(body, no_reply=True), what="task body", payload=body)
+        sent, correlation_id = protocol.caller_headers(headers), self._next_id()
+        if self.tracing:
+            with self.tracing.sending("publish", queue, queue, correlation_id, sent):
+                pass
+        return Outgoing("task", queue, correlation_id, payload, sent or None, name)
+
+    def outgoing_broadcast(
+        self, body: Any, sender: Any, subject: str | None, correlation_id: Any, headers: Mapping[str, Any] | None
+    ) -> Outgoing:
+        """A broadcast checked and encoded in the caller's thread; see ``outgoing_task``."""
+        self._check_open()
+        message = protocol.Broadcast(body, sender, subject, correlation_id).to_wire()
+        payload = self.codec.encode(message, what="broadcast body", payload=body)
+        sent = protocol.caller_headers(headers)
+        if self.tracing:
+            with self._broadcast_span(subject, correlation_id, sent):
+                pass
+        return Outgoing("broadcast", subject or "", str(correlation_id or ""), payload, sent or None, None)
 
     async def send_broadcast(
         self, body: Any, sender: Any = None, subject: str | None = None, correlation_id: Any = None,
@@ -123,8 +153,30 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         payload = self.codec.encode(message, what="broadcast body", payload=body)
         sent = protocol.caller_headers(headers)
         with self._broadcast_span(subject, correlation_id, sent) if self.tracing else _NOT_TRACED:
-            await self.transport.publish_broadcast(payload, headers=sent or None)
+            if self.transport.pipelines:
+                await self._confirmed(lambda done: self.transport.start_broadcast(payload, headers=sent or None,
+                                                                                  done=done))
+            else:
+                await self.transport.publish_broadcast(payload, headers=sent or None)
         return True
+
+    async def _confirmed(self, start: Callable[[OnSent], None]) -> Any:
+        """Start a send the transport pipelines (in order, no task of its own) and wait for its outcome, at most
+        ``_send_wait`` seconds (the transport retries for PUBLISH_TIMEOUT; this bounds a confirm that never came)."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[Any] = loop.create_future()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if not outcome.done():
+                outcome.set_result(result) if error is None else outcome.set_exception(error)
+
+        start(done)
+        wait = self._send_wait()
+        timer = loop.call_later(wait, done, None, BrokerUnavailable(f"no confirm from the broker within {wait:g} s"))
+        try:
+            return await outcome
+        finally:
+            timer.cancel()
 
     # -- kiwipy's interface: thread-safe, returns futures -------------------------------------------------------
     def rpc_send(
@@ -142,7 +194,8 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         >>> comm.task("mail.send", {"to": "a@example.com"}).result()
         """
         name, body = task_target(args, kwargs)
-        return self._submit(self.send_task(name, body, headers), self._send_wait())
+        return self._submit(self.send_task(name, body, headers), self._send_wait(),
+                            f"the task to {name!r}" if name else "a nameless task")
 
     def task_send(self, task: Any, no_reply: bool = True, *, name: str | None = None) -> CallFuture:
         """kiwipy's call: queue ``task`` (the body) on the default task queue, or on ``name``; resolves to None once
@@ -155,13 +208,15 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
             )
         if not no_reply:
             raise ConfigurationError("Otter tasks are fire-and-forget (no_reply=True); use rpc_send for a result")
-        return self._submit(self.send_task(name, task), self._send_wait())
+        return self._submit(self.send_task(name, task), self._send_wait(),
+                            f"the task to {name!r}" if name else "a nameless task")
 
     def broadcast_send(
         self, body: Any, sender: Any = None, subject: str | None = None, correlation_id: Any = None,
         headers: Mapping[str, Any] | None = None,
     ) -> CallFuture:
-        return self._submit(self.send_broadcast(body, sender, subject, correlation_id, headers), self._send_wait())
+        return self._submit(self.send_broadcast(body, sender, subject, correlation_id, headers), self._send_wait(),
+                            f"the broadcast {subject!r}")
 
     def is_closed(self) -> bool:
         return self._closed
@@ -205,8 +260,8 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         margin, so the transport's clear ``BrokerUnavailable`` arrives before a bare timeout would."""
         return float(getattr(self.transport, "publish_timeout", self.rpc_timeout)) + 5.0
 
-    def _submit(self, coro: Coroutine[Any, Any, Any], default_timeout: float) -> CallFuture:
-        future = CallFuture(default_timeout, self._loop_thread)
+    def _submit(self, coro: Coroutine[Any, Any, Any], default_timeout: float, what: str | None = None) -> CallFuture:
+        future = CallFuture(default_timeout, self._loop_thread, what)
 
         def start() -> None:
             task = self.loop.create_task(coro)
@@ -226,6 +281,29 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
             return asyncio.get_running_loop() is self.loop
         except RuntimeError:
             return False
+
+
+class Outgoing:
+    """A message encoded and ready to hand to the transport: a ``kind`` ("task" or "broadcast") and its ``target``
+    (the task queue, or the broadcast's subject), for saying which one failed."""
+
+    __slots__ = ("body", "correlation_id", "headers", "kind", "name", "target")
+
+    def __init__(self, kind: str, target: str, correlation_id: str, body: bytes,
+                 headers: Mapping[str, Any] | None, name: str | None) -> None:
+        self.kind, self.target, self.correlation_id = kind, target, correlation_id
+        self.body, self.headers, self.name = body, headers, name
+
+    def __repr__(self) -> str:
+        if self.kind == "task":
+            return f"task to {self.target!r} (correlation id {self.correlation_id})"
+        return f"broadcast {self.target!r} (correlation id {self.correlation_id or '-'})"
+
+
+def warn_unconsumed(name: str | None, queue: str) -> None:
+    what = f"task {name!r}" if name is not None else f"nameless task (default queue {queue!r})"
+    log.warning("no worker consumes the %s yet: it waits in its queue until one starts (is the name "
+                "right, and is the service that handles it running?)", what)
 
 
 _NO_BODY = object()
@@ -268,6 +346,9 @@ def _copy_outcome(task: asyncio.Task[Any], future: CallFuture) -> None:
     if task.cancelled():  # the communicator's loop or connection went away under the call
         future.set_exception(BrokerUnavailable("the connection was closed before the call completed"))
     elif (exc := task.exception()) is not None:
+        if (what := future.unwatched_send) is not None:  # a handler's comm.task(...) nobody waits on: not silently
+            log.error("%s failed and nobody was waiting for it (.result() or await): %s: %s", what,
+                      type(exc).__name__, exc)
         future.set_exception(exc)
     else:
         future.set_result(task.result())

@@ -76,6 +76,9 @@ DEFAULTS: dict[str, Any] = {
     # then raises BrokerUnavailable (never drops silently). RECONNECT_INTERVAL is the pause between attempts.
     "PUBLISH_TIMEOUT": 15.0,
     "RECONNECT_INTERVAL": 1.0,
+    # Tasks and broadcasts a sync Client has handed over without their publisher confirm yet; a full window blocks
+    # client.task()/broadcast() until confirms come (flat memory). flush() and close() wait for all of them.
+    "SEND_WINDOW": 1000,
     # TLS for amqps:// URLs (the URL's cafile/certfile/keyfile/no_verify_ssl parameters work too); see otter.tls.
     "TLS_CA_FILE": None,  # PEM bundle of the CAs that may sign the broker's certificate; None: the system's
     "TLS_CERT_FILE": None,  # client certificate (PEM), for brokers that verify their peers
@@ -279,6 +282,7 @@ RULES: dict[str, Rule] = {
     "JSON_DEFAULT": Rule("a function, or its dotted path (e.g. 'myapp.encoding:default')", _function, True),
     "PUBLISH_TIMEOUT": _seconds(0, inclusive=False),
     "RECONNECT_INTERVAL": _seconds(0, inclusive=False),
+    "SEND_WINDOW": _whole(1),
     "TLS_CA_FILE": _PATH,
     "TLS_CERT_FILE": _PATH,
     "TLS_KEY_FILE": _PATH,

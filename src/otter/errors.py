@@ -8,6 +8,7 @@
     │   └── BrokerRefused        it answered, and said no: login, vhost, permissions, TLS; retrying cannot help
     ├── DeadlineExceeded         a call got no answer before its deadline (also a builtin ``TimeoutError``)
     ├── Unroutable               nobody serves this RPC name or task queue (also ``kiwipy.UnroutableError``)
+    ├── Undelivered              sends handed over without waiting failed; ``failures`` says which and why
     ├── MessageError             a message that cannot be read: undecodable, wrong content type, malformed
     │   └── MessageTooLarge      bigger than ``MAX_MESSAGE_SIZE``; refused before decoding
     └── RemoteError              the remote handler failed; carries its type, message, details and traceback
@@ -36,6 +37,7 @@ __all__ = [
     "MessageTooLarge",
     "OtterError",
     "RemoteError",
+    "Undelivered",
     "Unroutable",
     "ValidationError",
 ]
@@ -71,6 +73,24 @@ class DeadlineExceeded(OtterError, *_TIMEOUT_BASES):  # type: ignore[misc]
 
 class Unroutable(OtterError, kiwipy.UnroutableError):  # type: ignore[misc]  # kiwipy is untyped
     """Nobody serves this RPC name or task queue: the broker could not route the message."""
+
+
+class Undelivered(OtterError):
+    """Messages that ``Client.task``/``broadcast`` handed over without waiting were refused by the broker or not
+    confirmed; raised by ``flush`` and ``close``. ``failures`` lists them, each with its own error.
+
+    >>> try: client.flush()
+    ... except Undelivered as exc: resend([failure.correlation_id for failure in exc.failures])
+    """
+
+    def __init__(self, failures: list[Any], *, unconfirmed: int = 0) -> None:
+        self.failures = failures
+        self.unconfirmed = unconfirmed  # still without a confirm when the wait ended (not in ``failures``)
+        shown = "; ".join(str(failure) for failure in failures[:5])
+        more = f"; and {len(failures) - 5} more (see .failures)" if len(failures) > 5 else ""
+        waiting = f"; {unconfirmed} more still had no confirm when the wait ended" if unconfirmed else ""
+        super().__init__(f"{len(failures) + unconfirmed} message(s) not delivered: {shown}{more}{waiting}. Send them "
+                         f"again, or check the broker and the names")
 
 
 class MessageError(OtterError):

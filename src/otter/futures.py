@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from .errors import ConfigurationError, DeadlineExceeded
@@ -25,10 +25,26 @@ _DEFAULT = object()
 class CallFuture(concurrent.futures.Future[Any]):
     """The outcome of a call; ``result()`` waits ``default_timeout`` seconds unless told otherwise."""
 
-    def __init__(self, default_timeout: float | None, loop_thread: threading.Thread | None = None) -> None:
+    def __init__(self, default_timeout: float | None, loop_thread: threading.Thread | None = None,
+                 what: str | None = None) -> None:
         super().__init__()
         self.default_timeout = default_timeout
         self._loop_thread = loop_thread
+        self._what = what  # set for sends (a task, a broadcast): a failure nobody waits for is logged
+        self._observed = False
+
+    @property
+    def unwatched_send(self) -> str | None:
+        """What this future sends (a task, a broadcast) if nobody has waited on it or asked for its outcome yet."""
+        return None if self._observed else self._what
+
+    def exception(self, timeout: Any = None) -> BaseException | None:
+        self._observed = True
+        return super().exception(timeout)
+
+    def add_done_callback(self, fn: Callable[[concurrent.futures.Future[Any]], object]) -> None:
+        self._observed = True
+        super().add_done_callback(fn)
 
     def result(self, timeout: Any = _DEFAULT) -> Any:
         if not self.done() and threading.current_thread() is self._loop_thread:
@@ -36,6 +52,7 @@ class CallFuture(concurrent.futures.Future[Any]):
                 "blocking on .result() inside the event loop would deadlock it: "
                 "use 'await comm.rpc_send(...)' in an async def handler"
             )
+        self._observed = True
         wait = self.default_timeout if timeout is _DEFAULT else timeout
         try:
             return super().result(wait)

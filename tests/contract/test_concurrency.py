@@ -104,6 +104,7 @@ def test_a_worker_holds_concurrency_times_prefetch_multiplier_messages_and_no_mo
     client = serve(busy, CONCURRENCY=1, PREFETCH_MULTIPLIER=2)
     for n in range(1, 5):
         client.task(work, n)
+    client.flush()  # all four in the queue (the busy worker took two) before the second worker starts
     serve(idle, CONCURRENCY=1, PREFETCH_MULTIPLIER=1)
     try:
         assert sorted(handled.get(timeout=5) for _ in range(2)) == [("idle", 3), ("idle", 4)]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from helpers_process import wait_until
-from otter import BrokerUnavailable, Client, DeadlineExceeded, Otter, Unroutable
+from otter import BrokerUnavailable, Client, DeadlineExceeded, Otter, Undelivered, Unroutable
 from otter.testing import ServedApp
 
 from .rabbitmq_node import PrivateRabbitMQ
@@ -65,22 +65,29 @@ def test_a_task_sent_during_a_long_outage_raises_broker_unavailable(
     broker: PrivateRabbitMQ, client: Client, names: dict[str, Any]
 ) -> None:
     queue = f"outage.long.{names['MESSAGE_EXCHANGE']}"
-    client.task(queue, {"n": 0})
+    client.task(queue, {"n": 0}, wait=True)
     broker.stop_app()
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable) as raised:
-        client.task(queue, {"n": 1})
+        client.task(queue, {"n": 1}, wait=True)
     waited = time.monotonic() - started
     message = str(raised.value)
     assert 2.0 <= waited < 6.0, f"PUBLISH_TIMEOUT is 2 s, gave up after {waited:.1f} s"
     assert "PUBLISH_TIMEOUT" in message and queue in message, message
     assert broker.password not in message
     with pytest.raises(BrokerUnavailable):
-        client.broadcast("anyone?", subject="outage.test")
+        client.broadcast("anyone?", subject="outage.test", wait=True)
+    client.task(queue, {"n": 1.5})  # handed over at once; flush reports it
+    with pytest.raises(Undelivered) as undelivered:
+        client.flush()
+    [failure] = undelivered.value.failures
+    assert failure.target == queue and isinstance(failure.error, BrokerUnavailable), failure
+    assert "PUBLISH_TIMEOUT" in str(undelivered.value) and broker.password not in str(undelivered.value)
 
     broker.start_app()
-    wait_until(lambda: _attempt(lambda: client.task(queue, {"n": 2})) == "ok", 20, "sending to work again")
-    # The failed send was given up for good: it was not queued later behind the caller's back.
+    wait_until(lambda: _attempt(lambda: client.task(queue, {"n": 2}, wait=True)) == "ok", 20,
+               "sending to work again")
+    # The failed sends were given up for good: they were not queued later behind the caller's back.
     assert broker.queue_depth(queue) == (2, 0)
 
 
@@ -151,7 +158,7 @@ def test_closing_a_client_whose_task_send_waits_for_the_broker_fails_the_send_wi
     client = Client(broker.url, **names, PUBLISH_TIMEOUT=30.0, RECONNECT_INTERVAL=0.2)
     assert client.comm, client.error
     try:
-        client.task(queue, {"n": 0})
+        client.task(queue, {"n": 0}, wait=True)
         broker.stop_app()
         wait_until(lambda: "lost the connection" in caplog.text, 10, "the client to notice the outage")
         sending = client.comm.task_send({"n": 1}, name=queue)

@@ -8,19 +8,21 @@ All methods are coroutines and run on the event loop the transport was connected
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import protocol
 from ..config import DEFAULTS
-from ..errors import ConfigurationError
+from ..errors import BrokerUnavailable, ConfigurationError
 
 __all__ = [
     "AckTimeout",
     "Delivery",
     "OnAckTimeout",
     "OnDelivery",
+    "OnSent",
     "QueueInUse",
     "QueueMismatch",
     "ReplayRoute",
@@ -127,6 +129,8 @@ class Snapshot(Delivery):
 
 
 OnDelivery = Callable[[Delivery], Awaitable[None]]
+# How a send begun with ``Transport.start_task``/``start_broadcast`` ended: ``(result, None)`` or ``(None, error)``.
+OnSent = Callable[[Any, "BaseException | None"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +193,9 @@ class Transport(abc.ABC):
     def connected(self) -> bool:
         """Whether the connection is up: False before ``connect``, during a reconnection and after ``close``."""
         return True
+    # Whether ``start_task``/``start_broadcast`` are cheaper than awaiting ``publish_task``/``publish_broadcast``
+    # (the communicator then uses them for awaited sends too).
+    pipelines = False
 
     @abc.abstractmethod
     async def connect(self) -> None: ...
@@ -212,6 +219,17 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def publish_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None = None) -> None: ...
+
+    def start_task(
+        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None, done: OnSent
+    ) -> None:
+        """``publish_task`` begun now, on the loop, with ``done`` told how it ended: the pipelined sends of the sync
+        ``Client``, which must not cost a task per message where the transport can do better (AMQP's fast path)."""
+        _begin(self.publish_task(queue, body, correlation_id=correlation_id, headers=headers), done)
+
+    def start_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None, done: OnSent) -> None:
+        """``publish_broadcast`` begun now; see ``start_task``."""
+        _begin(self.publish_broadcast(body, headers=headers), done)
 
     @abc.abstractmethod
     async def reply(self, reply_to: str, body: bytes, *, correlation_id: str | None) -> None:
@@ -258,3 +276,28 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def consume_broadcasts(self, on_delivery: OnDelivery, *, prefetch: int) -> Subscription: ...
+
+
+_BEGUN: set[asyncio.Task[Any]] = set()  # the loop keeps only weak references to tasks
+
+
+def _begin(coro: Any, done: OnSent) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # called while the loop is being torn down (a coroutine closed by the collector)
+        coro.close()
+        done(None, BrokerUnavailable("the connection's event loop has stopped"))
+        return
+    task = loop.create_task(coro)
+    _BEGUN.add(task)
+    task.add_done_callback(lambda ended: _report(ended, done))
+
+
+def _report(task: asyncio.Task[Any], done: OnSent) -> None:
+    _BEGUN.discard(task)
+    if task.cancelled():
+        done(None, asyncio.CancelledError("the send was cancelled (the connection was closing)"))
+    elif (exc := task.exception()) is not None:
+        done(None, exc)
+    else:
+        done(task.result(), None)

@@ -3,7 +3,6 @@ path) before the original is acked, so a crash in between can duplicate a task b
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -11,7 +10,6 @@ from aio_pika import DeliveryMode
 from aio_pika.abc import AbstractIncomingMessage
 
 from ... import protocol
-from ...errors import BrokerUnavailable
 from ..base import Delivery, ReplayRoute, Snapshot, Topology
 from .connection import Link, Queues
 from .errors import translated
@@ -109,14 +107,9 @@ class DeadLetters:
 
     async def _copy(self, exchange: str, routing_key: str, body: bytes, fields: Fields, action: str) -> None:
         """Publish once, persistent and mandatory, and wait for the confirm; a return raises ``Unroutable``."""
-        timeout = self._sender.publish_timeout
-        with translated(action):
-            try:
-                await self._sender.send(self._link.confirmed, exchange, routing_key, body, fields, timeout=timeout)
-            except asyncio.TimeoutError:
-                raise BrokerUnavailable(
-                    f"could not {action}: the broker did not confirm it within {timeout:g} s"
-                ) from None
+        await self._sender.send_once(
+            self._link.confirmed, exchange, routing_key, body, fields, action=action,
+            late=f"the broker did not confirm it within {self._sender.publish_timeout:g} s")
 
 
 def _snapshot(message: AbstractIncomingMessage, queue: str) -> Snapshot:

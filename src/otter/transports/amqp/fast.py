@@ -54,12 +54,23 @@ class FastOutlet(Outlet):
         return False if confirmation is None else confirmation
 
     async def publish(self, exchange: str, routing_key: str, body: bytes, fields: Fields) -> None:
+        underlay = await self._open_underlay()
+        payload = frames.encode(underlay.number, underlay.max_content_size, exchange, routing_key, body, **fields)
+        await frames.publish(underlay, payload, fields.get("message_id", ""))
+
+    async def queue(self, exchange: str, routing_key: str, body: bytes, fields: Fields) -> asyncio.Future[Any] | None:
+        underlay = await self._open_underlay()
+        if underlay.connection.channels.get(underlay.number) is not underlay:  # closing: see ``now``
+            raise aiormq.exceptions.ChannelInvalidStateError("the channel is closing")
+        payload = frames.encode(underlay.number, underlay.max_content_size, exchange, routing_key, body, **fields)
+        return await frames.enqueue(underlay, payload, fields.get("message_id", ""))
+
+    async def _open_underlay(self) -> Any:
         underlay: Any = await self.channel.get_underlay_channel()
         if underlay.is_closed:  # frames queued on a closed aiormq channel are dropped without a word
             raise aiormq.exceptions.ChannelInvalidStateError("the channel closed before the publish")
         self.underlay = underlay
-        payload = frames.encode(underlay.number, underlay.max_content_size, exchange, routing_key, body, **fields)
-        await frames.publish(underlay, payload, fields.get("message_id", ""))
+        return underlay
 
 
 async def watch_returns(channel: AbstractChannel, on_return: Callable[[str | None, str], None]) -> None:

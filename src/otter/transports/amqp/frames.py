@@ -20,7 +20,7 @@ import pamqp.encode
 from aiormq.abc import ChannelFrame
 from aiormq.channel import Channel
 
-__all__ = ["encode", "publish", "publish_now", "queue_now"]
+__all__ = ["encode", "enqueue", "publish", "publish_now", "queue_now"]
 
 _FRAME_HEAD = struct.Struct(">BHI")  # frame type, channel number, payload size
 _PUBLISH_HEAD = struct.Struct(">HHH").pack(60, 40, 0)  # Basic.Publish, then the reserved ticket
@@ -79,15 +79,22 @@ async def publish(channel: Channel, payload: bytes, message_id: str) -> Any:
     """Queue the frames ``encode`` made on ``channel``; on a confirming channel, wait for the broker's confirm and
     return it (a ``basic.nack`` raises aiormq's ``DeliveryError``, a return of a ``mandatory`` publish its
     ``PublishError``). ``message_id`` must be the one encoded: aiormq matches a return to its publish by it."""
+    confirmation = await enqueue(channel, payload, message_id)
+    if confirmation is None:
+        return None
+    return await confirmation
+
+
+async def enqueue(channel: Channel, payload: bytes, message_id: str) -> asyncio.Future[Any] | None:
+    """``publish`` without waiting for the confirm: the frames queued once the write queue has room, and the
+    confirm's future returned (None on a channel without confirms)."""
     confirmation = None
     async with channel.lock:  # one delivery tag per publish, in the order the frames reach the broker
         channel.delivery_tag += 1
         if channel.publisher_confirms:
             confirmation = _expect_confirm(channel, message_id)
         await channel.write_queue.put(ChannelFrame(payload=payload, should_close=False))
-    if confirmation is None:
-        return None
-    return await confirmation
+    return confirmation
 
 
 def queue_now(channel: Channel, payload: bytes) -> bool:

@@ -20,7 +20,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel
 
 from ...errors import BrokerUnavailable, ConfigurationError, OtterError
-from .errors import REFUSALS, describe
+from .errors import REFUSALS, describe, translated
 
 __all__ = ["Fields", "Outlet", "Sender"]
 
@@ -51,6 +51,11 @@ class Outlet(abc.ABC):
         """Publish on the open channel; on a confirming one, return once the broker confirmed it (a return of a
         ``mandatory`` publish raises aiormq's ``PublishError``, a nack its ``DeliveryError``)."""
 
+    async def queue(self, exchange: str, routing_key: str, body: bytes, fields: Fields) -> asyncio.Future[Any] | None:
+        """Queue the publish once the channel can take it, and return its confirm's future without waiting for it;
+        None when this outlet cannot (then ``publish`` it)."""
+        return None
+
 
 class Sender:
     """Sends through outlets and keeps every publish it waits on, so that a lost connection abandons them all."""
@@ -74,7 +79,18 @@ class Sender:
         declare on a live channel desynchronises the channel), or what the publish raised."""
         sending = self.start(outlet, exchange, routing_key, body, fields, timeout=timeout, prepare=prepare)
         if sending is not None:
-            await self.settle(sending, asyncio.get_running_loop().time() + timeout)
+            await self.settle(sending, timeout)
+
+    async def send_once(
+        self, outlet: Outlet, exchange: str, routing_key: str, body: bytes, fields: Fields, *, action: str, late: str,
+    ) -> None:
+        """``send`` within ``publish_timeout``, at most once, its errors translated; ``BrokerUnavailable`` saying
+        ``late`` when the publish (or its confirm) did not come in time."""
+        with translated(action):
+            try:
+                await self.send(outlet, exchange, routing_key, body, fields, timeout=self.publish_timeout)
+            except asyncio.TimeoutError:
+                raise BrokerUnavailable(f"could not {action}: {late}") from None
 
     def start(
         self, outlet: Outlet, exchange: str, routing_key: str, body: bytes, fields: Fields, *, timeout: float,
@@ -103,11 +119,10 @@ class Sender:
         sending.add_done_callback(self._sent)
         return settled
 
-    async def settle(self, sending: asyncio.Future[Any], deadline: float) -> None:
-        """Wait for ``sending`` (from ``start``) to finish, the connection to be lost or ``deadline`` (loop time)."""
-        loop = asyncio.get_running_loop()
+    async def settle(self, sending: asyncio.Future[Any], timeout: float) -> None:
+        """Wait for ``sending`` (from ``start``) to finish, the connection to be lost or ``timeout`` seconds."""
         settled = self.track(sending)
-        timer = loop.call_later(max(deadline - loop.time(), 0.001), _settle, settled, _EXPIRED)
+        timer = asyncio.get_running_loop().call_later(max(timeout, 0.001), _settle, settled, _EXPIRED)
         try:
             why = await settled
         finally:

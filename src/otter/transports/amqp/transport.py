@@ -15,7 +15,7 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiormq
@@ -29,6 +29,7 @@ from ..base import (
     Delivery,
     OnAckTimeout,
     OnDelivery,
+    OnSent,
     QueueInUse,
     QueueMismatch,
     ReplayRoute,
@@ -39,7 +40,8 @@ from ..base import (
 from .connection import Link, Queues, broker_of, connect, fails_over, open_link
 from .dead_letters import DeadLetters
 from .errors import describe, queue_mismatch, translated
-from .publishing import Sender
+from .pipelined import Pipelined
+from .publishing import Outlet, Sender
 from .rpc import Calls
 
 __all__ = ["AmqpTransport"]
@@ -56,6 +58,8 @@ class AmqpTransport(Transport):
     connection within its own timeout, is sent at most once, and fails with ``BrokerUnavailable`` at once if the
     connection drops while it waits for the reply (which was lost with the connection).
     """
+
+    pipelines = True
 
     def __init__(
         self,
@@ -82,6 +86,7 @@ class AmqpTransport(Transport):
         self._closed = False
         self._broker = self.url  # the (redacted) broker of the list the connection is on
         self._sent_to: set[str] = set()  # task queues this transport has sent to
+        self._pipelined = Pipelined(self._confirmed_outlet)
         self._sender = Sender(self.url, publish_timeout)
         self._calls = Calls(protocol.reply_queue_name(topology.message_exchange, uuid.uuid4().hex))
         # Message ids for publishes: aiormq matches a confirmed publish's return by it and would otherwise draw a
@@ -135,6 +140,8 @@ class AmqpTransport(Transport):
             self.watcher.connection_changed(False, False)
         self._calls.fail_all("the connection was closed before the reply arrived")
         self._calls.pending.clear()
+        self._sender.closing = True  # what the pipelined sends hand back now fails at once
+        self._pipelined.abandon()
         await self._sender.close()  # the connection goes: nothing left to desynchronise
         if self._connection is not None:
             with contextlib.suppress(Exception):
@@ -181,6 +188,74 @@ class AmqpTransport(Transport):
         self._sent_to.add(queue)
         return consumers
 
+    def start_task(
+        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None, done: OnSent
+    ) -> None:
+        """Pipelined (``pipelined``): queued without a task, settled from its confirm, in order. A return is
+        ``Unroutable``; any other failure sends it again the way ``publish_task`` does, until ``PUBLISH_TIMEOUT``."""
+        assert self._queues is not None, "call connect() first"
+        pipelined = self._pipelined
+
+        def fallback() -> None:
+            Transport.start_task(self, queue, body, correlation_id=correlation_id, headers=headers, done=done)
+
+        if pipelined.after(queue, lambda: self.start_task(queue, body, correlation_id=correlation_id,
+                                                          headers=headers, done=done)):
+            return
+        if self._sender.closing:
+            fallback()
+        elif queue not in self._sent_to or queue not in self._queues.declared:  # this send declares the queue
+            def first(release: Callable[[], None]) -> None:
+                def ended(result: Any, error: BaseException | None) -> None:
+                    done(result, error)
+                    release()
+
+                Transport.start_task(self, queue, body, correlation_id=correlation_id, headers=headers, done=ended)
+
+            pipelined.follow(queue, first)
+        else:
+            fields = {
+                "mandatory": True, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
+                "correlation_id": correlation_id, "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
+            }
+            pipelined.send("", queue, body, fields, lambda confirm: confirm.add_done_callback(
+                lambda ended: self._task_confirmed(ended, queue, done, fallback)), fallback)
+
+    def _task_confirmed(self, confirm: asyncio.Future[Any], queue: str, done: OnSent, fallback: Any) -> None:
+        exc = None if confirm.cancelled() else confirm.exception()
+        if exc is None and not confirm.cancelled():
+            done(None, None)
+        elif isinstance(exc, aiormq.exceptions.PublishError):
+            assert self._queues is not None
+            self._queues.declared.discard(queue)  # deleted since it was declared: declare it on the next send
+            done(None, Unroutable(f"the broker could not route the task to queue {queue!r}: {exc}"))
+        else:
+            fallback()
+
+    def start_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None, done: OnSent) -> None:
+        """Pipelined, as ``start_task``; sent once, as ``publish_broadcast`` is: a lost connection before the
+        confirm is reported, not repeated."""
+        if self._sender.closing:
+            Transport.start_broadcast(self, body, headers=headers, done=done)
+            return
+        fields = {
+            "mandatory": False, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
+            "delivery_mode": DeliveryMode.NOT_PERSISTENT.value, "headers": headers,
+        }
+        self._pipelined.send(
+            self.topology.message_exchange, protocol.BROADCAST_ROUTING_KEY, body, fields,
+            lambda confirm: confirm.add_done_callback(lambda ended: done(None, self._broadcast_failure(ended))),
+            lambda: Transport.start_broadcast(self, body, headers=headers, done=done),
+        )
+
+    def _broadcast_failure(self, confirm: asyncio.Future[Any]) -> BaseException | None:
+        if confirm.cancelled():
+            return BrokerUnavailable("could not broadcast: the connection was closed before the broker confirmed it")
+        if (exc := confirm.exception()) is None:
+            return None
+        return BrokerUnavailable(f"could not broadcast: the broker did not confirm it ({describe(exc)}); it was "
+                                 f"sent once, as broadcasts are: send it again once the broker at {self.url} is back")
+
     async def publish_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None = None) -> None:
         """Sent once (at-most-once, as kiwipy's broadcasts are), after waiting for the connection if it is being
         re-established, and confirmed: ``client.broadcast()`` returns once the broker has routed it, so a
@@ -192,15 +267,10 @@ class AmqpTransport(Transport):
         }
         watcher = self.watcher
         started = time.perf_counter() if watcher is not None else 0.0
-        with translated("broadcast"):
-            try:
-                await self._sender.send(self._link.confirmed, self.topology.message_exchange,
-                                        protocol.BROADCAST_ROUTING_KEY, body, fields, timeout=self.publish_timeout)
-            except asyncio.TimeoutError:
-                raise BrokerUnavailable(
-                    f"could not broadcast: no connection to the broker at {self.url}, or no confirm from it, "
-                    f"within {self.publish_timeout:g} s"
-                ) from None
+        await self._sender.send_once(
+            self._link.confirmed, self.topology.message_exchange, protocol.BROADCAST_ROUTING_KEY, body, fields,
+            action="broadcast", late=f"no connection to the broker at {self.url}, or no confirm from it, within "
+                                     f"{self.publish_timeout:g} s")
         if watcher is not None:
             watcher.published("broadcast", time.perf_counter() - started)
 
@@ -215,11 +285,8 @@ class AmqpTransport(Transport):
         }
         watcher = self.watcher
         started = time.perf_counter() if watcher is not None else 0.0
-        with translated("reply"):
-            try:
-                await self._sender.send(self._link.replies, "", reply_to, body, fields, timeout=self.publish_timeout)
-            except asyncio.TimeoutError:
-                raise BrokerUnavailable(f"could not reply: no connection to the broker at {self.url}") from None
+        await self._sender.send_once(self._link.replies, "", reply_to, body, fields, action="reply",
+                                     late=f"no connection to the broker at {self.url}")
         if watcher is not None:
             watcher.published("reply", time.perf_counter() - started)
 
@@ -336,11 +403,16 @@ class AmqpTransport(Transport):
         return self.on_ack_timeout
 
     # -- internals ----------------------------------------------------------------------------------------------
+    def _confirmed_outlet(self) -> Outlet:
+        assert self._link is not None, "call connect() first"
+        return self._link.confirmed
+
     def _next_message_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):x}"
 
     def _on_calling_channel_closed(self, _sender: Any, exc: BaseException | None) -> None:
         self._sender.abandon_all()  # on the dead connection: abandoned, and tasks sent again on the next one
+        self._pipelined.abandon()
         if self._sender.closing:
             return
         failed = self._calls.fail_all(
