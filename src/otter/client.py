@@ -128,6 +128,7 @@ class Client:
             body, sender=sender, subject=subject, correlation_id=correlation_id, headers=headers).result()
 
     def close(self) -> None:
+        """Close the connection and stop the client's I/O thread; closing twice is harmless."""
         if self._loop.is_closed():
             return
         if self.comm is not None:
@@ -158,6 +159,8 @@ class AsyncClient:
         self._transport: Transport | None = None
 
     async def connect(self) -> AsyncClient:
+        """Connect to the broker; ``async with AsyncClient(...)`` does it for you. Raises ``BrokerUnavailable`` or
+        ``BrokerRefused`` saying why it could not."""
         self._transport = open_transport(self.config["BROKER_URL"], self.config)
         await self._transport.connect()
         self.comm = _communicator(self._transport, self.config, asyncio.get_running_loop(), threading.current_thread())
@@ -172,6 +175,8 @@ class AsyncClient:
     async def rpc(
         self, name: str, data: Any = None, *, timeout: float | None = None, headers: Headers = None
     ) -> Any:
+        """Call the RPC ``name`` with ``data`` and return its reply; raises ``RemoteError``, ``ValidationError``,
+        ``Unroutable`` or ``DeadlineExceeded`` (after ``timeout``, default ``RPC_TIMEOUT``), as ``Client.rpc`` does."""
         return await self._connected().call(name, data, timeout=timeout, headers=headers)
 
     @overload
@@ -192,9 +197,11 @@ class AsyncClient:
         self, body: Any, subject: str | None = None, sender: Any = None, correlation_id: Any = None, *,
         headers: Headers = None,
     ) -> None:
+        """As ``Client.broadcast``: returns once the broker has confirmed the broadcast."""
         await self._connected().send_broadcast(body, sender, subject, correlation_id, headers)
 
     async def close(self) -> None:
+        """Close the connection; calls still waiting fail with ``BrokerUnavailable``."""
         if self.comm is not None:
             self.comm.close()
         if self._transport is not None:

@@ -31,6 +31,9 @@ class CallFuture(concurrent.futures.Future[Any]):
         self._loop_thread = loop_thread
 
     def result(self, timeout: Any = _DEFAULT) -> Any:
+        """Wait for the outcome: the reply, or the typed error the call raised; ``DeadlineExceeded`` after
+        ``timeout`` seconds (default: the call's own deadline). In an ``async def`` handler, ``await`` the future
+        instead: blocking on the event loop's thread raises ``ConfigurationError`` rather than deadlocking it."""
         if not self.done() and threading.current_thread() is self._loop_thread:
             raise ConfigurationError(
                 "blocking on .result() inside the event loop would deadlock it: "
