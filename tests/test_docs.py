@@ -12,6 +12,7 @@ import ast
 import asyncio
 import inspect
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from helpers_process import REPO_ROOT, machine_wide_lock
+from helpers_process import REPO_ROOT, app_env, machine_wide_lock
 from otter.config import DEFAULTS, RULES
 
 PAGES = sorted([REPO_ROOT / "README.md", *(REPO_ROOT / "docs").rglob("*.md")])
@@ -109,10 +110,21 @@ def _run(block: Block, namespace: dict[str, Any]) -> None:
         exec(code, namespace)
 
 
+def run_page(page: Path) -> None:
+    """Run the page's blocks in order in one namespace; called in a process of its own (below), so that what a
+    snippet leaves behind (threads, sockets, loggers, imported modules) stays out of the test session."""
+    namespace = _prelude(page)
+    for block in blocks(page):
+        if block.kind == "run":
+            try:
+                _run(block, namespace)
+            except Exception as exc:
+                raise SystemExit(f"the block at {block.where} raised {type(exc).__name__}: {exc}") from exc
+
+
 @pytest.mark.usefixtures("seed_app_served")
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda page: str(page.relative_to(REPO_ROOT)))
 def test_every_python_block_runs(page: Path) -> None:
-    namespace = _prelude(page)
     for block in blocks(page):
         if block.kind == "skip":
             assert len(block.arg) >= 10, f"{block.where}: say why the block cannot run: <!-- snippet: skip, REASON -->"
@@ -120,11 +132,9 @@ def test_every_python_block_runs(page: Path) -> None:
             path = REPO_ROOT / block.arg
             assert path.is_file(), f"{block.where}: no file {block.arg}"
             assert block.code == path.read_text(encoding="utf-8"), f"{block.where} differs from {block.arg}"
-        else:
-            try:
-                _run(block, namespace)
-            except Exception as exc:
-                raise AssertionError(f"the block at {block.where} raised {type(exc).__name__}: {exc}") from exc
+    ran = subprocess.run([sys.executable, __file__, str(page)], cwd=REPO_ROOT, env=app_env(), capture_output=True,
+                         text=True, timeout=90)
+    assert ran.returncode == 0, ran.stderr[-3000:]
 
 
 # -- the configuration reference -------------------------------------------------------------------------------
@@ -194,3 +204,7 @@ def test_the_changelog_keeps_keep_a_changelogs_sections() -> None:
         assert all(heading in KEEP_A_CHANGELOG for heading in headings), f"{name}: {headings}"
         assert len(headings) == len(set(headings)), f"{name}: a section appears twice: {headings}"
         assert headings == sorted(headings, key=KEEP_A_CHANGELOG.index), f"{name}: sections out of order: {headings}"
+
+
+if __name__ == "__main__":
+    run_page(Path(sys.argv[1]).resolve())
