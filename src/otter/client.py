@@ -150,8 +150,9 @@ class Client:
             self._outbox.wait(timeout)
 
     def close(self) -> None:
-        """Wait for every outstanding confirm (up to ``PUBLISH_TIMEOUT`` and a margin), close the connection, and
-        raise ``Undelivered`` if a message handed over was not delivered."""
+        """Wait for every outstanding confirm (up to ``PUBLISH_TIMEOUT`` and a margin), close the connection and
+        the client's I/O thread, and raise ``Undelivered`` if a message handed over was not delivered; closing twice
+        is harmless."""
         if self._loop.is_closed():
             return
         _OPEN.discard(self)
@@ -223,6 +224,8 @@ class AsyncClient:
         self._transport: Transport | None = None
 
     async def connect(self) -> AsyncClient:
+        """Connect to the broker; ``async with AsyncClient(...)`` does it for you. Raises ``BrokerUnavailable`` or
+        ``BrokerRefused`` saying why it could not."""
         self._transport = open_transport(self.config["BROKER_URL"], self.config)
         await self._transport.connect()
         self.comm = _communicator(self._transport, self.config, asyncio.get_running_loop(), threading.current_thread())
@@ -237,6 +240,8 @@ class AsyncClient:
     async def rpc(
         self, name: str, data: Any = None, *, timeout: float | None = None, headers: Headers = None
     ) -> Any:
+        """Call the RPC ``name`` with ``data`` and return its reply; raises ``RemoteError``, ``ValidationError``,
+        ``Unroutable`` or ``DeadlineExceeded`` (after ``timeout``, default ``RPC_TIMEOUT``), as ``Client.rpc`` does."""
         return await self._connected().call(name, data, timeout=timeout, headers=headers)
 
     @overload
@@ -257,9 +262,11 @@ class AsyncClient:
         self, body: Any, subject: str | None = None, sender: Any = None, correlation_id: Any = None, *,
         headers: Headers = None,
     ) -> None:
+        """As ``Client.broadcast``: returns once the broker has confirmed the broadcast."""
         await self._connected().send_broadcast(body, sender, subject, correlation_id, headers)
 
     async def close(self) -> None:
+        """Close the connection; calls still waiting fail with ``BrokerUnavailable``."""
         if self.comm is not None:
             self.comm.close()
         if self._transport is not None:

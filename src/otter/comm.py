@@ -148,6 +148,7 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         self, body: Any, sender: Any = None, subject: str | None = None, correlation_id: Any = None,
         headers: Mapping[str, Any] | None = None,
     ) -> bool:
+        """Send a broadcast and wait for the broker's confirm; ``broadcast_send`` is the thread-safe form."""
         self._check_open()
         message = protocol.Broadcast(body, sender, subject, correlation_id).to_wire()
         payload = self.codec.encode(message, what="broadcast body", payload=body)
@@ -183,6 +184,8 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         self, recipient_id: str, msg: Any = None, *, timeout: float | None = None,
         headers: Mapping[str, Any] | None = None,
     ) -> CallFuture:
+        """kiwipy's call: send ``msg`` to the RPC ``recipient_id``; returns a future of the reply (``.result()``
+        in a plain handler, ``await`` in an ``async def`` one). Raises as ``Client.rpc`` does."""
         wait = (self.rpc_timeout if timeout is None else timeout) + 1.0
         return self._submit(self.call(recipient_id, msg, timeout=timeout, headers=headers), wait)
 
@@ -215,31 +218,41 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         self, body: Any, sender: Any = None, subject: str | None = None, correlation_id: Any = None,
         headers: Mapping[str, Any] | None = None,
     ) -> CallFuture:
+        """kiwipy's call: broadcast ``body`` to every app whose filter matches ``subject``; the future resolves once
+        the broker has confirmed it."""
         return self._submit(self.send_broadcast(body, sender, subject, correlation_id, headers), self._send_wait(),
                             f"the broadcast {subject!r}")
 
     def is_closed(self) -> bool:
+        """Whether ``close()`` was called (kiwipy's interface)."""
         return self._closed
 
     def close(self) -> None:
+        """Mark the communicator closed (kiwipy's interface); the connection belongs to the client or worker."""
         self._closed = True
 
     def add_rpc_subscriber(self, subscriber: Any, identifier: Any = None) -> Any:
+        """Not supported: Otter serves handlers registered on an app; raises ``ConfigurationError`` saying so."""
         raise ConfigurationError(_SUBSCRIBE_HINT)
 
     def remove_rpc_subscriber(self, identifier: Any) -> None:
+        """Not supported, as ``add_*_subscriber``."""
         raise ConfigurationError(_SUBSCRIBE_HINT)
 
     def add_task_subscriber(self, subscriber: Any, identifier: Any = None) -> Any:
+        """Not supported: Otter serves handlers registered on an app; raises ``ConfigurationError`` saying so."""
         raise ConfigurationError(_SUBSCRIBE_HINT)
 
     def remove_task_subscriber(self, identifier: Any) -> None:
+        """Not supported, as ``add_*_subscriber``."""
         raise ConfigurationError(_SUBSCRIBE_HINT)
 
     def add_broadcast_subscriber(self, subscriber: Any, identifier: Any = None) -> Any:
+        """Not supported: Otter serves handlers registered on an app; raises ``ConfigurationError`` saying so."""
         raise ConfigurationError(_SUBSCRIBE_HINT)
 
     def remove_broadcast_subscriber(self, identifier: Any) -> None:
+        """Not supported, as ``add_*_subscriber``."""
         raise ConfigurationError(_SUBSCRIBE_HINT)
 
     # -- internals ----------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ DEFAULT = "default"
 DEFAULTS: dict[str, Any] = {
     "BROKER_URL": None,  # None: OTTER_BROKER_URL, else the embedded memory:// broker
     "DEBUG": False,
-    "CONCURRENCY": 8,  # handlers running at once per kind
+    "CONCURRENCY": 8,  # handlers running at once in a worker: per RPC name, for all tasks, for all broadcasts
     # Each consumer's prefetch is CONCURRENCY x this (Celery's default, 4): the next messages are already here when
     # a handler finishes. 1 for long-running handlers and several replicas, so a busy worker holds nothing an idle
     # one could run.
@@ -327,11 +327,13 @@ class Config(dict[str, Any]):
         super().__init__(DEFAULTS if defaults is None else defaults)
 
     def from_mapping(self, mapping: Mapping[str, Any] | None = None, **kwargs: Any) -> bool:
+        """Take the UPPERCASE keys of ``mapping`` and ``kwargs``, as Flask's ``Config.from_mapping``."""
         items = {**(mapping or {}), **kwargs}
         self.update({key: value for key, value in items.items() if key.isupper()})
         return True
 
     def from_object(self, obj: object | str) -> None:
+        """Take the UPPERCASE attributes of ``obj``, an object or its dotted import path (``"myapp.settings"``)."""
         if isinstance(obj, str):
             obj = _import_string(obj)
         for key in dir(obj):

@@ -39,14 +39,20 @@ class CallFuture(concurrent.futures.Future[Any]):
         return None if self._observed else self._what
 
     def exception(self, timeout: Any = None) -> BaseException | None:
+        """The call's error, or None once it succeeded (``concurrent.futures.Future.exception``); asking counts
+        as watching the send, so its failure is not also logged as unwatched."""
         self._observed = True
         return super().exception(timeout)
 
     def add_done_callback(self, fn: Callable[[concurrent.futures.Future[Any]], object]) -> None:
+        """Call ``fn(future)`` once the outcome is in; a callback counts as watching the send (see ``exception``)."""
         self._observed = True
         super().add_done_callback(fn)
 
     def result(self, timeout: Any = _DEFAULT) -> Any:
+        """Wait for the outcome: the reply, or the typed error the call raised; ``DeadlineExceeded`` after
+        ``timeout`` seconds (default: the call's own deadline). In an ``async def`` handler, ``await`` the future
+        instead: blocking on the event loop's thread raises ``ConfigurationError`` rather than deadlocking it."""
         if not self.done() and threading.current_thread() is self._loop_thread:
             raise ConfigurationError(
                 "blocking on .result() inside the event loop would deadlock it: "

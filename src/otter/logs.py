@@ -98,6 +98,7 @@ class RedactingFormatter(logging.Formatter):
     message or traceback may not be)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The line as the base formatter writes it, with passwords in URLs masked."""
         return redact(super().format(record))
 
 
@@ -132,6 +133,7 @@ class JsonFormatter(logging.Formatter):
         return f"{seconds}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
+        """One JSON object: the record's fields and the message it is about (``message_fields``)."""
         fields = message_fields(record)
         saved = {key: record.__dict__[key] for key in fields if key in record.__dict__}
         record.__dict__.update(fields)

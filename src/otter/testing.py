@@ -93,6 +93,8 @@ class ServedApp:
         self._thread = threading.Thread(target=self._main, name=f"otter-app-{app.name}", daemon=True)
 
     def start(self, timeout: float = 15.0) -> ServedApp:
+        """Serve the app in its thread and wait until it is ready (at most ``timeout`` seconds); the ``with``
+        statement calls this."""
         self._thread.start()
         if not self._ready.wait(timeout):
             self.stop()
@@ -151,6 +153,7 @@ class TestClient(Client):
         return self.served.handled.wait(name, count, timeout)
 
     def close(self) -> None:
+        """Close the client, then stop the app it was serving."""
         try:
             super().close()
         finally:

@@ -352,7 +352,7 @@ class _Builder:
             "messages": {"broadcast": message},
             "bindings": {"amqp": {
                 **self._exchange_binding(self.topology.message_exchange),
-                "x-otter-queue": {"name": "amq.gen-... (server-named, one per worker process)", "durable": False,
+                "x-otter-queue": {"name": "amq_<hex> (named by the worker, one per worker process)", "durable": False,
                                   "exclusive": True, "autoDelete": False,
                                   "arguments": dict(protocol.BROADCAST_QUEUE_ARGUMENTS)},
             }},

@@ -65,8 +65,8 @@ def run_settings(command: Callable[..., Any]) -> Callable[..., Any]:
             "-c",
             key="CONCURRENCY",
             type=click.IntRange(min=1),
-            help="Handlers running at once per message kind in each worker (the prefetch is this times "
-            "PREFETCH_MULTIPLIER).",
+            help="Handlers running at once in each worker: per RPC name, for all tasks, for all broadcasts (the "
+            "prefetch is this times PREFETCH_MULTIPLIER).",
         ),
         _setting(
             "--prefetch-multiplier",

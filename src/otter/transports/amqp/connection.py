@@ -29,11 +29,11 @@ from ...protocol import TASK_QUEUE_ARGUMENTS, TASK_QUEUE_TYPES
 from ..base import AckTimeout, OnAckTimeout, OnDelivery, Subscription, Topology
 from . import fence
 from .errors import ack_timeout, connect_failure, describe, quiet_outage_noise, translated
-from .failover import FailoverConnection
+from .failover import FailoverConnection, shown
 from .public import PublicOutlet, PublicSubscription
 from .publishing import Outlet
 
-__all__ = ["Link", "Queues", "broker_of", "connect", "fails_over", "open_link"]
+__all__ = ["CONNECTION_NAME", "Link", "Queues", "broker_of", "connect", "fails_over", "named", "open_link"]
 
 
 
@@ -76,7 +76,7 @@ def broker_of(connection: AbstractRobustConnection) -> str:
     """The (redacted) URL of the broker ``connection`` is on, or tries next."""
     if isinstance(connection, FailoverConnection):
         return connection.broker
-    raw = str(getattr(connection, "url", ""))
+    raw = shown(getattr(connection, "url", ""))
     return redact_url(raw) or raw
 
 
@@ -89,15 +89,9 @@ async def _connect_one(
     url = redact_url(raw_url) or raw_url
     options = _reconnect_options(raw_url, reconnect_interval)
     if brokers:
-        options.update(connection_class=FailoverConnection, brokers=brokers)
+        options.update(connection_class=FailoverConnection, brokers=[named(broker) for broker in brokers])
     try:
-        return await aio_pika.connect_robust(
-            raw_url,
-            timeout=timeout,
-            ssl_context=ssl_context,
-            client_properties={"connection_name": "otter"},
-            **options,
-        )
+        return await aio_pika.connect_robust(named(raw_url), timeout=timeout, ssl_context=ssl_context, **options)
     except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, pamqp.exceptions.AMQPError, ConnectionError,
             RuntimeError) as exc:  # pamqp's: the broker's connection.close during the handshake (vhost, permissions)
         parts = urlsplit(raw_url)
@@ -106,6 +100,23 @@ async def _connect_one(
         why, refused = connect_failure(exc, tls, where)
         error = BrokerRefused if refused else BrokerUnavailable
         raise error(f"cannot connect to RabbitMQ at {url}: {why}") from None
+
+
+CONNECTION_NAME = "otter"
+
+
+def named(raw_url: str) -> str:
+    """``raw_url`` with the ``name`` parameter aiormq sends as the ``connection_name`` client property, so that the
+    management UI and ``rabbitmqctl list_connections`` tell Otter's connections apart.
+
+    aio-pika drops ``client_properties=`` when it is given a URL, so the URL must carry the name; one the URL
+    already names (``?name=billing``) is kept.
+    """
+    if any(key == "name" for key, _ in parse_qsl(urlsplit(raw_url).query, keep_blank_values=True)):
+        return raw_url
+    base, hash_, fragment = raw_url.partition("#")
+    separator = "&" if urlsplit(base).query else ("" if base.endswith("?") else "?")
+    return f"{base}{separator}name={CONNECTION_NAME}{hash_}{fragment}"
 
 
 def _reconnect_options(raw_url: str, reconnect_interval: float) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from yarl import URL
 
 from ...config import redact_url
 
-__all__ = ["FailoverConnection"]
+__all__ = ["FailoverConnection", "shown"]
 
 
 class FailoverConnection(RobustConnection):
@@ -36,7 +36,7 @@ class FailoverConnection(RobustConnection):
     @property
     def broker(self) -> str:
         """The broker this connection is on, or tries next, with its password hidden."""
-        return redact_url(str(self.url)) or str(self.url)
+        return redact_url(shown(self.url)) or shown(self.url)
 
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
         """A loss, or a failed attempt: the next attempt goes to the next broker."""
@@ -44,3 +44,9 @@ class FailoverConnection(RobustConnection):
             self._at = (self._at + 1) % len(self.brokers)
             self.url = self.brokers[self._at]
         await super()._on_connection_close(closing)
+
+
+def shown(url: URL | str) -> str:
+    """``url`` as logs show it: without the ``name`` parameter ``connection.named`` adds for the broker's eyes."""
+    url = URL(str(url))
+    return str(url.without_query_params("name")) if "name" in url.query else str(url)

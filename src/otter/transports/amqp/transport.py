@@ -218,8 +218,23 @@ class AmqpTransport(Transport):
                 "mandatory": True, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
                 "correlation_id": correlation_id, "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
             }
+            watched = self._watched("task", done)  # the other ways end in publish_task, which tells the watcher
             pipelined.send("", queue, body, fields, lambda confirm: confirm.add_done_callback(
-                lambda ended: self._task_confirmed(ended, queue, done, fallback)), fallback)
+                lambda ended: self._task_confirmed(ended, queue, watched, fallback)), fallback)
+
+    def _watched(self, what: str, done: OnSent) -> OnSent:
+        """``done``, telling the watcher (metrics) how long a pipelined send took once it succeeded."""
+        watcher = self.watcher
+        if watcher is None:
+            return done
+        started = time.perf_counter()
+
+        def ended(result: Any, error: BaseException | None) -> None:
+            if error is None:
+                watcher.published(what, time.perf_counter() - started)
+            done(result, error)
+
+        return ended
 
     def _task_confirmed(self, confirm: asyncio.Future[Any], queue: str, done: OnSent, fallback: Any) -> None:
         exc = None if confirm.cancelled() else confirm.exception()
@@ -235,6 +250,7 @@ class AmqpTransport(Transport):
     def start_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None, done: OnSent) -> None:
         """Pipelined, as ``start_task``; sent once, as ``publish_broadcast`` is: a lost connection before the
         confirm is reported, not repeated."""
+        done = self._watched("broadcast", done)
         if self._sender.closing:
             Transport.start_broadcast(self, body, headers=headers, done=done)
             return

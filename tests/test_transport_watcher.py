@@ -1,0 +1,57 @@
+"""The metrics watcher hears of every publish a worker makes, the pipelined sends of ``comm`` included."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from conftest import unique_names
+from otter.codec import JsonCodec
+from otter.comm import Communicator
+from otter.config import resolve
+from otter.transports import open_transport
+
+AMQP_URL = os.environ.get("OTTER_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+class Recorder:
+    """A ``TransportWatcher`` that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def published(self, what: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.seen.append(what)
+
+    def connection_changed(self, up: bool, reconnected: bool) -> None:
+        pass
+
+
+def test_pipelined_task_and_broadcast_sends_are_reported_once_each() -> None:
+    names = unique_names("watch")
+    config = resolve({"BROKER_URL": AMQP_URL, **names})
+    queue = f"{names['RPC_QUEUE_PREFIX']}watched"
+
+    async def run() -> list[str]:
+        transport = open_transport(AMQP_URL, config)
+        recorder = Recorder()
+        transport.watcher = recorder
+        await transport.connect()
+        try:
+            comm = Communicator(transport, JsonCodec.from_config(config), asyncio.get_running_loop(), rpc_timeout=5)
+            assert transport.pipelines
+            for n in range(3):  # the first declares the queue, the others go the pipelined way
+                await comm.task(queue, n)
+            await comm.broadcast_send({"n": 1}, subject="watch.me")
+        finally:
+            await transport.close()
+        return recorder.seen
+
+    try:
+        assert sorted(asyncio.run(run())) == ["broadcast", "task", "task", "task"]
+    finally:
+        from rawbroker import RawBroker
+
+        with RawBroker.open(AMQP_URL, names) as raw:
+            raw.delete(queue)
