@@ -62,8 +62,8 @@ log = logging.getLogger("otter.worker")
 Rules = RpcRules | TaskRules | BroadcastRules
 
 
-@dataclass(frozen=True, slots=True)
-class Handled:
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__,
+class Handled:  # which cost more per message than the metrics observer itself. Observers read it, never change it.
     """One message a route finished with, as observers see it. ``final`` is False when the message will be seen
     again (a task parked for a retry or returned to its queue); ``error`` is what the handler raised, if anything;
     ``action`` what was done: ack, reply, retry, dead-letter, requeue or drop."""
