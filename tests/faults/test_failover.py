@@ -84,8 +84,9 @@ def test_a_worker_moves_to_the_next_broker_and_serves_there(
     rig.wait_serving(client, worker)
     echo_queue = f"{names['RPC_QUEUE_PREFIX']}{rig.prefix}.echo"
     task_queue = f"{rig.prefix}.count"
-    with RawBroker.open(a.url, names) as on_a:
-        assert (on_a.consumers(echo_queue), on_a.consumers(task_queue)) == (1, 1), "the worker starts on A"
+    with RawBroker.open(a.url, names) as on_a:  # the first URL that answers; its consumers may still be starting
+        wait_until(lambda: (on_a.consumers(echo_queue), on_a.consumers(task_queue)) == (1, 1), 20,
+                   "the worker's consumers on A, the first broker of its list")
     with RawBroker.open(b.url, names) as on_b:
         assert on_b.consumers(echo_queue) is None, "nothing on B yet"
 
