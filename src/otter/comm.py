@@ -101,12 +101,7 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
     async def send_task(self, name: str | None, body: Any = None, headers: Mapping[str, Any] | None = None) -> None:
         """Queue a task (``name=None``: the default queue) and return once the broker has it. The first send to a
         queue that no worker consumes says so in the log (the task waits there; is the name right?)."""
-        self._check_open()
-        if name is not None:
-            check_name(name, "task")
-        queue = name or self.transport.topology.default_task_queue  # type: ignore[attr-defined]
-        payload = self.codec.encode(protocol.task_body(body, no_reply=True), what="task body", payload=body)
-        sent, correlation_id = protocol.caller_headers(headers), self._next_id()
+        queue, payload, sent, correlation_id = self._task_parts(name, body, headers)
         with self.tracing.sending("publish", queue, queue, correlation_id, sent) if self.tracing else _NOT_TRACED:
             if self.transport.pipelines:
                 consumers = await self._confirmed(lambda done: self.transport.start_task(
@@ -120,12 +115,7 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
     def outgoing_task(self, name: str | None, body: Any, headers: Mapping[str, Any] | None) -> Outgoing:
         """A task checked and encoded in the caller's thread (so a bad name or body raises there, at once), for the
         sync ``Client``'s pipelined send. With tracing, its publish span covers the hand-over."""
-        self._check_open()
-        if name is not None:
-            check_name(name, "task")
-        queue = name or self.transport.topology.default_task_queue  # type: ignore[attr-defined]
-        payload = self.codec.encode(protocol.task_body(body, no_reply=True), what="task body", payload=body)
-        sent, correlation_id = protocol.caller_headers(headers), self._next_id()
+        queue, payload, sent, correlation_id = self._task_parts(name, body, headers)
         if self.tracing:
             with self.tracing.sending("publish", queue, queue, correlation_id, sent):
                 pass
@@ -135,10 +125,7 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         self, body: Any, sender: Any, subject: str | None, correlation_id: Any, headers: Mapping[str, Any] | None
     ) -> Outgoing:
         """A broadcast checked and encoded in the caller's thread; see ``outgoing_task``."""
-        self._check_open()
-        message = protocol.Broadcast(body, sender, subject, correlation_id).to_wire()
-        payload = self.codec.encode(message, what="broadcast body", payload=body)
-        sent = protocol.caller_headers(headers)
+        payload, sent = self._broadcast_parts(body, sender, subject, correlation_id, headers)
         if self.tracing:
             with self._broadcast_span(subject, correlation_id, sent):
                 pass
@@ -149,10 +136,7 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         headers: Mapping[str, Any] | None = None,
     ) -> bool:
         """Send a broadcast and wait for the broker's confirm; ``broadcast_send`` is the thread-safe form."""
-        self._check_open()
-        message = protocol.Broadcast(body, sender, subject, correlation_id).to_wire()
-        payload = self.codec.encode(message, what="broadcast body", payload=body)
-        sent = protocol.caller_headers(headers)
+        payload, sent = self._broadcast_parts(body, sender, subject, correlation_id, headers)
         with self._broadcast_span(subject, correlation_id, sent) if self.tracing else _NOT_TRACED:
             if self.transport.pipelines:
                 await self._confirmed(lambda done: self.transport.start_broadcast(payload, headers=sent or None,
@@ -160,6 +144,25 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
             else:
                 await self.transport.publish_broadcast(payload, headers=sent or None)
         return True
+
+    def _task_parts(
+        self, name: str | None, body: Any, headers: Mapping[str, Any] | None
+    ) -> tuple[str, bytes, dict[str, Any], str]:
+        """A task checked and encoded: its queue, payload, headers (tracing may add to them) and correlation id."""
+        self._check_open()
+        if name is not None:
+            check_name(name, "task")
+        queue = name or self.transport.topology.default_task_queue  # type: ignore[attr-defined]
+        payload = self.codec.encode(protocol.task_body(body, no_reply=True), what="task body", payload=body)
+        return queue, payload, protocol.caller_headers(headers), self._next_id()
+
+    def _broadcast_parts(
+        self, body: Any, sender: Any, subject: str | None, correlation_id: Any, headers: Mapping[str, Any] | None
+    ) -> tuple[bytes, dict[str, Any]]:
+        """A broadcast checked and encoded: its payload and headers (tracing may add to them)."""
+        self._check_open()
+        message = protocol.Broadcast(body, sender, subject, correlation_id).to_wire()
+        return self.codec.encode(message, what="broadcast body", payload=body), protocol.caller_headers(headers)
 
     async def _confirmed(self, start: Callable[[OnSent], None]) -> Any:
         """Start a send the transport pipelines (in order, no task of its own) and wait for its outcome, at most
