@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from brokers.rabbitmq4 import rabbitmq4_cluster_fixture, rabbitmq4_node_fixture, rabbitmq4_url_fixture
+from brokers.rabbitmq4 import opted_in, rabbitmq4_cluster_fixture, rabbitmq4_node_fixture, rabbitmq4_url_fixture
 from otter.testing import unique_names as _unique_names
 from otter.transports.memory import MemoryBroker
 
@@ -64,3 +64,15 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 def amqp_url() -> str:
     return AMQP_URL
+
+
+_RABBITMQ_URLS: list[Any] = ["amqp"]
+if opted_in():
+    _RABBITMQ_URLS.append(pytest.param("rabbitmq4", marks=pytest.mark.rabbitmq4))
+
+
+@pytest.fixture(params=_RABBITMQ_URLS)
+def any_rabbitmq_url(request: pytest.FixtureRequest, amqp_url: str) -> str:
+    """The shared RabbitMQ 3.10 and a RabbitMQ 4 node (unless ``OTTER_TEST_RABBITMQ4=0``): for tests of what
+    the brokers themselves accept or refuse."""
+    return str(request.getfixturevalue("rabbitmq4_url")) if request.param == "rabbitmq4" else amqp_url

@@ -13,20 +13,15 @@ import aiormq
 import pytest
 
 import otter
-from brokers.rabbitmq4 import opted_in
 from otter import protocol
 from otter.errors import ConfigurationError, DeadlineExceeded, Unroutable
 from otter.testing import ServedApp
 from rawbroker import RawBroker
 
-URLS = ["amqp"]
-if opted_in():
-    URLS.append(pytest.param("rabbitmq4", marks=pytest.mark.rabbitmq4))
 
-
-@pytest.fixture(params=URLS)
-def url(request: pytest.FixtureRequest, amqp_url: str) -> str:
-    return request.getfixturevalue("rabbitmq4_url") if request.param == "rabbitmq4" else amqp_url
+@pytest.fixture
+def url(any_rabbitmq_url: str) -> str:
+    return any_rabbitmq_url
 
 
 @pytest.fixture

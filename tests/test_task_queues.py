@@ -27,14 +27,9 @@ from otter.transports.base import QueueMismatch, Snapshot
 from rawbroker import RawBroker
 
 KIWIPY = dict(protocol.TASK_QUEUE_ARGUMENTS)
-URLS = ["amqp"]
-if opted_in():
-    URLS.append(pytest.param("rabbitmq4", marks=pytest.mark.rabbitmq4))
-
-
-@pytest.fixture(params=URLS)
-def url(request: pytest.FixtureRequest, amqp_url: str) -> str:
-    return request.getfixturevalue("rabbitmq4_url") if request.param == "rabbitmq4" else amqp_url
+@pytest.fixture
+def url(any_rabbitmq_url: str) -> str:
+    return any_rabbitmq_url
 
 
 @pytest.fixture
