@@ -136,6 +136,7 @@ def test_rpc_channels_name_the_exchange_routing_key_and_shared_queue(doc: dict[s
                                 "vhost": "shop"}
     assert amqp["x-otter-queue"]["name"] == "shop.rpc.orders.place" == topology.rpc_queue("orders.place")
     assert amqp["x-otter-queue"]["arguments"] == protocol.RPC_QUEUE_ARGUMENTS
+    assert (amqp["x-otter-queue"]["autoDelete"], amqp["x-otter-queue-type"]) == (True, "classic")
     request = channel["messages"]["request"]
     assert request["contentType"] == protocol.CONTENT_TYPE
     assert pointer(doc, request["correlationId"]["$ref"])["location"] == "$message.header#/correlation_id"
@@ -228,8 +229,12 @@ def test_blueprint_routes_carry_their_prefix_and_blueprint(doc: dict[str, Any]) 
 def test_the_effective_config_names_the_wire(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTTER_RPC_QUEUE_PREFIX", "env.rpc.")
     monkeypatch.setenv("OTTER_TASK_QUEUE_TYPE", "quorum")
+    monkeypatch.setenv("OTTER_RPC_QUEUE_TYPE", "quorum")
     doc = document(asyncapi_app.app)  # the app's effective config: OTTER_* outranks app.config
-    assert doc["channels"]["rpc.echo"]["bindings"]["amqp"]["x-otter-queue"]["name"] == "env.rpc.echo"
+    rpc_queue = doc["channels"]["rpc.echo"]["bindings"]["amqp"]["x-otter-queue"]
+    assert rpc_queue["name"] == "env.rpc.echo"
+    assert (rpc_queue["autoDelete"], rpc_queue["arguments"]) == (False, protocol.rpc_queue_arguments("quorum")[1])
+    assert doc["channels"]["rpc.echo"]["bindings"]["amqp"]["x-otter-queue-type"] == "quorum"
     assert doc["channels"]["task.mail.send"]["bindings"]["amqp"]["x-otter-queue-type"] == "quorum"
 
 

@@ -10,7 +10,7 @@ Otter's wire maps onto AsyncAPI.
 from __future__ import annotations
 
 import inspect
-import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -20,7 +20,7 @@ from ..errors import ValidationError
 from ..retry import RetryPolicy
 from ..routing import BroadcastRoute, Route, RpcRoute, SubjectFilter, TaskRoute
 from ..transports.base import Topology
-from .schemas import ANY_JSON, SchemaConverter, example_of
+from .schemas import ANY_JSON, COMPONENT_KEY, SchemaConverter, example_of
 
 if TYPE_CHECKING:
     from ..app import Otter
@@ -30,7 +30,6 @@ __all__ = ["ASYNCAPI_VERSION", "document"]
 ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING = "0.3.0"  # the AMQP bindings version the AsyncAPI 3.0.0 schema knows
 REPLIES = "rpc-replies"  # no route's key starts like this: theirs are rpc.<name>, task.<queue>, broadcast.<handler>
-_KEY = re.compile(r"[^\w.\-]")  # component keys must match ^[\w\d.\-_]+$; channel keys appear in $ref paths
 
 # Where the AMQP properties are read; AsyncAPI's runtime expressions name them as headers, as its own RabbitMQ RPC
 # examples do (the AMQP bindings have no place for message properties).
@@ -170,8 +169,8 @@ class _Builder:
     def _info(self) -> dict[str, Any]:
         from .. import __version__
 
-        kinds = [isinstance(route, kind) for route in self.app.routes for kind in (RpcRoute, TaskRoute, BroadcastRoute)]
-        rpcs, tasks, broadcasts = (sum(kinds[i::3]) for i in range(3))
+        counts = Counter(route.kind for route in self.app.routes)
+        rpcs, tasks, broadcasts = counts["rpc"], counts["task"], counts["broadcast"]
         where = "" if self.servers else (
             " It was generated for the in-process memory:// broker; set BROKER_URL (or --broker) for the servers.")
         return {
@@ -193,20 +192,24 @@ class _Builder:
             "The JSON of the call's argument, nothing around it: client.rpc(name, data) sends data.",
         )
         queue = self.topology.rpc_queue(route.name)
+        queue_type = self.topology.rpc_queue_type
+        auto_delete, arguments = protocol.rpc_queue_arguments(queue_type)
+        shape = "durable, auto-delete, x-expires" if auto_delete else "durable, quorum, x-expires"
         self.channels[key] = {
             "address": protocol.rpc_routing_key(route.name),
             "title": f"RPC {route.name}",
             "description": (
                 f"Requests are published to the topic exchange {self.topology.message_exchange!r} with the routing "
                 f"key {protocol.rpc_routing_key(route.name)!r}; every replica serving {route.name!r} consumes the "
-                f"one shared queue {queue!r} (durable, auto-delete, x-expires), so each call runs once. A request "
+                f"one shared queue {queue!r} ({shape}), so each call runs once. A request "
                 f"expires (AMQP expiration) when the caller's deadline passes."
             ),
             "messages": {"request": request},
             "bindings": {"amqp": {
                 **self._exchange_binding(self.topology.message_exchange),
-                "x-otter-queue": {"name": queue, "durable": True, "exclusive": False, "autoDelete": True,
-                                  "arguments": dict(protocol.RPC_QUEUE_ARGUMENTS)},
+                "x-otter-queue": {"name": queue, "durable": True, "exclusive": False, "autoDelete": auto_delete,
+                                  "arguments": dict(arguments)},
+                "x-otter-queue-type": queue_type,
             }},
         }
         self.operations[key] = {
@@ -421,7 +424,7 @@ class _Builder:
         return {"vhost": self.vhost} if self.vhost is not None else {}
 
     def _key(self, text: str) -> str:
-        key = base = _KEY.sub("_", text)
+        key = base = COMPONENT_KEY.sub("_", text)
         number = 1
         while key in self.channels or key == REPLIES:
             number += 1

@@ -20,7 +20,8 @@ __all__ = ["ANY_JSON", "SchemaConverter", "example_of"]
 # A handler without @use_args takes whatever JSON it is sent.
 ANY_JSON: dict[str, Any] = {"description": "any JSON value (the handler has no @use_args schema)"}
 
-_COMPONENT_KEY = re.compile(r"[^\w.\-]")
+# What component keys may not hold (^[\w\d.\-_]+$); channel keys appear in $ref paths, so they follow it too.
+COMPONENT_KEY = re.compile(r"[^\w.\-]")
 DOCS_EXTRA = "pip install 'otter-mq[docs]'"
 
 
@@ -73,7 +74,7 @@ class SchemaConverter:
             base = base[: -len("Schema")]
         if base in ("Generated", "UseArgs"):  # Schema.from_dict's classes: a dict nested in a dict
             base = "Nested"
-        base = _COMPONENT_KEY.sub("_", base)
+        base = COMPONENT_KEY.sub("_", base)
         taken = self._spec.components.schemas
         name, number = base, 1
         while name in taken:
