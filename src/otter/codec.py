@@ -58,7 +58,7 @@ class JsonCodec:
             data = orjson.dumps(value, default=self.json_default, option=_OPTIONS)
         except TypeError:
             raise MessageError(self._unencodable(value if payload is _UNSET else payload, what)) from None
-        if b"null" in data:  # orjson writes NaN and infinities as null: look closer only then
+        if b"null" in data and self._may_hold_non_finite(value, payload):
             found = _non_finite(value if payload is _UNSET else payload, "")
             if found is not None:
                 path, number = found
@@ -70,6 +70,14 @@ class JsonCodec:
                 f"(MAX_MESSAGE_SIZE, which the receiver enforces too): send a reference to the data instead"
             )
         return data
+
+    def _may_hold_non_finite(self, value: Any, payload: Any) -> bool:
+        """orjson writes NaN and infinities as null, so only a null can hide one. An envelope's own nulls (a
+        broadcast's unset sender) say nothing of the payload: encoding the payload alone again, in C, is much
+        cheaper than walking it in Python."""
+        if payload is _UNSET or payload is value:
+            return True
+        return b"null" in orjson.dumps(payload, default=self.json_default, option=_OPTIONS)
 
     def _unencodable(self, value: Any, what: str) -> str:
         path, leaf = _first_unencodable(value, "", self.json_default)
