@@ -114,7 +114,8 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
 
     def outgoing_task(self, name: str | None, body: Any, headers: Mapping[str, Any] | None) -> Outgoing:
         """A task checked and encoded in the caller's thread (so a bad name or body raises there, at once), for the
-        sync ``Client``'s pipelined send. With tracing, its publish span covers the hand-over."""
+        sync ``Client``'s pipelined send. With tracing, its publish span is a zero-length one that carries the trace
+        context into the message; the confirm and its outcome come later, outside it (``Undelivered``)."""
         queue, payload, sent, correlation_id = self._task_parts(name, body, headers)
         if self.tracing:
             with self.tracing.sending("publish", queue, queue, correlation_id, sent):

@@ -115,9 +115,9 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_PORT": None,  # Prometheus metrics at /metrics (needs the metrics extra: pip install 'otter-mq[metrics]')
     "HEALTH_PORT": None,  # /livez and /readyz, for Kubernetes probes
     "LOG_FORMAT": "text",  # or "json": one JSON object per line (otter.logs.JsonFormatter)
-    "LOG_CONFIG": None,
+    "LOG_CONFIG": None,  # a logging dictConfig file (JSON or YAML) that replaces Otter's log handler
     # OpenTelemetry spans (otter.tracing): "auto" traces when opentelemetry is installed (otter-mq[otel]).
-    "TRACING": "auto",  # a logging dictConfig file (JSON or YAML) that replaces Otter's log handler
+    "TRACING": "auto",
     # Names on the wire; the defaults are kiwipy's so kiwipy programs interoperate.
     "MESSAGE_EXCHANGE": kiwipy_defaults.MESSAGE_EXCHANGE,
     "TASK_EXCHANGE": kiwipy_defaults.TASK_EXCHANGE,

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .protocol import DEADLINE_HEADER
+
 __all__ = [
     "LOG_FORMATS",
     "JsonFormatter",
@@ -52,7 +54,7 @@ class MessageContext:
     def time_left(self) -> float | None:
         """Seconds until the caller's deadline (``x-otter-deadline``, RPCs only), or None when it set none; nested
         calls made by the handler are given no more than this (``Communicator.call``)."""
-        deadline = self.headers.get("x-otter-deadline") if self.headers else None
+        deadline = self.headers.get(DEADLINE_HEADER) if self.headers else None
         if isinstance(deadline, int) and not isinstance(deadline, bool):
             return deadline / 1000 - time.time()
         return None

@@ -228,8 +228,8 @@ def families(running: list[Mapping[str, Any]], finished: list[Mapping[str, Any]]
                                   labels=[*route_labels, "outcome"])
     errors = CounterMetricFamily("otter_handler_errors", "Exceptions raised by handlers, by type.",
                                  labels=[*route_labels, "error"])
-    duration = HistogramMetricFamily("otter_handler_duration_seconds", "From receipt to the message being settled.",
-                                     labels=route_labels)
+    duration = HistogramMetricFamily("otter_handler_duration_seconds",
+                                     "From the handler's slot to the message being settled.", labels=route_labels)
     in_flight = GaugeMetricFamily("otter_messages_in_flight", "Handlers running now.", labels=route_labels)
     retries = CounterMetricFamily("otter_task_retries", "Tasks parked for another attempt.", labels=["name"])
     dead_letters = CounterMetricFamily("otter_dead_letters", "Tasks moved to the dead-letter queue.", labels=["name"])

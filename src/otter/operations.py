@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .supervisor import WORKER_NUMBER_ENV
+
 if TYPE_CHECKING:
     from .health import ProbeServer
     from .metrics import Endpoint, PodCollector
@@ -24,8 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["Operations", "PodOperations"]
 
 log = logging.getLogger("otter.operations")
-
-WORKER_NUMBER_ENV = "OTTER_WORKER_NUMBER"  # supervisor.WORKER_NUMBER_ENV (this module does not import it)
 
 
 class Operations:

@@ -212,7 +212,7 @@ def forwarded_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _HEADER_SCALARS = (str, bytes, bool, int, float, type(None))
-_RESERVED_PREFIXES = ("x-otter-", "x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
+_RESERVED_PREFIXES = _NOT_FORWARDED_PREFIXES  # what a caller may not set is what a copy drops
 
 
 def caller_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:

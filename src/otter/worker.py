@@ -317,13 +317,21 @@ class Worker:
                         done = await self._settle_orphan(delivery, decision, rules)
                     else:
                         done = await self._carry_out(delivery, decision, rules)
-                        self._recent.setdefault(delivery.queue, deque(maxlen=self.prefetch)).append(delivery)
+                        self._settled_lately(delivery.queue).append(delivery)
                 else:
                     done = await self._carry_out(delivery, decision, rules)
                 if timed:
                     self._handled(kind, name, delivery, started, done, error)
 
         return self._tracked(on_delivery if tracing is None else tracing.processing(kind, name, on_delivery), rules)
+
+    def _settled_lately(self, queue: str) -> deque[Delivery]:
+        """The last tasks of ``queue`` settled here (their acks may be lost if the channel closes for an ack
+        timeout); made once per queue, not per message as ``setdefault`` with a new deque would."""
+        recent = self._recent.get(queue)
+        if recent is None:
+            recent = self._recent[queue] = deque(maxlen=self.prefetch)
+        return recent
 
     async def _settle_orphan(self, delivery: Delivery, decision: Decision, rules: Rules) -> Decision:
         """A task whose channel closed while it ran: the broker has already put it back on its queue, so its run's
