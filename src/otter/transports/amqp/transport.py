@@ -59,7 +59,11 @@ class AmqpTransport(Transport):
     connection drops while it waits for the reply (which was lost with the connection).
     """
 
-    pipelines = True
+    @property
+    def pipelines(self) -> bool:  # type: ignore[override]
+        """Only the fast path can queue a publish without a task; on the public path every pipelined send would
+        fall back to ``publish_*`` after a detour."""
+        return self.fast_path
 
     def __init__(
         self,
@@ -250,7 +254,6 @@ class AmqpTransport(Transport):
     def start_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None, done: OnSent) -> None:
         """Pipelined, as ``start_task``; sent once, as ``publish_broadcast`` is: a lost connection before the
         confirm is reported, not repeated."""
-        done = self._watched("broadcast", done)
         if self._sender.closing:
             Transport.start_broadcast(self, body, headers=headers, done=done)
             return
@@ -258,9 +261,10 @@ class AmqpTransport(Transport):
             "mandatory": False, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
             "delivery_mode": DeliveryMode.NOT_PERSISTENT.value, "headers": headers,
         }
+        watched = self._watched("broadcast", done)  # the fallback ends in publish_broadcast, which tells the watcher
         self._pipelined.send(
             self.topology.message_exchange, protocol.BROADCAST_ROUTING_KEY, body, fields,
-            lambda confirm: confirm.add_done_callback(lambda ended: done(None, self._broadcast_failure(ended))),
+            lambda confirm: confirm.add_done_callback(lambda ended: watched(None, self._broadcast_failure(ended))),
             lambda: Transport.start_broadcast(self, body, headers=headers, done=done),
         )
 
