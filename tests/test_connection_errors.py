@@ -143,3 +143,17 @@ def test_several_brokers_are_tried_in_order_and_no_password_leaks() -> None:
         assert "none of the 2 brokers" in text and "no virtual host 'no-such-vhost'" in text
         assert "connection refused" in text
         assert "second-secret" not in text and "guest:guest" not in text
+
+
+@pytest.mark.parametrize(("read", "refused"), [(0, False), (7, True)])
+def test_a_peer_that_closes_having_sent_nothing_is_waited_for_not_refused(read: int, refused: bool) -> None:
+    """A broker still starting, or a proxy whose backend is down, closes before saying anything: worth waiting for
+    (STARTUP_WAIT). A peer that answered something else is another service's port: a refusal."""
+    import aiormq
+
+    from otter.transports.amqp.errors import connect_failure
+
+    closed = aiormq.exceptions.AMQPConnectionError(
+        f"Server connection unexpectedly closed. Read {read} bytes but 7 bytes expected")
+    why, is_refusal = connect_failure(closed, False, "127.0.0.1:5999")
+    assert is_refusal is refused, why

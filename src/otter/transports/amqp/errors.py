@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import ssl
 from typing import Any, Literal
 
@@ -64,15 +65,23 @@ def connect_failure(exc: BaseException, tls: bool, where: str = "the broker") ->
         if isinstance(cause, ConnectionRefusedError):
             return (f"nothing accepts connections at {where} (connection refused): is RabbitMQ running there, and "
                     f"is that its AMQP port (5672; 5671 for amqps)?"), False
-        if isinstance(cause, aiormq.exceptions.IncompatibleProtocolError) or "bytes expected" in str(cause):
+        if isinstance(cause, aiormq.exceptions.IncompatibleProtocolError) or _answered_garbage(cause):
             return (f"{where} did not answer as an AMQP broker ({describe(cause)}): is that RabbitMQ's AMQP port "
                     f"(5672; 5671 for amqps), not its management or another service's port?"), True
-        if isinstance(cause, OSError) and cause.errno is not None and "Name or service not known" in str(cause):
+        if isinstance(cause, socket.gaierror):
             return f"cannot resolve the host of {where} ({describe(cause)}): check the URL's host name", False
         cause = cause.__cause__ or cause.__context__
     if isinstance(exc, TimeoutError):
         return f"no answer from {where} within CONNECT_TIMEOUT", False
     return describe(exc), False
+
+
+def _answered_garbage(exc: BaseException) -> bool:
+    """The peer sent bytes that are not an AMQP frame and closed: another service's port. A peer that closes
+    having sent nothing ("Read 0 bytes") may be a broker still starting or a proxy whose backend is down: not a
+    refusal, so it is waited for."""
+    read = re.search(r"Read (\d+) bytes but \d+ bytes expected", str(exc))
+    return read is not None and int(read.group(1)) > 0
 
 
 def _connection_close(exc: BaseException) -> str | None:
