@@ -102,7 +102,11 @@ async def _deliveries_with_global_prefetch_1(url: str, queue: str) -> int:
         delivered: list[int] = []
         for _ in range(2):
             await channel.basic_consume(queue, lambda message: delivered.append(1) or asyncio.sleep(0))
-        await asyncio.sleep(1.0)
+        # Two deliveries when each consumer has its own prefetch (global QoS denied); with global QoS honoured the
+        # second never comes (nothing is acked), and the deadline ends the wait.
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(delivered) < 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
         await channel.queue_delete(queue)
         return len(delivered)
     finally:

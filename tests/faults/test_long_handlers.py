@@ -29,6 +29,6 @@ def test_a_task_longer_than_the_consumer_timeout_runs_once(
     [line] = run_scenario(timeout_node.url, caplog, timeout_node.queue_depth, CONSUMER_TIMEOUT=3600)
     message = line.getMessage()
     assert f"consumer_timeout ({TIMEOUT:g} s)" in message
-    assert "handler long" in message or "has run" in message
+    assert "has run" in message
     assert "raise consumer_timeout in rabbitmq.conf" in message
     assert "CONSUMER_TIMEOUT 3600 s was asked for, but this broker ignores it" in message

@@ -138,7 +138,7 @@ class AmqpSubscription(Subscription):
         self._arguments = dict(arguments or {})
         self._declare_again = declare_again
         name = self.queue = queue.name
-        handling = self._handling = set[asyncio.Future[None]]()
+        handling = set[asyncio.Future[None]]()
 
         async def on_message(message: DeliveredMessage) -> None:
             await on_delivery(AmqpDelivery(message, name))
@@ -158,7 +158,11 @@ class AmqpSubscription(Subscription):
 
     async def start(self) -> None:
         cancels.listen(self._tag, self._comeback.on_cancel)
-        await self._consume()
+        try:
+            await self._consume()
+        except BaseException:  # refused (an exclusive consumer): nothing for the broker to cancel, nothing to keep
+            cancels.forget(self._tag)
+            raise
         self._channel.reopen_callbacks.add(self._restart)  # type: ignore[attr-defined]
 
     async def cancel(self) -> None:

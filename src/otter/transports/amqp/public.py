@@ -100,7 +100,7 @@ class PublicSubscription(Subscription):
         self._arguments = dict(arguments or {})
         self._declare_again = declare_again
         name = self.queue = queue.name
-        handling = self._handling = set[asyncio.Future[None]]()
+        handling = set[asyncio.Future[None]]()
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             # In a task of our own, not the channel's (cancelled when it closes): see ``fast.AmqpSubscription``.
@@ -115,8 +115,12 @@ class PublicSubscription(Subscription):
     async def start(self) -> None:
         tag = f"otter.{uuid.uuid4().hex}"  # our own, so that a cancel from the broker can be told to us at once
         cancels.listen(tag, self._comeback.on_cancel)
-        self._tag = await self._queue.consume(self._on_message, no_ack=self._no_ack, exclusive=self._exclusive,
-                                              arguments=self._arguments, consumer_tag=tag)
+        try:
+            self._tag = await self._queue.consume(self._on_message, no_ack=self._no_ack, exclusive=self._exclusive,
+                                                  arguments=self._arguments, consumer_tag=tag)
+        except BaseException:  # refused (an exclusive consumer): nothing for the broker to cancel, nothing to keep
+            cancels.forget(tag)
+            raise
 
     async def cancel(self) -> None:
         self._comeback.stop()
