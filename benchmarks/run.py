@@ -98,8 +98,9 @@ SYSTEMS = {
                          "awaiting"),
     "otter_seed": System("otter_seed", "Otter, the seed's loops", "bench_otter.py", ("rpc_seq", "task", "bcast"),
                          variant="seed-loop", module="otter",
-                         what="plain def handlers; plain loops on the sync Client: client.rpc(name, data).result(), "
-                              "client.task(name, body) then flush(), client.broadcast(body, subject=...) then flush()"),
+                         what="plain def handlers; plain loops on the sync Client: client.rpc(name, data).result() "
+                              "(the same code as the 'Otter' row's A), client.task(name, body) then flush(), "
+                              "client.broadcast(body, subject=...) then flush()"),
     "otter_async": System("otter_async", "Otter, async def handlers", "bench_otter.py", variant="async-handlers",
                           module="otter", what="async def handlers; the clients of the 'Otter' row"),
     "otter_aclient": System("otter_aclient", "Otter, AsyncClient for A", "bench_otter.py", ("rpc_seq",),
