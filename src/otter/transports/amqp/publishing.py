@@ -148,21 +148,24 @@ class Sender:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
         attempt = 0
+        pause: float | None = None
         try:
             while True:
                 attempt += 1
-                if not await self._try(outlet, exchange, routing_key, body, fields, action, deadline, prepare,
-                                       attempt):
+                pause = await self._try(outlet, exchange, routing_key, body, fields, action, deadline, prepare,
+                                        attempt)
+                if pause is None:
                     return
+                await asyncio.sleep(pause)
         finally:
-            if attempt > 1:
-                self._retrying -= 1
+            if attempt > 1 or pause is not None:  # counted in _retrying since its first failure (even if cancelled
+                self._retrying -= 1  # in the pause after it)
 
     async def _try(
         self, outlet: Outlet, exchange: str, routing_key: str, body: bytes, fields: Fields, action: str,
         deadline: float, prepare: Callable[[], Prepare | None], attempt: int,
-    ) -> bool:
-        """One attempt of ``send_until_confirmed``: False once sent, True to go on (after a pause), or raise. The
+    ) -> float | None:
+        """One attempt of ``send_until_confirmed``: None once sent, else the pause before the next, or raise. The
         first send that has to retry warns; those that fail while it does (a lost connection fails every send in
         flight at once) say nothing more, nor does any but the last to go through."""
         loop = asyncio.get_running_loop()
@@ -175,10 +178,10 @@ class Sender:
         else:
             if attempt > 1 and self._retrying == 1:
                 log.info("%s: done after %d attempts; no send is retrying now", action, attempt)
-            return False
+            return None
         if self.closing:
             raise BrokerUnavailable(f"could not {action}: the connection was closed")
-        pause = min(0.05 * 2**attempt, 1.0)
+        pause: float = min(0.05 * 2.0**attempt, 1.0)
         if loop.time() + pause >= deadline:
             raise BrokerUnavailable(
                 f"could not {action} within {self.publish_timeout:g} s (PUBLISH_TIMEOUT): {problem}. The "
@@ -189,8 +192,7 @@ class Sender:
             if self._retrying == 1:
                 log.warning("%s: %s; retrying for up to %g s (as does any other send that fails meanwhile)",
                             action, problem, self.publish_timeout)
-        await asyncio.sleep(pause)
-        return True
+        return pause
 
     async def _attempt(
         self, outlet: Outlet, exchange: str, routing_key: str, body: bytes, fields: Fields, action: str,
