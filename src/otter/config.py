@@ -237,12 +237,6 @@ def _is_exception_name(item: Any) -> bool:
     return isinstance(item, str) or (isinstance(item, type) and issubclass(item, BaseException))
 
 
-def _queue_type(value: Any) -> str:
-    if not isinstance(value, str) or value.strip().lower() not in TASK_QUEUE_TYPES + RPC_QUEUE_TYPES:
-        raise ValueError
-    return value.strip().lower()
-
-
 def _ttl(value: Any) -> float | None:
     """0 is "never", like None, because an argument of None means "not given"."""
     seconds = float(_seconds(0, inclusive=True).convert(value))
@@ -295,8 +289,8 @@ RULES: dict[str, Rule] = {
     "TASK_RETRY_BACKOFF": _seconds(0, inclusive=True),
     "TASK_RETRY_BACKOFF_MAX": _seconds(0, inclusive=True),
     "TASK_RETRY_JITTER": _FLAG,
-    "TASK_QUEUE_TYPE": Rule("classic or quorum", _queue_type),
-    "RPC_QUEUE_TYPE": Rule("classic or quorum", _queue_type),
+    "TASK_QUEUE_TYPE": Rule(" or ".join(TASK_QUEUE_TYPES), _choice(*TASK_QUEUE_TYPES)),
+    "RPC_QUEUE_TYPE": Rule(" or ".join(RPC_QUEUE_TYPES), _choice(*RPC_QUEUE_TYPES)),
     "TASK_MESSAGE_TTL": Rule("a number of seconds, at least 0.001; 0 or None: never", _ttl, True),
     "TASK_DELIVERY_LIMIT": _whole(1),
     "WORKERS": _whole(1),
