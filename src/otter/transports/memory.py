@@ -74,6 +74,7 @@ class _Queue:
     # A task queue's RabbitMQ arguments (protocol.task_queue_arguments), as its first declaration gave them: what
     # the broker dead-letters (expired, past the delivery limit) and where to. None: declared without any.
     arguments: dict[str, Any] | None = None
+    expiry_due: bool = False  # a check of its head's TTL is scheduled: one at a time, not one per message
 
     def argument(self, key: str) -> Any:
         return (self.arguments or {}).get(key)
@@ -134,8 +135,8 @@ class MemoryBroker:
             ttl = queue.argument("x-message-ttl")
             if ttl is not None and message.expires_at is None:
                 message.dies_at = time.monotonic() + ttl / 1000
-                self._schedule(message.dies_at, name, None)
             queue.messages.append(message)
+            self._schedule_expiry(queue)
             self._pump(queue)
 
     def publish_raw(
@@ -197,9 +198,21 @@ class MemoryBroker:
     def _expire(self, name: str) -> None:
         """Dead-letter the messages at the head of ``name`` whose queue TTL has passed, as RabbitMQ does."""
         queue = self.queues.get(name)
+        if queue is None:
+            return
+        queue.expiry_due = False
         now = time.monotonic()
-        while queue is not None and queue.messages and (queue.messages[0].dies_at or now + 1) <= now:
+        while queue.messages and (queue.messages[0].dies_at or now + 1) <= now:
             self._dead_letter(queue, queue.messages.popleft(), "expired")
+        self._schedule_expiry(queue)
+
+    def _schedule_expiry(self, queue: _Queue) -> None:
+        """Check ``queue`` when its head's TTL runs out. The queue's TTL is one for all, so the head dies first;
+        a message consumed before then leaves the check to find a younger head and schedule again."""
+        if queue.expiry_due or not queue.messages or queue.messages[0].dies_at is None:
+            return
+        queue.expiry_due = True
+        self._schedule(queue.messages[0].dies_at, queue.name, None)
 
     def _dead_letter(self, queue: _Queue, message: _Message, reason: str) -> None:
         """What RabbitMQ does with a message its queue drops: to the queue's dead-letter routing key, with an
