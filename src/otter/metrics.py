@@ -104,15 +104,13 @@ class _Histogram:
 class _Route:
     """One route's numbers; ``change`` is what the worker calls as a handler starts (+1) and ends (-1)."""
 
-    __slots__ = ("dead_letters", "duration", "errors", "outcomes", "retries", "running")
+    __slots__ = ("duration", "errors", "outcomes", "running")
 
     def __init__(self) -> None:
         self.running = 0
         self.outcomes: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.duration = _Histogram(DURATION_BUCKETS)
-        self.retries = 0
-        self.dead_letters = 0
 
     def change(self, by: int) -> None:
         self.running += by
@@ -146,10 +144,6 @@ class Metrics:
         if event.error is not None:
             error = type(event.error).__name__
             route.errors[error] = route.errors.get(error, 0) + 1
-        if outcome == "retry":
-            route.retries += 1
-        elif outcome == "dead_letter":
-            route.dead_letters += 1
 
     def in_flight(self, kind: str, name: str) -> Callable[[int], None]:
         """What the worker calls with +1 when a handler of the route starts and -1 when it ends."""
@@ -181,7 +175,7 @@ class Metrics:
         for (kind, name), route in list(self._routes.items()):
             routes.append({
                 "kind": kind, "name": name, "running": route.running, "outcomes": dict(route.outcomes),
-                "errors": dict(route.errors), "retries": route.retries, "dead_letters": route.dead_letters,
+                "errors": dict(route.errors),
                 "duration": [list(route.duration.counts), route.duration.total],
             })
         publishes = {what: [list(h.counts), h.total] for what, h in list(self._publishes.items())}
@@ -260,9 +254,9 @@ def families(running: list[Mapping[str, Any]], finished: list[Mapping[str, Any]]
                     add(("errors", kind, name, error), count)
                 add_histogram(("duration", kind, name), route["duration"])
                 add(("in_flight", kind, name), route["running"] if alive else 0)
-                if kind == "task":
-                    add(("retries", name), route["retries"])
-                    add(("dead_letters", name), route["dead_letters"])
+                if kind == "task":  # the outcomes, again by the names operators look for
+                    add(("retries", name), route["outcomes"].get("retry", 0))
+                    add(("dead_letters", name), route["outcomes"].get("dead_letter", 0))
             for what, data in snapshot.get("publishes", {}).items():
                 add_histogram(("publish", what), data)
             add(("connected",), snapshot.get("connected", 0) if alive else 0)
