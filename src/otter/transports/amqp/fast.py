@@ -59,6 +59,8 @@ class FastOutlet(Outlet):
         await frames.publish(underlay, payload, fields.get("message_id", ""))
 
     async def queue(self, exchange: str, routing_key: str, body: bytes, fields: Fields) -> asyncio.Future[Any] | None:
+        if self.restoring:  # the full path waits for the exchanges to be declared again
+            raise aiormq.exceptions.ChannelInvalidStateError("the channel is being re-opened")
         underlay = await self._open_underlay()
         if underlay.connection.channels.get(underlay.number) is not underlay:  # closing: see ``now``
             raise aiormq.exceptions.ChannelInvalidStateError("the channel is closing")

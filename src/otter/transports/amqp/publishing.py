@@ -34,12 +34,25 @@ Prepare = Callable[[], Awaitable[None]]
 
 
 class Outlet(abc.ABC):
-    """One robust channel's way out, confirming or not (as the channel was opened)."""
+    """One robust channel's way out, confirming or not (as the channel was opened).
 
-    __slots__ = ("channel",)
+    ``restoring`` is true from the channel's close until aio-pika has re-opened it and declared its exchanges again.
+    In between, the new channel already reports itself open, and a publish to an exchange not yet declared again
+    would make the broker close it once more."""
+
+    __slots__ = ("channel", "restoring")
 
     def __init__(self, channel: AbstractChannel) -> None:
         self.channel = channel
+        self.restoring = False
+        channel.close_callbacks.add(self._closed)
+        channel.reopen_callbacks.add(self._reopened)  # type: ignore[attr-defined]
+
+    def _closed(self, _channel: object, _exc: object) -> None:
+        self.restoring = True
+
+    def _reopened(self, _channel: object) -> None:
+        self.restoring = False
 
     @abc.abstractmethod
     def now(self, exchange: str, routing_key: str, body: bytes, fields: Fields) -> asyncio.Future[Any] | bool:
@@ -235,7 +248,7 @@ async def _when_open(
     prepare: Prepare | None, expires_at: float | None,
 ) -> None:
     channel = outlet.channel
-    if channel.is_closed:  # being re-opened after a lost connection: wait for it
+    if channel.is_closed or outlet.restoring:  # being re-opened: wait until its exchanges are declared again
         await asyncio.wait_for(channel.ready(), timeout)  # type: ignore[attr-defined]
     if prepare is not None:
         await prepare()
