@@ -4,6 +4,7 @@
     otter routes examples.app:app
     otter docs examples.app:app --serve
     otter call example.hash '"otter"'
+    otter services --broker amqp://guest:guest@127.0.0.1/
 
 Every option of ``otter run`` is also a config key and an ``OTTER_<KEY>`` environment variable. Precedence, highest
 first: the command-line option, then ``OTTER_<KEY>``, then the app's ``app.config``, then the defaults
@@ -11,7 +12,8 @@ first: the command-line option, then ``OTTER_<KEY>``, then the app's ``app.confi
 See docs/cli.md.
 
 This module is the group and its entry point; each command lives in the module of its job: ``serve`` (run),
-``describe`` (routes, config), ``docs`` (the AsyncAPI document), ``send`` (call, task, broadcast), ``dlq``;
+``describe`` (routes, config), ``docs`` (the AsyncAPI document), ``send`` (call, task, broadcast), ``dlq``,
+``services``;
 ``settings``, ``loading`` and ``output`` serve them all.
 """
 
@@ -36,6 +38,7 @@ from .output import (
 )
 from .send import broadcast, call, task
 from .serve import run
+from .services import services
 from .settings import PRECEDENCE, RUN_SETTINGS
 
 __all__ = [
@@ -80,9 +83,9 @@ def cli() -> None:
     """Otter: Flask-style microservices over RabbitMQ.
 
     Serve an app with `otter run`, list its handlers with `otter routes`, and talk to running services with
-    `otter call`, `otter task` and `otter broadcast`.
+    `otter call`, `otter task` and `otter broadcast`; see them all with `otter services`.
     """
 
 
-for _command in (run, routes, show_config, docs, call, task, broadcast, dlq):
+for _command in (run, routes, show_config, docs, call, task, broadcast, dlq, services):
     cli.add_command(_command)
