@@ -28,6 +28,7 @@ __all__ = [
     "RouteTally",
     "Tally",
     "fold",
+    "outcome_label",
     "outcome_of",
     "percentiles_ms",
     "quantile",
@@ -44,17 +45,22 @@ def outcome_of(event: Handled) -> str:
     """A bounded label for what became of a message (``Handled.outcome`` is free text, unfit as a label):
     ok, error (an RPC or broadcast whose handler raised), retry, dead_letter, requeued, expired or rejected
     (bad input, or a reply that could not be encoded)."""
-    if event.action == "retry":
-        return "retry"
-    if event.action == "dead-letter":
-        return "dead_letter"
-    if event.action == "requeue":
-        return "requeued"
-    if event.error is not None:
+    return outcome_label(event.action, event.error, event.outcome)
+
+
+def outcome_label(action: str, error: BaseException | None, outcome: str) -> str:
+    """``outcome_of`` from the parts the worker has at hand (no ``Handled`` needed)."""
+    label = _ACTION_LABELS.get(action)
+    if label is not None:
+        return label
+    if error is not None:
         return "error"
-    if event.outcome in ("ok", "expired"):
-        return event.outcome
+    if outcome == "ok" or outcome == "expired":
+        return outcome
     return "rejected"
+
+
+_ACTION_LABELS = {"retry": "retry", "dead-letter": "dead_letter", "requeue": "requeued"}
 
 
 class Histogram:
@@ -86,6 +92,17 @@ class RouteTally:
     def change(self, by: int) -> None:
         self.running += by
 
+    def record(self, seconds: float, outcome: str, error: BaseException | None) -> None:
+        """One message finished: ``outcome`` from ``outcome_label``, ``error`` what its handler raised."""
+        outcomes = self.outcomes
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        duration = self.duration
+        duration.counts[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        duration.total += seconds
+        if error is not None:
+            errors, name = self.errors, type(error).__name__
+            errors[name] = errors.get(name, 0) + 1
+
     @property
     def handled(self) -> int:
         """Messages finished here: every outcome but ``requeued`` (given back unstarted, or to run elsewhere)."""
@@ -106,14 +123,10 @@ class Tally:
         self.routes: dict[tuple[str, str], RouteTally] = {}
 
     def __call__(self, event: Handled) -> None:
+        """As an ordinary observer; the worker itself calls each route's ``RouteTally.record`` instead (no event
+        to build per message)."""
         route = self.routes.get((event.kind, event.name)) or self.route(event.kind, event.name)
-        outcome = outcome_of(event)
-        outcomes = route.outcomes
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        route.duration.observe(event.seconds)
-        if event.error is not None:
-            error = type(event.error).__name__
-            route.errors[error] = route.errors.get(error, 0) + 1
+        route.record(event.seconds, outcome_of(event), event.error)
 
     def in_flight(self, kind: str, name: str) -> Callable[[int], None]:
         """What the worker calls with +1 when a handler of the route starts and -1 when it ends."""

@@ -50,6 +50,7 @@ from .logs import MessageContext, current_message
 from .pipeline import HandlerContext, Pipeline, RouteTable
 from .retry import RetryPolicy
 from .routing import BroadcastRoute, TaskRoute
+from .stats import RouteTally, Tally, outcome_label
 from .threadpool import HandlerThreadPool
 from .tracing import tracing_for
 from .transports import Delivery, Subscription, Transport
@@ -98,7 +99,11 @@ class Worker:
     ) -> None:
         self.table = table
         self.observers = tuple(observers)
-        self._in_flight_observers = [observer for observer in self.observers
+        # A Tally (the worker's counts for discovery and metrics) is told directly, per route, with no event built
+        # (``_counters``); every other observer gets a ``Handled``.
+        self._tallies = tuple(observer for observer in self.observers if isinstance(observer, Tally))
+        self._event_observers = tuple(observer for observer in self.observers if not isinstance(observer, Tally))
+        self._in_flight_observers = [observer for observer in self._event_observers
                                      if callable(getattr(observer, "in_flight", None))]
         for observer in self.observers:
             watch = getattr(observer, "watch_transport", None)
@@ -270,7 +275,7 @@ class Worker:
         """RPCs and tasks: take a slot, ask the rules, run the handler if told to, carry out the outcome."""
         gate, kind, name = self._gates[slots], pipeline.route.kind, pipeline.route.name
         timed = self.debug or bool(self.observers)
-        in_flight = self._in_flight(kind, name)
+        in_flight, counters = self._in_flight(kind, name), self._counters(kind, name)
         tracing = self.tracing
         task = isinstance(rules, TaskRules)
         redeliveries, running = self._redeliveries, self._started
@@ -294,6 +299,8 @@ class Worker:
                 decision: Decision
                 error: Exception | None = None
                 if isinstance(step, Run):
+                    for counter in counters:
+                        counter.running += 1
                     if in_flight:
                         _tell(in_flight, 1)
                     if task:
@@ -307,6 +314,8 @@ class Worker:
                     else:
                         decision = rules.succeeded(delivery, step, result)
                     finally:
+                        for counter in counters:
+                            counter.running -= 1
                         if in_flight:
                             _tell(in_flight, -1)
                 else:
@@ -321,7 +330,7 @@ class Worker:
                 else:
                     done = await self._carry_out(delivery, decision, rules)
                 if timed:
-                    self._handled(kind, name, delivery, started, done, error)
+                    self._handled(kind, name, delivery, started, done, error, counters)
 
         return self._tracked(on_delivery if tracing is None else tracing.processing(kind, name, on_delivery), rules)
 
@@ -373,6 +382,7 @@ class Worker:
         gate = self._gates["broadcast"]
         timed = self.debug or bool(self.observers)
         in_flight_by_route = {id(route): self._in_flight("broadcast", route.name) for route in routes}
+        counters_by_route = {id(route): self._counters("broadcast", route.name) for route in routes}
         tracing = self.tracing
 
         async def on_broadcast(delivery: Delivery) -> None:
@@ -387,7 +397,9 @@ class Worker:
                                                        delivery.headers))
                     started = time.perf_counter() if timed else 0.0
                     error: Exception | None = None
-                    in_flight = in_flight_by_route[id(route)]
+                    in_flight, counters = in_flight_by_route[id(route)], counters_by_route[id(route)]
+                    for counter in counters:
+                        counter.running += 1
                     if in_flight:
                         _tell(in_flight, 1)
                     try:
@@ -399,11 +411,13 @@ class Worker:
                     else:
                         decision = rules.finished(delivery, route)
                     finally:
+                        for counter in counters:
+                            counter.running -= 1
                         if in_flight:
                             _tell(in_flight, -1)
                     await self._carry_out(delivery, decision, rules)
                     if timed:
-                        self._handled("broadcast", route.name, delivery, started, decision, error)
+                        self._handled("broadcast", route.name, delivery, started, decision, error, counters)
 
         if tracing is not None:
             exchange = self.transport.topology.message_exchange  # type: ignore[attr-defined]
@@ -473,18 +487,24 @@ class Worker:
         await self.transport.reply(delivery.reply_to, body, correlation_id=delivery.correlation_id)
 
     def _handled(
-        self, kind: str, name: str, delivery: Delivery, started: float, decision: Decision, error: Exception | None
+        self, kind: str, name: str, delivery: Delivery, started: float, decision: Decision, error: Exception | None,
+        counters: tuple[RouteTally, ...],
     ) -> None:
         seconds = time.perf_counter() - started
         if self.debug:
             log.info("%s %s %s %.1fms %s", kind, name, delivery.correlation_id or "-", seconds * 1000,
                      decision.outcome, extra={"outcome": decision.outcome})
-        if not self.observers:
+        action = _ACTIONS.get(type(decision), "")
+        if counters:
+            outcome = outcome_label(action, error, decision.outcome)
+            for counter in counters:
+                counter.record(seconds, outcome, error)
+        if not self._event_observers:
             return
         final = not isinstance(decision, (RetryLater, Requeue))
         event = Handled(kind, name, delivery.queue, delivery.correlation_id, decision.outcome, seconds, error, final,
-                        _ACTIONS.get(type(decision), ""))
-        for observer in self.observers:
+                        action)
+        for observer in self._event_observers:
             try:
                 observer(event)
             except Exception:
@@ -493,6 +513,10 @@ class Worker:
     def _in_flight(self, kind: str, name: str) -> tuple[InFlight, ...]:
         """What to tell when a handler of this route starts and ends: asked once per route, not per message."""
         return tuple(observer.in_flight(kind, name) for observer in self._in_flight_observers)  # type: ignore[attr-defined]
+
+    def _counters(self, kind: str, name: str) -> tuple[RouteTally, ...]:
+        """The route's counts in each Tally among the observers: asked once per route, not per message."""
+        return tuple(tally.route(kind, name) for tally in self._tallies)
 
     async def _invoke(self, pipeline: Pipeline, kind: str, delivery: Delivery, run: Run, pool: str) -> Any:
         comm = self.comm
