@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 
 from .errors import ConfigurationError
 from .retry import RETRY_OPTIONS
+from .schedules import Periodic
 
 __all__ = [
     "HANDLER_ARGUMENTS",
@@ -137,6 +138,12 @@ class TaskRoute(Route):
         """``add_task(..., default=False)``: never the default queue's owner, even as the app's only task."""
         return self.options.get("default") is False
 
+    @property
+    def periodic(self) -> Periodic | None:
+        """Its schedule, for a task registered with ``add_periodic``; None for an ordinary task."""
+        value = self.options.get("periodic")
+        return value if isinstance(value, Periodic) else None
+
 
 @dataclass(frozen=True)
 class BroadcastRoute(Route):
@@ -174,7 +181,7 @@ def make_filters(patterns: str | Iterable[str]) -> tuple[SubjectFilter, ...]:
 # The options each kind of route takes (add_rpc/add_task/add_broadcast's keyword arguments, add_route's options).
 ROUTE_OPTIONS: dict[str, frozenset[str]] = {
     "rpc": frozenset(),
-    "task": frozenset({"default", "queue_type", "consumer_timeout", *RETRY_OPTIONS}),
+    "task": frozenset({"default", "queue_type", "consumer_timeout", "periodic", *RETRY_OPTIONS}),
     "broadcast": frozenset(),  # its filters are add_broadcast's argument (add_route's "filters" option)
 }
 # What the worker passes each kind of handler, positionally; and each hook.

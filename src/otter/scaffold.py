@@ -9,12 +9,14 @@ that could not be called with the arguments it will get (``handler(comm, data)``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from .errors import ConfigurationError
 from .protocol import TASK_QUEUE_TYPES
 from .retry import validate_retry_options
 from .routing import HOOK_ARGUMENTS, check_handler, check_name, check_options
+from .schedules import Periodic
 
 __all__ = ["ErrorHandler", "Hook", "Scaffold"]
 
@@ -107,6 +109,35 @@ class Scaffold:
             return handler
 
         return decorator
+
+    def add_periodic(
+        self,
+        name: str,
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        missed: str | None = None,
+        **task_options: Any,
+    ) -> Callable[[F], F]:
+        """Run ``handler(comm, tick)`` on a schedule: ``every`` seconds (or a ``timedelta``), or at the times of the
+        ``cron`` expression in the time zone ``tz`` (default UTC). Once per tick across all replicas of the app.
+
+        Each tick is an ordinary task on the queue ``name`` (so ``add_task``'s retry and queue options apply, and
+        it runs on any replica); ``tick`` says which one: ``{"periodic", "id", "scheduled_at", "missed"}``.
+        ``missed`` (``"once"``, ``"all"`` or ``"skip"``; None: the app's ``PERIODIC_MISSED``) says what happens
+        to ticks that no replica was running to send (see docs/periodic.md).
+
+        >>> @app.add_periodic("reports.daily", cron="0 7 * * mon-fri", tz="Europe/Paris")
+        ... def daily_report(comm, tick): ...
+        """
+        _check_name(name, "periodic task")
+        periodic = Periodic.build(name, every, cron, tz, missed)
+        for taken in ("default", "periodic"):
+            if taken in task_options:
+                raise ConfigurationError(f"add_periodic({name!r}) takes no {taken}= option: its ticks go to its own "
+                                         f"queue, by name")
+        return self.add_task(name, default=False, periodic=periodic, **task_options)
 
     def add_broadcast(self, filters: str | Iterable[str], **options: Any) -> Callable[[F], F]:
         """Receive broadcasts whose subject matches a filter: ``handler(comm, body, sender, subject, correlation_id)``.
