@@ -131,8 +131,10 @@ class ScheduleHolder:
         orphans = [delivery for delivery in self._held if delivery.orphaned]
         for delivery in orphans:  # their channel closed: the broker has them back, for whoever is active now
             del self._held[delivery]
-        if orphans and not self._held:
-            self.holding = False
+        if orphans:
+            log.warning("periodic %s: the broker took back the schedule state this worker held (its channel closed: "
+                        "a lost connection, or a consumer_timeout); the replica active now goes on", self.name)
+            self.holding = bool(self._held)
         if self._held and not self.holding:
             self.holding = True
             log.info("periodic %s: this worker holds its schedule (%s) and sends its ticks", self.name,

@@ -1,0 +1,115 @@
+"""Periodic tasks on both transports: each tick runs once however many replicas serve the app, carries its scheduled
+time, and ticks missed while no replica ran follow the ``missed`` policy, from the state kept in the broker."""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+import otter
+from otter.protocol import schedule_queue_name
+from otter.testing import ServedApp
+
+from .conftest import TEST_SHUTDOWN_GRACE, Serve
+
+QueueName = Callable[[str], str]
+PERIOD = 0.2  # seconds
+
+
+@pytest.fixture
+def periodic_name(queue_name: QueueName, created_queues: list[str]) -> str:
+    """A periodic task name of this test; its schedule queue is deleted afterwards too."""
+    name = queue_name("tick")
+    created_queues.append(schedule_queue_name(name))
+    return name
+
+
+def _scheduled(tick: dict[str, Any]) -> float:
+    return datetime.fromisoformat(tick["scheduled_at"].replace("Z", "+00:00")).timestamp()
+
+
+def _collect(seen: queue.Queue[Any], count: int, timeout: float = 10.0) -> list[Any]:
+    return [seen.get(timeout=timeout) for _ in range(count)]
+
+
+def _ticking_app(
+    names: dict[str, Any], name: str, seen: queue.Queue[Any], replica: int = 0, **options: Any
+) -> otter.Otter:
+    app = otter.Otter(**names)
+
+    @app.add_periodic(name, every=PERIOD, **options)
+    def tick(comm: Any, body: Any) -> None:
+        seen.put((replica, body))
+
+    return app
+
+
+def test_each_tick_runs_once_across_three_replicas(
+    serve: Serve, names: dict[str, Any], periodic_name: str
+) -> None:
+    seen: queue.Queue[Any] = queue.Queue()
+    for replica in range(3):
+        serve(_ticking_app(names, periodic_name, seen, replica))
+
+    runs = _collect(seen, 8)
+    ticks = [body for _, body in runs]
+    assert Counter(tick["id"] for tick in ticks).most_common(1)[0][1] == 1, ticks
+    times = sorted(_scheduled(tick) for tick in ticks)
+    assert [round(later - earlier, 3) for earlier, later in itertools.pairwise(times)] == [PERIOD] * 7
+    first = ticks[0]
+    assert set(first) == {"periodic", "id", "scheduled_at", "missed"}
+    assert first["periodic"] == periodic_name and first["id"] == f"{periodic_name}@{first['scheduled_at']}"
+    assert first["missed"] == 0
+    assert round(_scheduled(first) / PERIOD, 6).is_integer(), "every= ticks at multiples of its period"
+
+
+@pytest.mark.parametrize("missed", ["once", "all", "skip"])
+def test_ticks_missed_while_no_replica_ran_follow_the_policy(
+    broker_url: str, names: dict[str, Any], periodic_name: str, missed: str
+) -> None:
+    seen: queue.Queue[Any] = queue.Queue()
+    config = {**names, "SHUTDOWN_GRACE": TEST_SHUTDOWN_GRACE, "PERIODIC_GRACE": 0.1}
+    with ServedApp(_ticking_app(names, periodic_name, seen, missed=missed), broker_url, **config):
+        before = [body for _, body in _collect(seen, 2)]
+    stopped = time.time()
+    time.sleep(8 * PERIOD)  # the outage itself: no replica runs while these ticks fall due
+    with ServedApp(_ticking_app(names, periodic_name, seen, missed=missed), broker_url, **config):
+        restarted = time.time()
+        after = [body for _, body in _collect(seen, 3)]
+    late = [tick for tick in after if _scheduled(tick) < restarted - 0.1]
+    first_new = _scheduled(after[0])
+    last_before = max(_scheduled(tick) for tick in before)
+    gap = round((restarted - 0.1 - last_before) / PERIOD)  # ticks due while nobody ran (about)
+    assert gap >= 6
+    if missed == "all":  # each missed tick, oldest first, then on
+        times = [_scheduled(tick) for tick in after]
+        assert times == [round(last_before + PERIOD * n, 3) for n in (1, 2, 3)]
+        assert all(tick["missed"] == 0 for tick in after)
+    elif missed == "once":  # one tick stands for all of them
+        assert after[0]["missed"] >= gap - 2, after[0]
+        assert len(late) <= 1 and all(tick["missed"] == 0 for tick in after[1:])
+        assert first_new > stopped + 6 * PERIOD
+    else:  # skip: none of them runs
+        assert not late and all(tick["missed"] == 0 for tick in after)
+        assert first_new >= restarted - 0.1
+
+
+def test_a_periodic_task_leaves_the_default_queue_to_the_apps_only_task(
+    serve: Serve, names: dict[str, Any], queue_name: QueueName, periodic_name: str
+) -> None:
+    ticks: queue.Queue[Any] = queue.Queue()
+    tasks: queue.Queue[Any] = queue.Queue()
+    app = _ticking_app(names, periodic_name, ticks)
+    app.add_task(queue_name("only"))(lambda comm, body: tasks.put(body))
+    client = serve(app)
+
+    client.task(5)  # the seed's nameless form still reaches the app's one ordinary task
+    assert tasks.get(timeout=5) == 5
+    assert ticks.get(timeout=5)[1]["periodic"] == periodic_name
