@@ -4,6 +4,7 @@ time, and ticks missed while no replica ran follow the ``missed`` policy, from t
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import time
 from collections import Counter
@@ -14,8 +15,10 @@ from typing import Any
 import pytest
 
 import otter
+from helpers_process import wait_until
 from otter.protocol import schedule_queue_name
 from otter.testing import ServedApp
+from rawbroker import RawBroker
 
 from .conftest import TEST_SHUTDOWN_GRACE, Serve
 
@@ -67,7 +70,7 @@ def test_each_tick_runs_once_across_three_replicas(
     assert set(first) == {"periodic", "id", "scheduled_at", "missed"}
     assert first["periodic"] == periodic_name and first["id"] == f"{periodic_name}@{first['scheduled_at']}"
     assert first["missed"] == 0
-    assert round(_scheduled(first) / PERIOD, 6).is_integer(), "every= ticks at multiples of its period"
+    assert round(_scheduled(first) * 1000) % round(PERIOD * 1000) == 0, "every= ticks at multiples of its period"
 
 
 @pytest.mark.parametrize("missed", ["once", "all", "skip"])
@@ -113,3 +116,40 @@ def test_a_periodic_task_leaves_the_default_queue_to_the_apps_only_task(
     client.task(5)  # the seed's nameless form still reaches the app's one ordinary task
     assert tasks.get(timeout=5) == 5
     assert ticks.get(timeout=5)[1]["periodic"] == periodic_name
+
+
+def test_a_stopping_holder_hands_the_schedule_over_at_once(
+    broker_url: str, names: dict[str, Any], periodic_name: str
+) -> None:
+    """The first replica to consume holds the lease; when it stops, it gives the state back and the other one goes
+    on from it: no tick lost, none run twice."""
+    seen: queue.Queue[Any] = queue.Queue()
+    config = {**names, "SHUTDOWN_GRACE": TEST_SHUTDOWN_GRACE}
+    holder = ServedApp(_ticking_app(names, periodic_name, seen, 0), broker_url, **config).start()
+    try:
+        with ServedApp(_ticking_app(names, periodic_name, seen, 1), broker_url, **config):
+            runs = _collect(seen, 3)
+            holder.stop()
+            stopped = time.time()
+            runs += _collect(seen, 4)
+    finally:
+        holder.stop()
+    ticks = [body for _, body in runs]
+    times = sorted(_scheduled(tick) for tick in ticks)
+    assert [round(later - earlier, 3) for earlier, later in itertools.pairwise(times)] == [PERIOD] * 6
+    assert sum(_scheduled(tick) > stopped for tick in ticks) >= 3
+
+
+def test_an_unreadable_message_in_the_schedule_queue_is_dropped_and_ticks_go_on(
+    serve: Serve, names: dict[str, Any], periodic_name: str, probe: RawBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: queue.Queue[Any] = queue.Queue()
+    serve(_ticking_app(names, periodic_name, seen))
+    first = _collect(seen, 1)
+    caplog.set_level(logging.WARNING, logger="otter.periodic")
+    probe.put(schedule_queue_name(periodic_name), b"\xff not a state", content_type="application/json")
+    wait_until(lambda: "unreadable message" in caplog.text, 10, "the holder to drop the message")
+    ticks = [body for _, body in first + _collect(seen, 3)]
+    times = [_scheduled(tick) for tick in ticks]
+    assert [round(later - earlier, 3) for earlier, later in itertools.pairwise(times)] == [PERIOD] * 3
+    assert probe.depth(schedule_queue_name(periodic_name)) == 0, "the held state is the only one left"

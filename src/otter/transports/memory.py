@@ -276,8 +276,8 @@ class MemoryBroker:
             self._pump(queue)
 
     def _pump(self, queue: _Queue) -> None:
-        while queue.messages and queue.consumers:
-            candidates = queue.consumers[:1] if queue.single_active else queue.consumers
+        candidates = queue.consumers[:1] if queue.single_active else queue.consumers  # the lock holds them still
+        while queue.messages and candidates:
             ready = [c for c in candidates if c.active and c.unacked < c.prefetch]
             if not ready:
                 return
