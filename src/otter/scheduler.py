@@ -35,6 +35,13 @@ __all__ = ["ScheduleHolder"]
 log = logging.getLogger("otter.periodic")
 
 RETRY_PAUSE = 1.0  # seconds before trying again a step that failed (the broker was unreachable)
+# A replica that has received nothing from the schedule queue for this long sends a seed (a state with no record), in
+# case the state is gone (the queue deleted or purged under the running workers): the holder merges seeds away, and
+# if the state really is gone, the schedule starts anew instead of stopping for good.
+RESEED_INTERVAL = 60.0
+# A holder with nothing but seeds waits this long for a real state before it starts the schedule anew: a seed can
+# arrive just before the state the holder itself re-sent.
+SEED_SETTLE = 1.0
 
 
 class ScheduleHolder:
@@ -94,12 +101,18 @@ class ScheduleHolder:
     # -- the holder's loop --------------------------------------------------------------------------------------
     async def _run(self) -> None:
         while not self._stopping:
-            await self._wait(None)
+            if not await self._wait(RESEED_INTERVAL) and not self._stopping and not self._held:
+                with contextlib.suppress(Exception):  # the broker is away: the next interval tries again
+                    await self.transport.publish_schedule(self.queue, self._state(None))
             while not self._stopping and self._holds():
                 now = time.time()
                 last = self._last()
+                held_since = min(self._held.values())
+                if last is None and time.monotonic() < held_since + SEED_SETTLE:
+                    await self._wait(held_since + SEED_SETTLE - time.monotonic())
+                    continue
                 step = plan(self.schedule, self.missed, self.grace, last=last, now=now)
-                hold_until = min(self._held.values()) + protocol.SCHEDULE_HOLD
+                hold_until = held_since + protocol.SCHEDULE_HOLD
                 if step.ticks or step.last != last or len(self._held) > 1 or time.monotonic() >= hold_until:
                     try:
                         await self._advance(step)
@@ -157,11 +170,14 @@ class ScheduleHolder:
     def _state(self, last: float | None) -> bytes:
         return self.codec.encode(protocol.schedule_state(self.name, last), what="schedule state")
 
-    async def _wait(self, timeout: float | None) -> None:
-        """Until something arrives or stop() is called, or ``timeout`` seconds pass."""
-        with contextlib.suppress(asyncio.TimeoutError):
+    async def _wait(self, timeout: float | None) -> bool:
+        """Until something arrives or stop() is called (True), or ``timeout`` seconds pass (False)."""
+        try:
             await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
         self._changed.clear()
+        return True
 
 
 _MISSED_MEANS = {
