@@ -24,6 +24,7 @@ from .errors import ConfigurationError
 from .logs import configure_logging
 from .pipeline import Pipeline, RouteTable
 from .routing import (
+    DERIVED_OPTIONS,
     HANDLER_ARGUMENTS,
     BroadcastRoute,
     Route,
@@ -77,7 +78,7 @@ class Otter(Scaffold):
         options = dict(options or {})
         if kind not in HANDLER_ARGUMENTS:
             raise ConfigurationError(f"kind must be one of {', '.join(HANDLER_ARGUMENTS)}, got {kind!r}")
-        check_options(kind, name, {key: value for key, value in options.items() if key != "filters"})
+        check_options(kind, name, {key: value for key, value in options.items() if key not in DERIVED_OPTIONS})
         check_handler(f"{kind} handler", handler, HANDLER_ARGUMENTS[kind], f" for {name!r}")
         if options.get("periodic") is not None and not isinstance(options["periodic"], Periodic):
             raise ConfigurationError(f"task {name!r}: the periodic option must come from add_periodic")

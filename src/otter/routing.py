@@ -22,6 +22,7 @@ from .retry import RETRY_OPTIONS
 from .schedules import Periodic
 
 __all__ = [
+    "DERIVED_OPTIONS",
     "HANDLER_ARGUMENTS",
     "HOOK_ARGUMENTS",
     "ROUTE_OPTIONS",
@@ -179,9 +180,12 @@ def make_filters(patterns: str | Iterable[str]) -> tuple[SubjectFilter, ...]:
 
 
 # The options each kind of route takes (add_rpc/add_task/add_broadcast's keyword arguments, add_route's options).
+# add_route also takes the ones the decorators derive from their own arguments (DERIVED_OPTIONS): a broadcast's
+# "filters", a periodic task's "periodic" (its schedule).
+DERIVED_OPTIONS = frozenset({"filters", "periodic"})
 ROUTE_OPTIONS: dict[str, frozenset[str]] = {
     "rpc": frozenset(),
-    "task": frozenset({"default", "queue_type", "consumer_timeout", "periodic", *RETRY_OPTIONS}),
+    "task": frozenset({"default", "queue_type", "consumer_timeout", *RETRY_OPTIONS}),
     "broadcast": frozenset(),  # its filters are add_broadcast's argument (add_route's "filters" option)
 }
 # What the worker passes each kind of handler, positionally; and each hook.
