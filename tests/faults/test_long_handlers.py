@@ -14,6 +14,7 @@ import pytest
 from helpers_process import wait_until
 from otter import Otter, protocol
 from otter.testing import ServedApp, unique_names
+from rawbroker import RawBroker
 
 from .long_handlers import TIMEOUT, run_scenario
 from .rabbitmq_node import PrivateRabbitMQ, require_rabbitmq_server
@@ -64,4 +65,5 @@ def test_a_schedule_holder_never_holds_its_state_past_the_consumer_timeout(
             deadline = time.monotonic() + TIMEOUT * 3
             wait_until(lambda: time.monotonic() > deadline or "took back" in caplog.text, TIMEOUT * 4, "the deadline")
             assert "took back the schedule state" not in caplog.text
-            assert timeout_node.queue_depth(protocol.schedule_queue_name(name)) == (0, 1), "one state, held"
+            with RawBroker.open(timeout_node.url, names) as raw:  # one state, held (so none ready) by one consumer
+                assert (raw.depth(protocol.schedule_queue_name(name)), raw.consumers(name + ".schedule")) == (0, 1)
