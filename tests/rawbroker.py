@@ -93,6 +93,10 @@ class RawBroker(abc.ABC):
     def broadcast(self, body: bytes, *, hostile: bool = False, **properties: Any) -> None:
         """Send a raw broadcast to every broadcast subscriber."""
 
+    @abc.abstractmethod
+    def put(self, queue: str, body: bytes, **properties: Any) -> None:
+        """Put raw bytes straight on the existing ``queue`` (through the default exchange on RabbitMQ)."""
+
     def reply(self, correlation_id: str, timeout: float = 10.0) -> bytes:
         """The reply to a raw RPC; fails after ``timeout`` seconds."""
         with self._reply_arrived:
@@ -196,6 +200,9 @@ class MemoryRawBroker(RawBroker):
         self._refuse_hostile(hostile)
         self.broker.publish_raw(None, body, **properties)
 
+    def put(self, queue: str, body: bytes, **properties: Any) -> None:
+        self.broker.publish_raw(queue, body, **properties)
+
     def dead_letters(self, count: int = 1, timeout: float = 5.0) -> list[RawMessage]:
         deadline = time.monotonic() + timeout
         found: list[RawMessage] = []
@@ -264,6 +271,9 @@ class AmqpRawBroker(RawBroker):
 
     def broadcast(self, body: bytes, *, hostile: bool = False, **properties: Any) -> None:
         self._send(self.names["MESSAGE_EXCHANGE"], protocol.BROADCAST_ROUTING_KEY, body, hostile, properties)
+
+    def put(self, queue: str, body: bytes, **properties: Any) -> None:
+        self._send("", queue, body, False, properties)
 
     def _send(self, exchange: str, routing_key: str, body: bytes, hostile: bool, properties: dict[str, Any]) -> None:
         if hostile:

@@ -12,11 +12,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 import pytest
@@ -294,6 +297,26 @@ def test_routes_json_lists_handler_blueprint_schema_and_default_queue() -> None:
     table = otter("routes", ROUTES_APP)
     assert "LoginSchema: email*, password*, remember" in table.stdout
     assert "* required field" in table.stdout
+
+
+def test_routes_lists_periodic_tasks_with_their_schedule_and_next_run() -> None:
+    before = time.time()
+    result = otter("routes", ROUTES_APP, "--json", env={"OTTER_PERIODIC_MISSED": "skip"})
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    flush, purge = rows["stats.flush"], rows["accounts.purge"]
+    assert flush["kind"] == "task" and flush["default_queue"] is False  # mail.send keeps the default queue
+    assert (flush["periodic"]["schedule"], flush["periodic"]["missed"]) == ("every 300s", "all")
+    assert (purge["periodic"]["schedule"], purge["periodic"]["missed"]) == ("cron 30 3 * * mon-fri (Europe/Paris)",
+                                                                            "skip")  # OTTER_PERIODIC_MISSED
+    next_flush = datetime.fromisoformat(flush["periodic"]["next_run"].replace("Z", "+00:00")).timestamp()
+    assert next_flush % 300 == 0 and before < next_flush <= time.time() + 300
+    next_purge = datetime.fromisoformat(purge["periodic"]["next_run"].replace("Z", "+00:00"))
+    paris = next_purge.astimezone(ZoneInfo("Europe/Paris"))
+    assert (paris.hour, paris.minute) == (3, 30) and paris.weekday() < 5
+    assert rows["mail.send"]["periodic"] is None
+    table = otter("routes", ROUTES_APP).stdout
+    assert "periodic" in table and "every 300s, missed=all" in table
 
 
 def test_config_precedence_is_option_then_env_then_app_config_then_default() -> None:

@@ -24,6 +24,7 @@ from .errors import ConfigurationError
 from .logs import configure_logging
 from .pipeline import Pipeline, RouteTable
 from .routing import (
+    DERIVED_OPTIONS,
     HANDLER_ARGUMENTS,
     BroadcastRoute,
     Route,
@@ -34,6 +35,7 @@ from .routing import (
     make_filters,
 )
 from .scaffold import Scaffold
+from .schedules import Periodic
 from .transports import open_transport
 from .worker import Observer, Worker
 
@@ -76,8 +78,10 @@ class Otter(Scaffold):
         options = dict(options or {})
         if kind not in HANDLER_ARGUMENTS:
             raise ConfigurationError(f"kind must be one of {', '.join(HANDLER_ARGUMENTS)}, got {kind!r}")
-        check_options(kind, name, {key: value for key, value in options.items() if key != "filters"})
+        check_options(kind, name, {key: value for key, value in options.items() if key not in DERIVED_OPTIONS})
         check_handler(f"{kind} handler", handler, HANDLER_ARGUMENTS[kind], f" for {name!r}")
+        if options.get("periodic") is not None and not isinstance(options["periodic"], Periodic):
+            raise ConfigurationError(f"task {name!r}: the periodic option must come from add_periodic")
         route: Route
         if kind == "rpc":
             route = RpcRoute(name, handler, blueprint, options)
@@ -140,7 +144,8 @@ class Otter(Scaffold):
         if len(defaults) > 1:
             names = ", ".join(route.name for route in defaults)
             raise ConfigurationError(f"only one task handler may be the default, got: {names}")
-        only = tasks[0] if len(tasks) == 1 and not tasks[0].opts_out_of_default else None
+        sent_by_name = [route for route in tasks if route.periodic is None]  # ticks never come nameless
+        only = sent_by_name[0] if len(sent_by_name) == 1 and not sent_by_name[0].opts_out_of_default else None
         owner = defaults[0] if defaults else only
         if owner is not None:
             queues[default_queue or self.config["DEFAULT_TASK_QUEUE"]] = owner

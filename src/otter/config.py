@@ -39,6 +39,7 @@ from .codec import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import ConfigurationError
 from .protocol import RPC_QUEUE_TYPES, TASK_QUEUE_TYPES
 from .protocol import KiwipyDefaults as kiwipy_defaults
+from .schedules import MISSED_POLICIES
 
 __all__ = ["DEFAULTS", "RULES", "Config", "ResolvedConfig", "Rule", "redact_url", "redacted", "resolve"]
 
@@ -106,6 +107,11 @@ DEFAULTS: dict[str, Any] = {
     # Deliveries of one task a quorum queue makes before it dead-letters it ("delivery-limit"): the guard against
     # a task that kills its worker process every time. RabbitMQ 4's own default.
     "TASK_DELIVERY_LIMIT": 20,
+    # Periodic tasks (app.add_periodic, docs/periodic.md): what happens to ticks found more than PERIODIC_GRACE
+    # seconds after their time (no replica was running to send them): "once" sends one tick for all of them, "all"
+    # each of them, "skip" none. A periodic task's own missed= wins.
+    "PERIODIC_MISSED": "once",
+    "PERIODIC_GRACE": 10.0,
     # Read by the otter command line (otter run), see docs/cli.md.
     "WORKERS": 1,  # worker processes; more than one runs them under a supervisor that restarts any that dies
     "RELOAD": False,  # restart the worker when a .py file changes (development only)
@@ -299,6 +305,8 @@ RULES: dict[str, Rule] = {
     "RPC_QUEUE_TYPE": Rule(" or ".join(RPC_QUEUE_TYPES), _choice(*RPC_QUEUE_TYPES)),
     "TASK_MESSAGE_TTL": Rule("a number of seconds, at least 0.001; 0 or None: never", _ttl, True),
     "TASK_DELIVERY_LIMIT": _whole(1),
+    "PERIODIC_MISSED": Rule(" or ".join(MISSED_POLICIES), _choice(*MISSED_POLICIES)),
+    "PERIODIC_GRACE": _seconds(0, inclusive=True),
     "WORKERS": _whole(1),
     "RELOAD": _FLAG,
     "LOG_LEVEL": Rule(f"one of {', '.join(LOG_LEVELS)}", _log_level),

@@ -41,6 +41,8 @@ __all__ = [
     "RPC_PREFIX",
     "RPC_QUEUE_ARGUMENTS",
     "RPC_QUEUE_TYPES",
+    "SCHEDULE_HOLD",
+    "SCHEDULE_QUEUE_ARGUMENTS",
     "TASK_HEADER",
     "TASK_QUEUE_ARGUMENTS",
     "TASK_QUEUE_TYPES",
@@ -55,6 +57,7 @@ __all__ = [
     "raise_for_reply",
     "read_attempts",
     "read_broadcast",
+    "read_schedule_state",
     "read_task",
     "reply_queue_name",
     "result_reply",
@@ -62,7 +65,10 @@ __all__ = [
     "retry_queue_name",
     "rpc_queue_arguments",
     "rpc_routing_key",
+    "schedule_queue_name",
+    "schedule_state",
     "task_queue_arguments",
+    "tick_body",
 ]
 
 
@@ -147,6 +153,44 @@ def rpc_queue_arguments(queue_type: str) -> tuple[bool, dict[str, Any]]:
 # ones with a consumer timeout there); 3.10 to 4.2 ignore it (3.12-4.2 take x-consumer-timeout only as a queue
 # argument or a consumer-timeout policy; measured on 3.10.8 and 4.0.5, see docs/protocol.md).
 CONSUMER_TIMEOUT_ARGUMENT = "x-consumer-timeout"
+
+
+# A periodic task's schedule queue (docs/protocol.md, "Schedule queues"): every replica consumes it, the broker lets one
+# consumer at a time receive (the lease), and it holds one message, the schedule's state (the last tick sent). Durable
+# and classic: legal on RabbitMQ 4.x, and single-active-consumer works on 3.8+.
+SCHEDULE_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-single-active-consumer": True}
+# Seconds the replica holding a schedule keeps its state message unacked at most before it sends the state again and
+# acks the old one: far below RabbitMQ's consumer_timeout (30 min by default), which would close the channel.
+SCHEDULE_HOLD: Final = 30.0
+
+
+def schedule_queue_name(name: str) -> str:
+    """The schedule (lease) queue of the periodic task ``name``, whose ticks go to the task queue ``name``."""
+    return f"{name}.schedule"
+
+
+def schedule_state(name: str, last: float | None) -> dict[str, Any]:
+    """The body of a schedule queue's state message: the last tick sent, in milliseconds since the epoch (None: no
+    record yet)."""
+    return {"periodic": name, "last": None if last is None else round(last * 1000)}
+
+
+def read_schedule_state(payload: Any) -> float | None:
+    """The last tick time (seconds since the epoch) a state message records; ``MessageError`` if it is no state."""
+    if not isinstance(payload, Mapping) or "last" not in payload:
+        raise MessageError(f"a schedule state must be a mapping with 'last', got {_preview(payload)}")
+    last = payload["last"]
+    if last is None:
+        return None
+    if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+        raise MessageError(f"a schedule state's 'last' must be milliseconds since the epoch, got {_preview(last)}")
+    return last / 1000
+
+
+def tick_body(name: str, tick_id: str, scheduled_at: str, missed: int) -> dict[str, Any]:
+    """What a periodic task's handler receives as ``body``: which tick this is (``id``: the same whichever replica
+    sent it), its scheduled time (ISO 8601, UTC), and how many missed ticks it stands for (``missed="once"``)."""
+    return {"periodic": name, "id": tick_id, "scheduled_at": scheduled_at, "missed": missed}
 
 
 def consumer_arguments(consumer_timeout: float | None) -> dict[str, Any]:

@@ -19,8 +19,10 @@ from typing import Any, ClassVar, Literal
 
 from .errors import ConfigurationError
 from .retry import RETRY_OPTIONS
+from .schedules import Periodic
 
 __all__ = [
+    "DERIVED_OPTIONS",
     "HANDLER_ARGUMENTS",
     "HOOK_ARGUMENTS",
     "ROUTE_OPTIONS",
@@ -137,6 +139,12 @@ class TaskRoute(Route):
         """``add_task(..., default=False)``: never the default queue's owner, even as the app's only task."""
         return self.options.get("default") is False
 
+    @property
+    def periodic(self) -> Periodic | None:
+        """Its schedule, for a task registered with ``add_periodic``; None for an ordinary task."""
+        value = self.options.get("periodic")
+        return value if isinstance(value, Periodic) else None
+
 
 @dataclass(frozen=True)
 class BroadcastRoute(Route):
@@ -172,6 +180,9 @@ def make_filters(patterns: str | Iterable[str]) -> tuple[SubjectFilter, ...]:
 
 
 # The options each kind of route takes (add_rpc/add_task/add_broadcast's keyword arguments, add_route's options).
+# add_route also takes the ones the decorators derive from their own arguments (DERIVED_OPTIONS): a broadcast's
+# "filters", a periodic task's "periodic" (its schedule).
+DERIVED_OPTIONS = frozenset({"filters", "periodic"})
 ROUTE_OPTIONS: dict[str, frozenset[str]] = {
     "rpc": frozenset(),
     "task": frozenset({"default", "queue_type", "consumer_timeout", *RETRY_OPTIONS}),

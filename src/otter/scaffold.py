@@ -9,12 +9,14 @@ that could not be called with the arguments it will get (``handler(comm, data)``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from .errors import ConfigurationError
 from .protocol import TASK_QUEUE_TYPES
 from .retry import validate_retry_options
 from .routing import HOOK_ARGUMENTS, check_handler, check_name, check_options
+from .schedules import Periodic
 
 __all__ = ["ErrorHandler", "Hook", "Scaffold"]
 
@@ -85,25 +87,47 @@ class Scaffold:
             raise ConfigurationError("use @app.add_task('queue.name'), with parentheses and a name")
         if name is not None:
             _check_name(name, "task")
-        check_options("task", name or "", options)
-        retry = {"max_retries": max_retries, "retry_on": retry_on, "backoff": backoff, "backoff_max": backoff_max,
-                 "jitter": jitter}
-        validate_retry_options(retry)
-        if queue_type is not None:
-            if queue_type not in TASK_QUEUE_TYPES:
-                raise ConfigurationError(f"add_task({name!r}) got queue_type={queue_type!r}; it must be one of "
-                                         f"{', '.join(repr(t) for t in TASK_QUEUE_TYPES)}, or None for TASK_QUEUE_TYPE")
-            options["queue_type"] = queue_type
-        options.update({option: value for option, value in retry.items() if value is not None})
-        if consumer_timeout is not None:
-            if isinstance(consumer_timeout, bool) or not isinstance(consumer_timeout, int | float) \
-                    or not 0 < consumer_timeout < float("inf"):
-                raise ConfigurationError(f"add_task({name!r}): consumer_timeout must be a number of seconds, more "
-                                         f"than 0, got {consumer_timeout!r}")
-            options["consumer_timeout"] = float(consumer_timeout)
+        options = _task_options(name, max_retries=max_retries, retry_on=retry_on, backoff=backoff,
+                                backoff_max=backoff_max, jitter=jitter, queue_type=queue_type,
+                                consumer_timeout=consumer_timeout, **options)
 
         def decorator(handler: F) -> F:
             self._register("task", name or handler.__name__, handler, {**options, "default": default})
+            return handler
+
+        return decorator
+
+
+    def add_periodic(
+        self,
+        name: str,
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        missed: str | None = None,
+        **task_options: Any,
+    ) -> Callable[[F], F]:
+        """Run ``handler(comm, tick)`` on a schedule: ``every`` seconds (or a ``timedelta``), or at the times of the
+        ``cron`` expression in the time zone ``tz`` (default UTC). Once per tick across all replicas of the app.
+
+        Each tick is an ordinary task on the queue ``name`` (so ``add_task``'s retry and queue options apply, and
+        it runs on any replica); ``tick`` says which one: ``{"periodic", "id", "scheduled_at", "missed"}``.
+        ``missed`` (``"once"``, ``"all"`` or ``"skip"``; None: the app's ``PERIODIC_MISSED``) says what happens
+        to ticks that no replica was running to send (see docs/periodic.md).
+
+        >>> @app.add_periodic("reports.daily", cron="0 7 * * mon-fri", tz="Europe/Paris")
+        ... def daily_report(comm, tick): ...
+        """
+        _check_name(name, "periodic task")
+        periodic = Periodic.build(name, every, cron, tz, missed)
+        if "default" in task_options:
+            raise ConfigurationError(f"add_periodic({name!r}) takes no default= option: its ticks go to its own "
+                                     f"queue, by name")
+        options = {**_task_options(name, **task_options), "periodic": periodic, "default": False}
+
+        def decorator(handler: F) -> F:
+            self._register("task", name, handler, options)
             return handler
 
         return decorator
@@ -165,3 +189,35 @@ class Scaffold:
 
 def _check_name(name: Any, what: str) -> None:
     check_name(name, what)
+
+
+def _task_options(
+    name: str | None,
+    *,
+    max_retries: int | None = None,
+    retry_on: type[BaseException] | Iterable[type[BaseException]] | None = None,
+    backoff: float | None = None,
+    backoff_max: float | None = None,
+    jitter: bool | None = None,
+    queue_type: str | None = None,
+    consumer_timeout: float | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """A task's options (``add_task``'s and ``add_periodic``'s), checked: the route's options dict."""
+    check_options("task", name or "", options)
+    retry = {"max_retries": max_retries, "retry_on": retry_on, "backoff": backoff, "backoff_max": backoff_max,
+             "jitter": jitter}
+    validate_retry_options(retry)
+    if queue_type is not None:
+        if queue_type not in TASK_QUEUE_TYPES:
+            raise ConfigurationError(f"add_task({name!r}) got queue_type={queue_type!r}; it must be one of "
+                                     f"{', '.join(repr(t) for t in TASK_QUEUE_TYPES)}, or None for TASK_QUEUE_TYPE")
+        options["queue_type"] = queue_type
+    options.update({option: value for option, value in retry.items() if value is not None})
+    if consumer_timeout is not None:
+        if isinstance(consumer_timeout, bool) or not isinstance(consumer_timeout, int | float) \
+                or not 0 < consumer_timeout < float("inf"):
+            raise ConfigurationError(f"add_task({name!r}): consumer_timeout must be a number of seconds, more "
+                                     f"than 0, got {consumer_timeout!r}")
+        options["consumer_timeout"] = float(consumer_timeout)
+    return options

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .codec import JsonCodec
 from .comm import Communicator
@@ -55,6 +55,9 @@ from .threadpool import HandlerThreadPool
 from .tracing import tracing_for
 from .transports import Delivery, Subscription, Transport
 from .transports.base import AckTimeout, QueueInUse
+
+if TYPE_CHECKING:
+    from .scheduler import ScheduleHolder
 
 __all__ = ["Handled", "Observer", "Worker"]
 
@@ -122,6 +125,7 @@ class Worker:
         self._pools: dict[str, HandlerThreadPool] = {}
         self._gates: dict[str, _Gate] = {}
         self._subscriptions: list[Subscription] = []
+        self._schedules: list[ScheduleHolder] = []  # one per periodic task
         self._running: dict[asyncio.Task[Any], tuple[Delivery, Rules]] = {}
         self._idle: asyncio.Event | None = None
         self._connected = False
@@ -177,8 +181,23 @@ class Worker:
         if table.broadcasts:
             self._subscriptions.append(await self.transport.consume_broadcasts(
                 self._broadcast_consumer(table.broadcasts), prefetch=self.prefetch))
+        await self._join_schedules()
         self.state = "serving"
         log.info("serving %d handlers on %s", len(table), self.transport.url)
+
+    async def _join_schedules(self) -> None:
+        """Periodic tasks: take part in each one's lease (``otter.scheduler``); apps without any import nothing."""
+        periodic = [(queue, pipeline.route.periodic) for queue, pipeline in self.table.tasks.items()
+                    if isinstance(pipeline.route, TaskRoute) and pipeline.route.periodic is not None]
+        if not periodic:
+            return
+        from .scheduler import ScheduleHolder
+
+        assert self.comm is not None
+        for queue, schedule in periodic:
+            holder = ScheduleHolder(queue, schedule, self.transport, self.comm, self.codec, self.config)
+            await holder.start()
+            self._schedules.append(holder)
 
     async def _consume_default_queue(self, queue: str, pipeline: Pipeline) -> None:
         """Nameless tasks reach one well-defined consumer: the app's only task handler holds the default queue for
@@ -236,6 +255,9 @@ class Worker:
         rather than starting during the grace period.
         """
         self.state = "stopping"
+        for holder in self._schedules:  # first, so that another replica takes the schedules over at once
+            await holder.stop(self.grace)
+        self._schedules.clear()
         for gate in self._gates.values():
             gate.close()
         for subscription in self._subscriptions:

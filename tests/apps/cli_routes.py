@@ -1,8 +1,10 @@
 """An app for ``otter routes`` (tests/test_cli.py): a blueprint with a prefix, a schema class, a dict schema, a
-default task, an async handler and broadcast filters. Its config also feeds ``otter config``'s precedence test."""
+default task, an async handler, periodic tasks and broadcast filters. Its config also feeds ``otter config``'s
+precedence test."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from marshmallow import Schema, fields
@@ -31,6 +33,11 @@ async def cleanup(comm: Any, body: Any) -> None:
     return None
 
 
+@accounts.add_periodic("purge", cron="30 3 * * mon-fri", tz="Europe/Paris")
+def purge(comm: Any, tick: Any) -> None:
+    return None
+
+
 def create_app() -> Otter:
     app = Otter("routes-demo")
     app.config.from_mapping(CONCURRENCY=3, SHUTDOWN_GRACE=7.5, BROKER_URL="amqp://svc:hunter2@broker.invalid/")
@@ -42,6 +49,10 @@ def create_app() -> Otter:
 
     @app.add_task("mail.send", default=True)
     def send_mail(comm: Any, body: Any) -> None:
+        return None
+
+    @app.add_periodic("stats.flush", every=timedelta(minutes=5), missed="all")
+    def flush_stats(comm: Any, tick: Any) -> None:
         return None
 
     @app.add_broadcast(["orders.*", "audit.#"])

@@ -18,6 +18,7 @@ from ..config import DEFAULTS
 from ..errors import BrokerUnavailable, ConfigurationError
 
 __all__ = [
+    "SCHEDULE_PREFETCH",
     "AckTimeout",
     "Delivery",
     "OnAckTimeout",
@@ -131,6 +132,9 @@ class Snapshot(Delivery):
 
 
 OnDelivery = Callable[[Delivery], Awaitable[None]]
+# A schedule queue's consumer prefetch: its state message, and the few duplicates that replicas starting at once (or a
+# crash between a send and an ack) may add, which the holder merges.
+SCHEDULE_PREFETCH = 10
 # How a send begun with ``Transport.start_task``/``start_broadcast`` ended: ``(result, None)`` or ``(None, error)``.
 OnSent = Callable[[Any, "BaseException | None"], None]
 
@@ -291,6 +295,18 @@ class Transport(abc.ABC):
     ) -> list[Delivery]:
         """Send one control request to every listener, and return the replies that came within ``timeout``
         seconds (or as soon as ``expected`` came). The request expires with the survey."""
+
+    # -- schedules (periodic tasks) -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def consume_schedule(self, queue: str, on_delivery: OnDelivery) -> tuple[Subscription, bool]:
+        """Declare the durable schedule ``queue`` with a single active consumer (``protocol.SCHEDULE_QUEUE_ARGUMENTS``)
+        and consume it: of all its consumers, the broker delivers to one, the next taking over when it goes (the
+        lease). Also returns whether the queue was vacant as this side declared it (no message, no consumer), when
+        the schedule's state must be made anew."""
+
+    @abc.abstractmethod
+    async def publish_schedule(self, queue: str, body: bytes) -> None:
+        """Put a persistent state message on the schedule ``queue``; return once the broker has it (confirmed)."""
 
 
 _BEGUN: set[asyncio.Task[Any]] = set()  # the loop keeps only weak references to tasks

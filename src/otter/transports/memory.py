@@ -24,6 +24,7 @@ from typing import Any
 from .. import protocol
 from ..errors import BrokerUnavailable, DeadlineExceeded, Unroutable
 from .base import (
+    SCHEDULE_PREFETCH,
     Delivery,
     OnDelivery,
     QueueInUse,
@@ -70,6 +71,7 @@ class _Queue:
     messages: deque[_Message] = field(default_factory=deque)
     consumers: list[_Consumer] = field(default_factory=list)
     exclusive: bool = False  # its one consumer holds it for itself
+    single_active: bool = False  # x-single-active-consumer: only its first consumer receives
     turn: itertools.count[int] = field(default_factory=itertools.count)
     # A task queue's RabbitMQ arguments (protocol.task_queue_arguments), as its first declaration gave them: what
     # the broker dead-letters (expired, past the delivery limit) and where to. None: declared without any.
@@ -258,6 +260,8 @@ class MemoryBroker:
                 queue.exclusive = queue.exclusive and bool(queue.consumers)
             if queue.auto_delete and not queue.consumers:
                 self.queues.pop(queue.name, None)
+            elif queue.single_active:  # the next consumer takes over what is waiting
+                self._pump(queue)
 
     def settle(self, queue: _Queue, consumer: _Consumer, message: _Message, *, requeue: bool) -> None:
         with self._lock:
@@ -273,8 +277,9 @@ class MemoryBroker:
             self._pump(queue)
 
     def _pump(self, queue: _Queue) -> None:
-        while queue.messages and queue.consumers:
-            ready = [c for c in queue.consumers if c.active and c.unacked < c.prefetch]
+        candidates = queue.consumers[:1] if queue.single_active else queue.consumers  # the lock holds them still
+        while queue.messages and candidates:
+            ready = [c for c in candidates if c.active and c.unacked < c.prefetch]
             if not ready:
                 return
             message = queue.messages.popleft()
@@ -568,6 +573,18 @@ class MemoryTransport(Transport):
         subscription = MemorySubscription(self.broker, None, consumer, listeners)
         self._subscriptions.append(subscription)
         return subscription
+
+    async def consume_schedule(self, queue: str, on_delivery: OnDelivery) -> tuple[Subscription, bool]:
+        self._check()
+        declared = self.broker.declare(queue, arguments=protocol.SCHEDULE_QUEUE_ARGUMENTS)
+        declared.single_active = True
+        vacant = not declared.messages and not declared.consumers
+        return self._consume(queue, on_delivery, SCHEDULE_PREFETCH, auto_delete=False), vacant
+
+    async def publish_schedule(self, queue: str, body: bytes) -> None:
+        self._check()
+        self.broker.declare(queue, arguments=protocol.SCHEDULE_QUEUE_ARGUMENTS).single_active = True
+        self.broker.publish(queue, _Message(body, protocol.CONTENT_TYPE, {}, None))
 
     def _consume(
         self, name: str, on_delivery: OnDelivery, prefetch: int, *, auto_delete: bool, exclusive: bool = False

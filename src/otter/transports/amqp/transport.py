@@ -26,6 +26,7 @@ from ... import protocol
 from ...config import redact_url
 from ...errors import BrokerUnavailable, Unroutable
 from ..base import (
+    SCHEDULE_PREFETCH,
     Delivery,
     OnAckTimeout,
     OnDelivery,
@@ -412,6 +413,36 @@ class AmqpTransport(Transport):
             await queue.bind(exchange, protocol.BROADCAST_ROUTING_KEY)
             return await self._consume(channel, queue, on_delivery,
                                        (self.topology.message_exchange, protocol.BROADCAST_ROUTING_KEY))
+
+    async def consume_schedule(self, queue: str, on_delivery: OnDelivery) -> tuple[Subscription, bool]:
+        """A queue that exists with other arguments (declared by hand without single-active-consumer) is a
+        ``QueueMismatch``: every replica would receive, and the lease would be gone."""
+        assert self._link is not None, "call connect() first"
+        async with self._link.consumer_channel(SCHEDULE_PREFETCH) as channel:
+            try:
+                declared = await channel.declare_queue(queue, durable=True, arguments=protocol.SCHEDULE_QUEUE_ARGUMENTS)
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                raise QueueMismatch(f"the schedule queue {queue!r} exists with other arguments than "
+                                    f"{protocol.SCHEDULE_QUEUE_ARGUMENTS} ({describe(exc)}); delete it, and the "
+                                    f"replicas declare it again") from None
+            found = declared.declaration_result
+            vacant = not found.message_count and not found.consumer_count
+            subscription = await self._link.subscribe(channel, declared, on_delivery, no_ack=False, bindings=[])
+            return subscription, vacant
+
+    async def publish_schedule(self, queue: str, body: bytes) -> None:
+        assert self._link is not None, "call connect() first"
+        fields = {
+            "mandatory": True, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
+            "delivery_mode": DeliveryMode.PERSISTENT.value,
+        }
+        try:
+            await self._sender.send_until_confirmed(self._link.confirmed, "", queue, body, fields,
+                                                    action=f"send the state of the schedule {queue!r}")
+        except aiormq.exceptions.PublishError as exc:
+            raise Unroutable(f"the broker could not route the schedule state to {queue!r}: {exc}") from None
 
     async def _consume(
         self, channel: AbstractChannel, queue: AbstractQueue, on_delivery: OnDelivery, binding: tuple[str, str]
