@@ -174,7 +174,8 @@ def make_filters(patterns: str | Iterable[str]) -> tuple[SubjectFilter, ...]:
 # The options each kind of route takes (add_rpc/add_task/add_broadcast's keyword arguments, add_route's options).
 ROUTE_OPTIONS: dict[str, frozenset[str]] = {
     "rpc": frozenset(),
-    "task": frozenset({"default", "queue_type", "consumer_timeout", *RETRY_OPTIONS}),
+    "task": frozenset({"default", "queue_type", "consumer_timeout", "max_priority", "rate_limit", "time_limit",
+                       *RETRY_OPTIONS}),
     "broadcast": frozenset(),  # its filters are add_broadcast's argument (add_route's "filters" option)
 }
 # What the worker passes each kind of handler, positionally; and each hook.

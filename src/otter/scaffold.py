@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from .errors import ConfigurationError
+from .limits import RateLimit, check_max_priority, check_time_limit
 from .protocol import TASK_QUEUE_TYPES
 from .retry import validate_retry_options
 from .routing import HOOK_ARGUMENTS, check_handler, check_name, check_options
@@ -59,6 +60,9 @@ class Scaffold:
         jitter: bool | None = None,
         queue_type: str | None = None,
         consumer_timeout: float | None = None,
+        max_priority: int | None = None,
+        rate_limit: str | None = None,
+        time_limit: float | None = None,
         **options: Any,
     ) -> Callable[[F], F]:
         """Run tasks from the queue ``name``: ``handler(comm, body)``.
@@ -77,6 +81,14 @@ class Scaffold:
         ``TASK_DELIVERY_LIMIT`` times (one that kills its worker each time), but kiwipy programs cannot declare it.
         ``consumer_timeout`` (seconds) overrides the app's ``CONSUMER_TIMEOUT`` for this task's queue: how long the
         broker lets a delivery stay unacked (RabbitMQ 4.3+ with quorum queues honour it; see "Long handlers").
+
+        ``max_priority`` (1-255; RabbitMQ advises at most 10) declares a classic queue with ``x-max-priority``, so
+        tasks sent with ``priority=`` run highest first (None: the app's ``TASK_MAX_PRIORITY``; 0: none). A quorum
+        queue takes none: on RabbitMQ 4+ it has two levels of its own (priority 5 and up first), on 3.x none.
+        ``rate_limit`` (``"100/s"``, ``"30/m"``, ``"10/h"``) spaces this task's starts evenly, per worker process.
+        ``time_limit`` (seconds; None: the app's ``TASK_TIME_LIMIT``) fails a run that lasts longer with
+        ``TimeLimitExceeded``: an ``async def`` handler is cancelled, a plain one runs on in its thread, which keeps
+        its concurrency slot until it returns (docs/task-limits.md).
 
         >>> @app.add_task("mail.send", max_retries=3, retry_on=(IOError,), backoff=2.0)
         ... def send(comm, body): ...
@@ -101,6 +113,17 @@ class Scaffold:
                 raise ConfigurationError(f"add_task({name!r}): consumer_timeout must be a number of seconds, more "
                                          f"than 0, got {consumer_timeout!r}")
             options["consumer_timeout"] = float(consumer_timeout)
+        where = f"add_task({name!r})"
+        if max_priority is not None:
+            if queue_type == "quorum" and max_priority:
+                raise ConfigurationError(f"{where}: a quorum queue takes no max_priority (RabbitMQ refuses "
+                                         f"x-max-priority on it); on RabbitMQ 4+ it has two priorities of its own "
+                                         f"(priority 5 and up run first), on 3.x none")
+            options["max_priority"] = check_max_priority(where, max_priority) or 0
+        if rate_limit is not None:
+            options["rate_limit"] = RateLimit.parse(rate_limit, where)
+        if time_limit is not None:
+            options["time_limit"] = check_time_limit(where, time_limit)
 
         def decorator(handler: F) -> F:
             self._register("task", name or handler.__name__, handler, {**options, "default": default})
