@@ -242,8 +242,6 @@ class Worker:
         rather than starting during the grace period.
         """
         self.state = "stopping"
-        if self._stopping is not None:
-            self._stopping.set()
         for gate in self._gates.values():
             gate.close()
         for subscription in self._subscriptions:
@@ -253,6 +251,8 @@ class Worker:
         # their queues (each waiter, woken, finds the gate closed and returns its message; see ``_Gate``).
         for gate in self._gates.values():
             gate.wake_waiters()
+        if self._stopping is not None:  # and so do those waiting for their rate limit
+            self._stopping.set()
         if self._running and self._idle is not None:
             running = sum(gate.in_use for gate in self._gates.values())  # not the prefetched ones going back
             log.info("waiting up to %gs for %d running handlers", self.grace, running)
@@ -280,9 +280,9 @@ class Worker:
         policy = RetryPolicy.for_task(options, self.config)
         rules = TaskRules(pipeline.route.name, self.codec, policy, debug=self.debug)
         time_limit = options.get("time_limit", self.config.get("TASK_TIME_LIMIT"))
-        consumer = self._consumer(pipeline, rules, "task", None if time_limit is None else float(time_limit))
         rate_limit: RateLimit | None = options.get("rate_limit")
-        return consumer if rate_limit is None else self._paced(Pacer(rate_limit), consumer)
+        return self._consumer(pipeline, rules, "task", None if time_limit is None else float(time_limit),
+                              None if rate_limit is None else Pacer(rate_limit))
 
     def _task_prefetch(self, pipeline: Pipeline) -> int:
         """A rate-limited task's queue prefetches what it may start in the next seconds (``RateLimit.prefetch``)."""
@@ -293,7 +293,8 @@ class Worker:
         self, pacer: Pacer, consumer: Callable[[Delivery], Awaitable[None]]
     ) -> Callable[[Delivery], Awaitable[None]]:
         """Start each delivery no sooner than its rate limit allows. It waits before taking a concurrency slot, so
-        other tasks run meanwhile, and stops waiting when the worker stops (``WorkerStopping``: back to its queue)."""
+        other tasks run meanwhile, and stops waiting once the worker's consumers are cancelled (``WorkerStopping``:
+        back to its queue)."""
         stopping = self._stopping
         assert stopping is not None
 
@@ -308,7 +309,8 @@ class Worker:
         return paced
 
     def _consumer(
-        self, pipeline: Pipeline, rules: RpcRules | TaskRules, slots: str, time_limit: float | None = None
+        self, pipeline: Pipeline, rules: RpcRules | TaskRules, slots: str, time_limit: float | None = None,
+        pacer: Pacer | None = None,
     ) -> Callable[[Delivery], Awaitable[None]]:
         """RPCs and tasks: take a slot, ask the rules, run the handler if told to, carry out the outcome."""
         gate, kind, name = self._gates[slots], pipeline.route.kind, pipeline.route.name
@@ -371,7 +373,8 @@ class Worker:
                 if timed:
                     self._handled(kind, name, delivery, started, done, error, counters)
 
-        return self._tracked(on_delivery if tracing is None else tracing.processing(kind, name, on_delivery), rules)
+        handle = on_delivery if tracing is None else tracing.processing(kind, name, on_delivery)
+        return self._tracked(handle if pacer is None else self._paced(pacer, handle), rules)
 
     def _settled_lately(self, queue: str) -> deque[Delivery]:
         """The last tasks of ``queue`` settled here (their acks may be lost if the channel closes for an ack
@@ -574,9 +577,6 @@ class Worker:
         return await threads.run(asyncio.get_running_loop(), contextvars.copy_context().run, pipeline.call_sync, ctx,
                                  run.args)
 
-
-
-
     def _time_limited(self, limit: float, gate: _Gate) -> Callable[..., Awaitable[Any]]:
         """``_invoke`` with a time limit. An ``async def`` handler still running at the limit is cancelled; a plain
         one cannot be (Python cannot stop a thread): the task fails at the limit all the same, and its thread runs
@@ -584,7 +584,11 @@ class Worker:
 
         async def invoke(pipeline: Pipeline, kind: str, delivery: Delivery, run: Run, pool: str) -> Any:
             running = asyncio.ensure_future(self._invoke(pipeline, kind, delivery, run, pool))
-            done, _ = await asyncio.wait((running,), timeout=limit)
+            try:
+                done, _ = await asyncio.wait((running,), timeout=limit)
+            except asyncio.CancelledError:  # the worker stopped after its grace period: the handler goes too
+                running.cancel()
+                raise
             if done:
                 return running.result()
             name = pipeline.route.name

@@ -19,6 +19,7 @@ import pytest
 import otter
 from helpers_tasks import Backlog
 from otter import dlq
+from otter.testing import ServedApp
 from otter.transports.base import Snapshot
 from rawbroker import RawBroker
 
@@ -70,6 +71,33 @@ def test_a_sender_says_nothing_when_the_queue_heeds_priorities(
     with caplog.at_level(logging.WARNING):
         client.task(work, 1, priority=2, wait=True)
     assert not [record for record in caplog.records if "ignores priority=" in record.getMessage()]
+
+
+def test_async_client_and_comm_send_priorities_too(
+    broker_url: str, names: dict[str, Any], queue_name: QueueName, serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    plain, relay = queue_name("plain-queue"), queue_name("relay")
+    app = otter.Otter()
+    relayed: queue.Queue[Any] = queue.Queue()
+    app.add_task(plain)(lambda comm, body: None)
+
+    @app.add_task(relay)
+    def forward(comm: Any, body: Any) -> None:
+        comm.task(plain, body, priority=7).result()
+        relayed.put(body)
+
+    client = serve(app)
+
+    async def send() -> None:
+        async with otter.AsyncClient(broker_url, **names) as async_client:
+            await async_client.task(plain, "from AsyncClient", priority=3)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(send())  # a connection of its own: it warns once too
+        client.task(relay, "through comm", wait=True)
+        assert relayed.get(timeout=10) == "through comm"
+    warnings = [record for record in caplog.records if "ignores priority=" in record.getMessage()]
+    assert len(warnings) == 2, [record.getMessage() for record in warnings]  # the AsyncClient's and the worker's
 
 
 # -- rate limits -----------------------------------------------------------------------------------------------------
@@ -201,3 +229,27 @@ def test_a_task_within_its_time_limit_succeeds(
     client.task(plain, "p")
     client.task(coroutine, "a")
     assert {done.get(timeout=5), done.get(timeout=5)} == {"p", "a"}
+
+
+def test_deliveries_waiting_for_their_rate_limit_go_back_at_once_when_the_worker_stops(
+    broker_url: str, names: dict[str, Any], queue_name: QueueName, probe: RawBroker
+) -> None:
+    work = queue_name("one-a-minute")
+    app = otter.Otter()
+    ran: queue.Queue[Any] = queue.Queue()
+    app.add_task(work, rate_limit="1/m")(lambda comm, body: ran.put(body))
+    served = ServedApp(app, broker_url, **names, SHUTDOWN_GRACE=30).start()
+    try:
+        with otter.Client(broker_url, **names) as client:
+            for n in range(3):
+                client.task(work, n)
+        assert ran.get(timeout=10) == 0  # the first starts at once; the second waits a minute, unacked (prefetch 1)
+        deadline = time.monotonic() + 10
+        while probe.depth(work) != 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert probe.depth(work) == 1  # only one delivery waits in the worker: the rest stay in the broker
+    finally:
+        stopping = time.monotonic()
+        served.stop()
+    assert time.monotonic() - stopping < 10  # not the 30 s grace, nor the minute
+    assert probe.depth(work) == 2 and ran.empty()

@@ -260,11 +260,15 @@ class Queues:
         return queue in self.declared and (priority is None or queue in self.priorities_checked)
 
     async def task_queue(self, queue: str, priority: int | None = None) -> None:
-        """``declare``, and with a ``priority``, see once whether the queue heeds it (``check_priorities``)."""
+        """``declare``, and with a ``priority``, see once whether the queue heeds it (``check_priorities``): a check
+        that fails (the connection lost meanwhile) is not made again, and never fails the send."""
         await self.declare(queue)
         if priority is not None and queue not in self.priorities_checked:
             self.priorities_checked.add(queue)
-            await self.check_priorities(queue)
+            try:
+                await self.check_priorities(queue)
+            except Exception as exc:
+                log.debug("could not tell whether task queue %r heeds priorities: %s", queue, describe(exc))
 
     async def check_priorities(self, queue: str) -> None:
         """Warn (once per connection and queue) when the existing ``queue`` ignores priorities: a classic queue
