@@ -3,13 +3,15 @@ they give, the pacing of rate-limited starts, and what ``core`` decides for a ta
 
 from __future__ import annotations
 
+import asyncio
 import math
+import uuid
 from typing import Any
 
 import pytest
 
 import otter
-from otter import protocol
+from otter import dlq, protocol
 from otter.codec import JsonCodec
 from otter.config import resolve
 from otter.core import DeadLetter, RetryLater, Run, TaskRules
@@ -164,3 +166,26 @@ def test_a_task_out_of_time_is_retried_per_its_policy_then_dead_lettered_as_time
 def test_time_limit_exceeded_is_an_otter_error_and_a_timeout() -> None:
     assert issubclass(TimeLimitExceeded, otter.OtterError) and issubclass(TimeLimitExceeded, TimeoutError)
     assert "time-limit" in protocol.DEAD_LETTER_REASONS
+
+
+def test_task_time_limit_applies_to_every_task_and_a_task_s_own_wins() -> None:
+    app = otter.Otter(TASK_TIME_LIMIT=0.2)
+
+    @app.add_task("sleepy")
+    async def sleepy(comm: Any, body: Any) -> None:
+        await asyncio.sleep(10)
+
+    @app.add_task("patient", time_limit=5)
+    async def patient(comm: Any, body: Any) -> None:
+        await asyncio.sleep(0.4)  # past the app's limit, within its own
+
+    url = f"memory://limits-{uuid.uuid4().hex}"
+    with app.test_client(url) as client:
+        client.task("sleepy", 1)
+        client.task("patient", 2)
+        [late] = client.wait_handled("sleepy")
+        [kept] = client.wait_handled("patient")
+        letters = dlq.list_dead_letters(url, {})
+    assert (late.outcome, type(late.error)) == ("error TimeLimitExceeded, dead-lettered", TimeLimitExceeded)
+    assert kept.outcome == "ok"
+    assert [(letter.task, letter.reason) for letter in letters] == [("sleepy", "time-limit")]
