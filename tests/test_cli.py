@@ -499,6 +499,14 @@ def test_client_commands_may_still_name_memory_on_purpose() -> None:
     assert result.stdout.strip() == "broadcast sent with subject 'message.send'"
 
 
+def test_task_sends_its_priority_and_refuses_one_out_of_range() -> None:
+    sent = otter("task", "cli.unprioritised", "1", "--priority", "5", "--broker", "memory://")
+    assert sent.returncode == 0, sent.stderr
+    assert "task queue 'cli.unprioritised' ignores priority=" in sent.stderr  # it reached the transport
+    refused = otter("task", "cli.unprioritised", "1", "--priority", "256", "--broker", "memory://")
+    assert refused.returncode == 2 and "256 is not in the range 0<=x<=255" in refused.stderr
+
+
 def test_call_exits_4_when_the_broker_cannot_be_reached() -> None:
     result = otter("call", "cli.echo", "--broker", "amqp://guest:guest@127.0.0.1:1/")
     assert result.returncode == 4

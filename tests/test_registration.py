@@ -25,8 +25,8 @@ def test_an_unknown_task_option_is_refused_with_the_nearest_one(scaffold: type[O
         scaffold().add_task("mail.send", max_retry=3)
     message = str(caught.value)
     assert "add_task('mail.send') got an unknown option 'max_retry'; did you mean 'max_retries'?" in message
-    assert ("(it takes: backoff, backoff_max, consumer_timeout, default, jitter, max_retries, queue_type, "
-            "retry_on)") in message
+    assert ("(it takes: backoff, backoff_max, consumer_timeout, default, jitter, max_priority, max_retries, "
+            "queue_type, rate_limit, retry_on, time_limit)") in message
 
 
 @pytest.mark.parametrize("scaffold", [Otter, Blueprint], ids=["app", "blueprint"])

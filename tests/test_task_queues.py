@@ -1,5 +1,6 @@
 """Task queue types on RabbitMQ 3.10 (the shared broker) and 4.0 (a private node): what the broker refuses when a
-queue is declared again with other arguments, and how Otter's senders and workers live with it.
+queue is declared again with other arguments, and how Otter's senders and workers live with it; and priorities,
+where the brokers differ.
 
 Measured on both (``test_the_broker_refuses_any_other_arguments``): one argument more, one fewer or one different
 (type, TTL, dead-letter exchange, delivery limit) is ``406 PRECONDITION_FAILED``, which closes the channel; a passive
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ import pytest
 import otter
 import otter.dlq
 from brokers.rabbitmq4 import opted_in
+from helpers_tasks import Backlog
 from otter import protocol
 from otter.testing import ServedApp
 from otter.transports.base import QueueMismatch, Snapshot
@@ -219,3 +222,70 @@ def test_a_policy_dead_letters_expired_tasks_of_a_kiwipy_compatible_queue(
                 raw.delete(queue)
     finally:
         rabbitmq4_node.ctl("clear_policy", policy)
+
+
+# -- priorities (docs/task-limits.md) ----------------------------------------------------------------------------------
+def test_a_quorum_queue_heeds_priorities_on_rabbitmq_4_and_a_sender_on_3_is_told_it_does_not(
+    url: str, amqp_url: str, queue: str, names: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Measured: RabbitMQ refuses x-max-priority on a quorum queue; 4.0 delivers priority 5 and up first, 3.10 keeps
+    the order they came in."""
+    backlog = Backlog()
+    app = otter.Otter()
+    app.add_task(queue, queue_type="quorum")(backlog.handle)
+    with ServedApp(app, url, CONCURRENCY=1, PREFETCH_MULTIPLIER=1, **names), \
+            otter.Client(url, **names) as client, caplog.at_level(logging.WARNING):
+        assert client.comm, client.error
+        backlog.send(client, queue, low=200)
+        order = backlog.wait(202)
+    assert len(order) == 202
+    warnings = [r.getMessage() for r in caplog.records if "ignores priority=" in r.getMessage()]
+    if url != amqp_url:  # RabbitMQ 4
+        assert "high" in order[:3], order[:5]
+        assert warnings == []
+    else:
+        assert order.index("high") == 201  # in the order they came
+        [warning] = warnings
+        assert "it is a quorum queue, and quorum queues have priorities only from RabbitMQ 4.0 on" in warning
+
+
+def test_a_worker_asking_for_priorities_on_a_queue_declared_without_them_names_the_argument(
+    url: str, raw: RawBroker, queue: str, names: dict[str, Any]
+) -> None:
+    raw.declare_queue(queue, KIWIPY)  # as kiwipy (or an Otter worker without max_priority) declared it
+    app = otter.Otter()
+    app.add_task(queue, max_priority=10)(lambda comm, body: None)
+    with pytest.raises(QueueMismatch) as failure:
+        ServedApp(app, url, **names).start()
+    message = str(failure.value)
+    assert f"the task queue {queue!r} exists with x-max-priority=none, but this worker declares it with " \
+           f"x-max-priority=10" in message, message
+    assert "TASK_MAX_PRIORITY (or add_task(max_priority=...))" in message
+    assert f"rabbitmqctl delete_queue {queue}" in message
+    assert raw.declare_queue(queue, KIWIPY) == 0  # left as it was
+
+
+def test_a_sender_with_task_max_priority_creates_the_queue_its_worker_declares(
+    url: str, raw: RawBroker, queue: str, names: dict[str, Any]
+) -> None:
+    with otter.Client(url, TASK_MAX_PRIORITY=10, **names) as client:
+        assert client.comm, client.error
+        client.task(queue, 1, priority=3)
+    assert raw.declare_queue(queue, {**KIWIPY, "x-max-priority": 10}) == 1  # refused if it differed
+    app = otter.Otter()
+    seen: list[Any] = []
+    app.add_task(queue, max_priority=10)(lambda comm, body: seen.append(body))
+    with ServedApp(app, url, **names) as served:
+        served.handled.wait(queue)
+    assert seen == [1]
+
+
+def test_a_sender_finds_the_priorities_of_a_queue_someone_else_declared(
+    url: str, raw: RawBroker, queue: str, names: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    raw.declare_queue(queue, {**KIWIPY, "x-max-priority": 5})  # a kiwipy program's queue, with priorities
+    with otter.Client(url, **names) as client, caplog.at_level(logging.WARNING):  # no TASK_MAX_PRIORITY of its own
+        assert client.comm, client.error
+        client.task(queue, 1, priority=4, wait=True)
+    assert not [r for r in caplog.records if "ignores priority=" in r.getMessage()]
+    assert raw.depth(queue) == 1

@@ -113,25 +113,34 @@ class Client:
         return self._connected().rpc_send(name, data, timeout=timeout, headers=headers)
 
     @overload
-    def task(self, name: str, body: Any = None, /, *, headers: Headers = None, wait: bool = False) -> None: ...
+    def task(self, name: str, body: Any = None, /, *, headers: Headers = None, wait: bool = False,
+             priority: int | None = None) -> None: ...
     @overload
-    def task(self, body: Any, /, *, headers: Headers = None, wait: bool = False) -> None: ...
+    def task(self, body: Any, /, *, headers: Headers = None, wait: bool = False,
+             priority: int | None = None) -> None: ...
     @overload
-    def task(self, *, body: Any, headers: Headers = None, wait: bool = False) -> None: ...
+    def task(self, *, body: Any, headers: Headers = None, wait: bool = False, priority: int | None = None) -> None: ...
     @overload
-    def task(self, name: str, /, *, body: Any, headers: Headers = None, wait: bool = False) -> None: ...
+    def task(self, name: str, /, *, body: Any, headers: Headers = None, wait: bool = False,
+             priority: int | None = None) -> None: ...
 
-    def task(self, *args: Any, headers: Headers = None, wait: bool = False, **kwargs: Any) -> None:
+    def task(
+        self, *args: Any, headers: Headers = None, wait: bool = False, priority: int | None = None, **kwargs: Any
+    ) -> None:
         """Queue a task: return once it is handed to the connection (``wait=True``: once the broker confirmed it,
         raising what it refused). ``flush()`` or ``close()`` then wait for every confirm and raise ``Undelivered``
         for the tasks that failed; until the window of unconfirmed tasks has room, this call blocks.
 
         ``task(name, body)`` and ``task(name)`` send the named task; ``task(body=...)`` a nameless one, to the default
         queue; the seed's ``task(5)`` too, when the lone argument is not a string (a lone string is a name).
+
+        ``priority`` (0-255, AMQP's message priority) orders the task in a queue declared for priorities
+        (``add_task(..., max_priority=N)``; quorum queues on RabbitMQ 4+); the first one sent to a queue that
+        ignores it logs a warning (see docs/task-limits.md).
         """
         name, body = task_target(args, kwargs)
         comm = self._connected()
-        self._send(comm, comm.outgoing_task(name, body, headers), wait)
+        self._send(comm, comm.outgoing_task(name, body, headers, priority), wait)
 
     def broadcast(
         self, body: Any, subject: str | None = None, sender: Any = None, correlation_id: Any = None, *,
@@ -245,18 +254,20 @@ class AsyncClient:
         return await self._connected().call(name, data, timeout=timeout, headers=headers)
 
     @overload
-    async def task(self, name: str, body: Any = None, /, *, headers: Headers = None) -> None: ...
+    async def task(self, name: str, body: Any = None, /, *, headers: Headers = None,
+                   priority: int | None = None) -> None: ...
     @overload
-    async def task(self, body: Any, /, *, headers: Headers = None) -> None: ...
+    async def task(self, body: Any, /, *, headers: Headers = None, priority: int | None = None) -> None: ...
     @overload
-    async def task(self, *, body: Any, headers: Headers = None) -> None: ...
+    async def task(self, *, body: Any, headers: Headers = None, priority: int | None = None) -> None: ...
     @overload
-    async def task(self, name: str, /, *, body: Any, headers: Headers = None) -> None: ...
+    async def task(self, name: str, /, *, body: Any, headers: Headers = None,
+                   priority: int | None = None) -> None: ...
 
-    async def task(self, *args: Any, headers: Headers = None, **kwargs: Any) -> None:
+    async def task(self, *args: Any, headers: Headers = None, priority: int | None = None, **kwargs: Any) -> None:
         """As ``Client.task``."""
         name, body = task_target(args, kwargs)
-        await self._connected().send_task(name, body, headers)
+        await self._connected().send_task(name, body, headers, priority)
 
     async def broadcast(
         self, body: Any, subject: str | None = None, sender: Any = None, correlation_id: Any = None, *,

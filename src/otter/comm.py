@@ -23,6 +23,7 @@ from . import protocol
 from .codec import JsonCodec
 from .errors import BrokerUnavailable, ConfigurationError, DeadlineExceeded
 from .futures import CallFuture
+from .limits import check_priority
 from .logs import current_message
 from .routing import check_name
 from .transports import Transport
@@ -98,29 +99,36 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
             reply = await self.transport.call(name, body, correlation_id=correlation_id, timeout=timeout, headers=sent)
             return protocol.raise_for_reply(self.codec.decode(reply.body, reply.content_type))
 
-    async def send_task(self, name: str | None, body: Any = None, headers: Mapping[str, Any] | None = None) -> None:
+    async def send_task(
+        self, name: str | None, body: Any = None, headers: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+    ) -> None:
         """Queue a task (``name=None``: the default queue) and return once the broker has it. The first send to a
-        queue that no worker consumes says so in the log (the task waits there; is the name right?)."""
-        queue, payload, sent, correlation_id = self._task_parts(name, body, headers)
+        queue that no worker consumes says so in the log (the task waits there; is the name right?); so does the
+        first with a ``priority`` (0-255) to a queue that ignores priorities (``otter.limits``)."""
+        queue, payload, sent, correlation_id = self._task_parts(name, body, headers, priority)
         with self.tracing.sending("publish", queue, queue, correlation_id, sent) if self.tracing else _NOT_TRACED:
             if self.transport.pipelines:
                 consumers = await self._confirmed(lambda done: self.transport.start_task(
-                    queue, payload, correlation_id=correlation_id, headers=sent or None, done=done))
+                    queue, payload, correlation_id=correlation_id, headers=sent or None, done=done,
+                    priority=priority))
             else:
                 consumers = await self.transport.publish_task(queue, payload, correlation_id=correlation_id,
-                                                              headers=sent or None)
+                                                              headers=sent or None, priority=priority)
         if consumers == 0:
             warn_unconsumed(name, queue)
 
-    def outgoing_task(self, name: str | None, body: Any, headers: Mapping[str, Any] | None) -> Outgoing:
+    def outgoing_task(
+        self, name: str | None, body: Any, headers: Mapping[str, Any] | None, priority: int | None = None
+    ) -> Outgoing:
         """A task checked and encoded in the caller's thread (so a bad name or body raises there, at once), for the
         sync ``Client``'s pipelined send. With tracing, its publish span is a zero-length one that carries the trace
         context into the message; the confirm and its outcome come later, outside it (``Undelivered``)."""
-        queue, payload, sent, correlation_id = self._task_parts(name, body, headers)
+        queue, payload, sent, correlation_id = self._task_parts(name, body, headers, priority)
         if self.tracing:
             with self.tracing.sending("publish", queue, queue, correlation_id, sent):
                 pass
-        return Outgoing("task", queue, correlation_id, payload, sent or None, name)
+        return Outgoing("task", queue, correlation_id, payload, sent or None, name, priority)
 
     def outgoing_broadcast(
         self, body: Any, sender: Any, subject: str | None, correlation_id: Any, headers: Mapping[str, Any] | None
@@ -147,12 +155,14 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         return True
 
     def _task_parts(
-        self, name: str | None, body: Any, headers: Mapping[str, Any] | None
+        self, name: str | None, body: Any, headers: Mapping[str, Any] | None, priority: int | None = None
     ) -> tuple[str, bytes, dict[str, Any], str]:
         """A task checked and encoded: its queue, payload, headers (tracing may add to them) and correlation id."""
         self._check_open()
         if name is not None:
             check_name(name, "task")
+        if priority is not None:
+            check_priority(priority)
         queue = name or self.transport.topology.default_task_queue  # type: ignore[attr-defined]
         payload = self.codec.encode(protocol.task_body(body, no_reply=True), what="task body", payload=body)
         return queue, payload, protocol.caller_headers(headers), self._next_id()
@@ -193,15 +203,19 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         wait = (self.rpc_timeout if timeout is None else timeout) + 1.0
         return self._submit(self.call(recipient_id, msg, timeout=timeout, headers=headers), wait)
 
-    def task(self, *args: Any, headers: Mapping[str, Any] | None = None, **kwargs: Any) -> CallFuture:
+    def task(
+        self, *args: Any, headers: Mapping[str, Any] | None = None, priority: int | None = None, **kwargs: Any
+    ) -> CallFuture:
         """Queue a task, as ``Client.task`` does: ``comm.task(name, body)``, ``comm.task(name)``, or the nameless
         ``comm.task(body=...)``; returns a future that resolves once the broker has it (``.result()`` in a plain
-        handler, ``await`` in an ``async def`` one).
+        handler, ``await`` in an ``async def`` one). ``priority`` (0-255) as ``Client.task``'s.
 
         >>> comm.task("mail.send", {"to": "a@example.com"}).result()
         """
         name, body = task_target(args, kwargs)
-        return self._submit(self.send_task(name, body, headers), self._send_wait(),
+        if priority is not None:
+            check_priority(priority)  # here, in the caller's thread, rather than in the future
+        return self._submit(self.send_task(name, body, headers, priority), self._send_wait(),
                             f"the task to {name!r}" if name else "a nameless task")
 
     def task_send(self, task: Any, no_reply: bool = True, *, name: str | None = None) -> CallFuture:
@@ -304,12 +318,12 @@ class Outgoing:
     """A message encoded and ready to hand to the transport: a ``kind`` ("task" or "broadcast") and its ``target``
     (the task queue, or the broadcast's subject), for saying which one failed."""
 
-    __slots__ = ("body", "correlation_id", "headers", "kind", "name", "target")
+    __slots__ = ("body", "correlation_id", "headers", "kind", "name", "priority", "target")
 
     def __init__(self, kind: str, target: str, correlation_id: str, body: bytes,
-                 headers: Mapping[str, Any] | None, name: str | None) -> None:
+                 headers: Mapping[str, Any] | None, name: str | None, priority: int | None = None) -> None:
         self.kind, self.target, self.correlation_id = kind, target, correlation_id
-        self.body, self.headers, self.name = body, headers, name
+        self.body, self.headers, self.name, self.priority = body, headers, name, priority
 
     def __repr__(self) -> str:
         if self.kind == "task":

@@ -112,6 +112,12 @@ DEFAULTS: dict[str, Any] = {
     # each of them, "skip" none. A periodic task's own missed= wins.
     "PERIODIC_MISSED": "once",
     "PERIODIC_GRACE": 10.0,
+    # Priorities (otter.limits): the x-max-priority of the classic task queues a worker declares, and of those a
+    # sender creates; None: none (kiwipy's declaration). A task's own add_task(max_priority=...) wins.
+    "TASK_MAX_PRIORITY": None,
+    # Seconds a task's handler may run before it fails with TimeLimitExceeded; None: no limit. A task's own
+    # add_task(time_limit=...) wins.
+    "TASK_TIME_LIMIT": None,
     # Read by the otter command line (otter run), see docs/cli.md.
     "WORKERS": 1,  # worker processes; more than one runs them under a supervisor that restarts any that dies
     "RELOAD": False,  # restart the worker when a .py file changes (development only)
@@ -257,6 +263,13 @@ def _ttl(value: Any) -> float | None:
     return seconds or None
 
 
+def _max_priority(value: Any) -> int | None:
+    number = int(_whole(0).convert(value))
+    if number > 255:
+        raise ValueError
+    return number or None
+
+
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 def _function(value: Any) -> Any:
     if isinstance(value, str):
@@ -307,6 +320,9 @@ RULES: dict[str, Rule] = {
     "TASK_DELIVERY_LIMIT": _whole(1),
     "PERIODIC_MISSED": Rule(" or ".join(MISSED_POLICIES), _choice(*MISSED_POLICIES)),
     "PERIODIC_GRACE": _seconds(0, inclusive=True),
+    "TASK_MAX_PRIORITY": Rule("a whole number from 1 to 255 (RabbitMQ advises at most 10); 0 or None: none",
+                              _max_priority, True),
+    "TASK_TIME_LIMIT": Rule("a number of seconds, more than 0", _seconds(0, inclusive=False).convert, True),
     "WORKERS": _whole(1),
     "RELOAD": _FLAG,
     "LOG_LEVEL": Rule(f"one of {', '.join(LOG_LEVELS)}", _log_level),

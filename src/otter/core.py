@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol
 
 from . import protocol
 from .codec import JsonCodec
-from .errors import BrokerUnavailable, MessageError, RemoteError, ValidationError
+from .errors import BrokerUnavailable, MessageError, RemoteError, TimeLimitExceeded, ValidationError
 from .retry import RetryPolicy
 from .routing import BroadcastRoute
 
@@ -231,7 +231,10 @@ class TaskRules:
             # A kiwipy sender waiting for the outcome hears about the last attempt only.
             return RetryLater(f"{error}, retry {attempts}/{policy.max_retries}", (failure, note), delay,
                               {protocol.ATTEMPTS_HEADER: attempts})
-        reason = "retries-exhausted" if policy.max_retries > 0 and policy.retryable(exc) else "handler-error"
+        if isinstance(exc, TimeLimitExceeded):  # the last run's reason, whatever the retries before it
+            reason = "time-limit"
+        else:
+            reason = "retries-exhausted" if policy.max_retries > 0 and policy.retryable(exc) else "handler-error"
         note = Note(logging.WARNING, f"task {self.name} {message.correlation_id}: dead-lettered after {attempts} "
                                      f"attempt{'' if attempts == 1 else 's'}: {reason}")
         reply = encode_error(self.codec, exc, debug=self.debug) if run.wants_reply else None

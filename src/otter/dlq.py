@@ -19,8 +19,8 @@ and ``config.DEFAULTS`` fill in what neither gives.
 The plain functions run their own event loop, so call the ``_async`` ones from inside a coroutine.
 
 A dead letter keeps the task's original body and headers, plus ``x-otter-reason`` (``bad-message``,
-``handler-error`` or ``retries-exhausted``; the broker's own, read from its ``x-death`` record: ``expired`` and
-``delivery-limit``), ``x-otter-error-type``, ``x-otter-error-message``,
+``handler-error``, ``retries-exhausted`` or ``time-limit``; the broker's own, read from its ``x-death`` record:
+``expired`` and ``delivery-limit``), ``x-otter-error-type``, ``x-otter-error-message``,
 ``x-otter-attempts``, ``x-otter-task`` and ``x-otter-queue``. ``DeadLetter.payload`` is the task body as its handler
 gets it (kiwipy's ``[body, no_reply]`` envelope taken off), and ``body_preview`` shows that, not the envelope.
 ``replay`` sends it back to the queue it came from as a fresh task (Otter's headers dropped, so its attempts start

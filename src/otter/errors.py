@@ -7,6 +7,7 @@
     ├── BrokerUnavailable        the broker cannot be reached, or the connection was lost
     │   └── BrokerRefused        it answered, and said no: login, vhost, permissions, TLS; retrying cannot help
     ├── DeadlineExceeded         a call got no answer before its deadline (also a builtin ``TimeoutError``)
+    ├── TimeLimitExceeded        a task's handler ran past its ``time_limit`` (also a builtin ``TimeoutError``)
     ├── Unroutable               nobody serves this RPC name or task queue (also ``kiwipy.UnroutableError``)
     ├── Undelivered              sends handed over without waiting failed; ``failures`` says which and why
     ├── MessageError             a message that cannot be read: undecodable, wrong content type, malformed
@@ -37,6 +38,7 @@ __all__ = [
     "MessageTooLarge",
     "OtterError",
     "RemoteError",
+    "TimeLimitExceeded",
     "Undelivered",
     "Unroutable",
     "ValidationError",
@@ -69,6 +71,12 @@ _TIMEOUT_BASES: tuple[type[BaseException], ...] = (
 
 class DeadlineExceeded(OtterError, *_TIMEOUT_BASES):  # type: ignore[misc]
     """A call got no answer before its deadline."""
+
+
+class TimeLimitExceeded(OtterError, *_TIMEOUT_BASES):  # type: ignore[misc]
+    """A task's handler ran past its ``time_limit``: an ``async def`` one was cancelled; a plain one could not be
+    stopped (a thread cannot be killed) and runs on, its result ignored. The task failed, and is retried or
+    dead-lettered per its retry policy."""
 
 
 class Unroutable(OtterError, kiwipy.UnroutableError):  # type: ignore[misc]  # kiwipy is untyped

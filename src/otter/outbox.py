@@ -126,7 +126,7 @@ class Outbox:
             try:
                 if message.kind == "task":
                     transport.start_task(message.target, message.body, correlation_id=message.correlation_id,
-                                         headers=message.headers, done=done)
+                                         headers=message.headers, done=done, priority=message.priority)
                 else:
                     transport.start_broadcast(message.body, headers=message.headers, done=done)
             except Exception as exc:  # a closed transport, a bug: reported with the message, never lost

@@ -35,6 +35,7 @@ __all__ = [
     "ERROR_MESSAGE_HEADER",
     "ERROR_TRACEBACK_HEADER",
     "ERROR_TYPE_HEADER",
+    "MAX_PRIORITY_ARGUMENT",
     "QUEUE_HEADER",
     "REASON_HEADER",
     "RETRY_QUEUE_SPARE_MS",
@@ -91,10 +92,12 @@ class KiwipyDefaults:
 # kiwipy's: a classic queue with its 7-day TTL and no dead-letter exchange (its own sender and subscriber declare it).
 TASK_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-message-ttl": KiwipyDefaults.TASK_MESSAGE_TTL}
 TASK_QUEUE_TYPES = ("classic", "quorum")
+MAX_PRIORITY_ARGUMENT = "x-max-priority"  # a classic queue's priority levels (0 to its value); see otter.limits
 
 
 def task_queue_arguments(
-    queue_type: str, *, message_ttl_ms: int | None, delivery_limit: int, dead_letter_queue: str
+    queue_type: str, *, message_ttl_ms: int | None, delivery_limit: int, dead_letter_queue: str,
+    max_priority: int | None = None,
 ) -> dict[str, Any]:
     """The arguments of a task queue of ``queue_type`` (see docs/protocol.md, "Task queues").
 
@@ -105,12 +108,17 @@ def task_queue_arguments(
     dead-letter queue has it, which needs ``x-overflow: reject-publish``) because tasks are at-least-once, and
     ``x-delivery-limit`` stops a task that kills its worker every time (so Otter's own attempt count never moves)
     from going round for ever. ``message_ttl_ms=None``: tasks never expire.
+
+    ``max_priority`` gives a classic queue ``x-max-priority`` (and nothing else changes); a quorum queue takes none
+    (RabbitMQ refuses it: PRECONDITION_FAILED "invalid arg", 3.10 and 4.0 alike) and ignores it here: from RabbitMQ
+    4.0 on a quorum queue has two priorities of its own, on 3.x none (see ``otter.limits``).
     """
     if queue_type not in TASK_QUEUE_TYPES:
         raise ValueError(f"queue type must be one of {', '.join(TASK_QUEUE_TYPES)}, got {queue_type!r}")
+    priority = {MAX_PRIORITY_ARGUMENT: max_priority} if max_priority and queue_type == "classic" else {}
     if queue_type == "classic" and message_ttl_ms == KiwipyDefaults.TASK_MESSAGE_TTL:
-        return dict(TASK_QUEUE_ARGUMENTS)
-    arguments: dict[str, Any] = {}
+        return {**TASK_QUEUE_ARGUMENTS, **priority}
+    arguments: dict[str, Any] = dict(priority)
     if queue_type == "quorum":
         arguments.update({"x-queue-type": "quorum", "x-delivery-limit": delivery_limit,
                           "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
@@ -230,7 +238,7 @@ ERROR_MESSAGE_HEADER = "x-otter-error-message"
 ERROR_TRACEBACK_HEADER = "x-otter-error-traceback"  # its last TRACEBACK_LIMIT characters: the frames nearest the raise
 TASK_HEADER = "x-otter-task"  # the task name whose handler failed
 QUEUE_HEADER = "x-otter-queue"  # the queue a dead letter came from, where a replay sends it back
-DEAD_LETTER_REASONS = ("bad-message", "handler-error", "retries-exhausted")
+DEAD_LETTER_REASONS = ("bad-message", "handler-error", "retries-exhausted", "time-limit")
 # Why the broker itself dead-lettered a task (its x-death reason) -> the reason ``otter dlq`` shows.
 BROKER_DEAD_LETTER_REASONS = {"expired": "expired", "delivery_limit": "delivery-limit", "rejected": "rejected",
                               "maxlen": "queue-full"}

@@ -185,7 +185,8 @@ def make_filters(patterns: str | Iterable[str]) -> tuple[SubjectFilter, ...]:
 DERIVED_OPTIONS = frozenset({"filters", "periodic"})
 ROUTE_OPTIONS: dict[str, frozenset[str]] = {
     "rpc": frozenset(),
-    "task": frozenset({"default", "queue_type", "consumer_timeout", *RETRY_OPTIONS}),
+    "task": frozenset({"default", "queue_type", "consumer_timeout", "max_priority", "rate_limit", "time_limit",
+                       *RETRY_OPTIONS}),
     "broadcast": frozenset(),  # its filters are add_broadcast's argument (add_route's "filters" option)
 }
 # What the worker passes each kind of handler, positionally; and each hook.

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from .errors import ConfigurationError
+from .limits import RateLimit, check_max_priority, check_time_limit
 from .protocol import TASK_QUEUE_TYPES
 from .retry import validate_retry_options
 from .routing import HOOK_ARGUMENTS, check_handler, check_name, check_options
@@ -61,6 +62,9 @@ class Scaffold:
         jitter: bool | None = None,
         queue_type: str | None = None,
         consumer_timeout: float | None = None,
+        max_priority: int | None = None,
+        rate_limit: str | None = None,
+        time_limit: float | None = None,
         **options: Any,
     ) -> Callable[[F], F]:
         """Run tasks from the queue ``name``: ``handler(comm, body)``.
@@ -80,6 +84,14 @@ class Scaffold:
         ``consumer_timeout`` (seconds) overrides the app's ``CONSUMER_TIMEOUT`` for this task's queue: how long the
         broker lets a delivery stay unacked (RabbitMQ 4.3+ with quorum queues honour it; see "Long handlers").
 
+        ``max_priority`` (1-255; RabbitMQ advises at most 10) declares a classic queue with ``x-max-priority``, so
+        tasks sent with ``priority=`` run highest first (None: the app's ``TASK_MAX_PRIORITY``; 0: none). A quorum
+        queue takes none: on RabbitMQ 4+ it has two levels of its own (priority 5 and up first), on 3.x none.
+        ``rate_limit`` (``"100/s"``, ``"30/m"``, ``"10/h"``) spaces this task's starts evenly, per worker process.
+        ``time_limit`` (seconds; None: the app's ``TASK_TIME_LIMIT``) fails a run that lasts longer with
+        ``TimeLimitExceeded``: an ``async def`` handler is cancelled, a plain one runs on in its thread, which keeps
+        its concurrency slot until it returns (docs/task-limits.md).
+
         >>> @app.add_task("mail.send", max_retries=3, retry_on=(IOError,), backoff=2.0)
         ... def send(comm, body): ...
         """
@@ -89,7 +101,8 @@ class Scaffold:
             _check_name(name, "task")
         options = _task_options(name, max_retries=max_retries, retry_on=retry_on, backoff=backoff,
                                 backoff_max=backoff_max, jitter=jitter, queue_type=queue_type,
-                                consumer_timeout=consumer_timeout, **options)
+                                consumer_timeout=consumer_timeout, max_priority=max_priority,
+                                rate_limit=rate_limit, time_limit=time_limit, **options)
 
         def decorator(handler: F) -> F:
             self._register("task", name or handler.__name__, handler, {**options, "default": default})
@@ -201,6 +214,9 @@ def _task_options(
     jitter: bool | None = None,
     queue_type: str | None = None,
     consumer_timeout: float | None = None,
+    max_priority: int | None = None,
+    rate_limit: str | None = None,
+    time_limit: float | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """A task's options (``add_task``'s and ``add_periodic``'s), checked: the route's options dict."""
@@ -220,4 +236,15 @@ def _task_options(
             raise ConfigurationError(f"add_task({name!r}): consumer_timeout must be a number of seconds, more "
                                      f"than 0, got {consumer_timeout!r}")
         options["consumer_timeout"] = float(consumer_timeout)
+    where = f"add_task({name!r})"
+    if max_priority is not None:
+        if queue_type == "quorum" and max_priority:
+            raise ConfigurationError(f"{where}: a quorum queue takes no max_priority (RabbitMQ refuses "
+                                     f"x-max-priority on it); on RabbitMQ 4+ it has two priorities of its own "
+                                     f"(priority 5 and up run first), on 3.x none")
+        options["max_priority"] = check_max_priority(where, max_priority) or 0
+    if rate_limit is not None:
+        options["rate_limit"] = RateLimit.parse(rate_limit, where)
+    if time_limit is not None:
+        options["time_limit"] = check_time_limit(where, time_limit)
     return options

@@ -45,7 +45,8 @@ from .core import (
     TaskRules,
     ack_timeout_note,
 )
-from .errors import BrokerRefused, BrokerUnavailable, OtterError
+from .errors import BrokerRefused, BrokerUnavailable, OtterError, TimeLimitExceeded
+from .limits import Pacer, RateLimit
 from .logs import MessageContext, current_message
 from .pipeline import HandlerContext, Pipeline, RouteTable
 from .retry import RetryPolicy
@@ -136,6 +137,8 @@ class Worker:
         self._recent: dict[str, deque[Delivery]] = {}
         self._redeliveries = Redeliveries()
         self._task_names: dict[str, tuple[str, float | None]] = {}  # queue -> handler, consumer timeout asked
+        self._stopping: asyncio.Event | None = None  # set by stop(): rate-limited deliveries stop waiting
+        self._overruns: set[asyncio.Future[Any]] = set()  # plain handlers still running past their time limit
 
     def readiness(self) -> str | None:
         """None while the worker can take messages (connected, every consumer active), else why not: what
@@ -154,6 +157,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._stopping = asyncio.Event()
         if not self._connected:
             await self.connect()
         self.comm = Communicator(
@@ -176,8 +180,9 @@ class Worker:
                 await self._consume_default_queue(queue, pipeline)
                 continue
             self._subscriptions.append(await self.transport.consume_tasks(
-                queue, self._task_consumer(pipeline), prefetch=self.prefetch, queue_type=_queue_type(pipeline),
-                consumer_timeout=self._consumer_timeout(queue, pipeline)))
+                queue, self._task_consumer(pipeline), prefetch=self._task_prefetch(pipeline),
+                queue_type=_queue_type(pipeline), consumer_timeout=self._consumer_timeout(queue, pipeline),
+                max_priority=pipeline.route.options.get("max_priority")))
         if table.broadcasts:
             self._subscriptions.append(await self.transport.consume_broadcasts(
                 self._broadcast_consumer(table.broadcasts), prefetch=self.prefetch))
@@ -206,8 +211,9 @@ class Worker:
         name = pipeline.route.name
         try:
             subscription = await self.transport.consume_tasks(
-                queue, self._task_consumer(pipeline), prefetch=self.prefetch, exclusive=not shared,
-                queue_type=_queue_type(pipeline), consumer_timeout=self._consumer_timeout(queue, pipeline))
+                queue, self._task_consumer(pipeline), prefetch=self._task_prefetch(pipeline), exclusive=not shared,
+                queue_type=_queue_type(pipeline), consumer_timeout=self._consumer_timeout(queue, pipeline),
+                max_priority=pipeline.route.options.get("max_priority"))
         except QueueInUse as exc:
             if shared:
                 raise QueueInUse(
@@ -267,6 +273,8 @@ class Worker:
         # their queues (each waiter, woken, finds the gate closed and returns its message; see ``_Gate``).
         for gate in self._gates.values():
             gate.wake_waiters()
+        if self._stopping is not None:  # and so do those waiting for their rate limit
+            self._stopping.set()
         if self._running and self._idle is not None:
             running = sum(gate.in_use for gate in self._gates.values())  # not the prefetched ones going back
             log.info("waiting up to %gs for %d running handlers", self.grace, running)
@@ -276,6 +284,8 @@ class Worker:
             task.cancel()
             with contextlib.suppress(Exception):
                 await self._carry_out(delivery, rules.abandoned(delivery, self.grace), rules)
+        for overrun in list(self._overruns):  # their threads cannot be stopped; the process exit ends them
+            overrun.cancel()
         for pool in self._pools.values():
             pool.shutdown(wait=False, cancel_futures=True)
         if self.comm is not None:
@@ -288,14 +298,45 @@ class Worker:
                               _rpc_slots(pipeline))
 
     def _task_consumer(self, pipeline: Pipeline) -> Callable[[Delivery], Awaitable[None]]:
-        policy = RetryPolicy.for_task(pipeline.route.options, self.config)
-        return self._consumer(pipeline, TaskRules(pipeline.route.name, self.codec, policy, debug=self.debug), "task")
+        options = pipeline.route.options
+        policy = RetryPolicy.for_task(options, self.config)
+        rules = TaskRules(pipeline.route.name, self.codec, policy, debug=self.debug)
+        time_limit = options.get("time_limit", self.config.get("TASK_TIME_LIMIT"))
+        rate_limit: RateLimit | None = options.get("rate_limit")
+        return self._consumer(pipeline, rules, "task", None if time_limit is None else float(time_limit),
+                              None if rate_limit is None else Pacer(rate_limit))
+
+    def _task_prefetch(self, pipeline: Pipeline) -> int:
+        """A rate-limited task's queue prefetches what it may start in the next seconds (``RateLimit.prefetch``)."""
+        rate_limit: RateLimit | None = pipeline.route.options.get("rate_limit")
+        return self.prefetch if rate_limit is None else rate_limit.prefetch(self.prefetch)
+
+    def _paced(
+        self, pacer: Pacer, consumer: Callable[[Delivery], Awaitable[None]]
+    ) -> Callable[[Delivery], Awaitable[None]]:
+        """Start each delivery no sooner than its rate limit allows. It waits before taking a concurrency slot, so
+        other tasks run meanwhile, and stops waiting once the worker's consumers are cancelled (``WorkerStopping``:
+        back to its queue)."""
+        stopping = self._stopping
+        assert stopping is not None
+
+        async def paced(delivery: Delivery) -> None:
+            wait = pacer.reserve(time.monotonic())
+            if wait > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), wait)
+                    raise WorkerStopping
+            await consumer(delivery)
+
+        return paced
 
     def _consumer(
-        self, pipeline: Pipeline, rules: RpcRules | TaskRules, slots: str
+        self, pipeline: Pipeline, rules: RpcRules | TaskRules, slots: str, time_limit: float | None = None,
+        pacer: Pacer | None = None,
     ) -> Callable[[Delivery], Awaitable[None]]:
         """RPCs and tasks: take a slot, ask the rules, run the handler if told to, carry out the outcome."""
         gate, kind, name = self._gates[slots], pipeline.route.kind, pipeline.route.name
+        invoke = self._invoke if time_limit is None else self._time_limited(time_limit, gate)
         timed = self.debug or bool(self.observers)
         in_flight, counters = self._in_flight(kind, name), self._counters(kind, name)
         tracing = self.tracing
@@ -328,7 +369,7 @@ class Worker:
                     if task:
                         running[delivery] = time.monotonic()
                     try:
-                        result = await self._invoke(pipeline, kind, delivery, step, slots)
+                        result = await invoke(pipeline, kind, delivery, step, slots)
                     except Exception as exc:
                         error, decision = exc, rules.failed(delivery, step, exc)
                         if tracing is not None:
@@ -354,7 +395,8 @@ class Worker:
                 if timed:
                     self._handled(kind, name, delivery, started, done, error, counters)
 
-        return self._tracked(on_delivery if tracing is None else tracing.processing(kind, name, on_delivery), rules)
+        handle = on_delivery if tracing is None else tracing.processing(kind, name, on_delivery)
+        return self._tracked(handle if pacer is None else self._paced(pacer, handle), rules)
 
     def _settled_lately(self, queue: str) -> deque[Delivery]:
         """The last tasks of ``queue`` settled here (their acks may be lost if the channel closes for an ack
@@ -557,7 +599,49 @@ class Worker:
         return await threads.run(asyncio.get_running_loop(), contextvars.copy_context().run, pipeline.call_sync, ctx,
                                  run.args)
 
+    def _time_limited(self, limit: float, gate: _Gate) -> Callable[..., Awaitable[Any]]:
+        """``_invoke`` with a time limit. An ``async def`` handler still running at the limit is cancelled; a plain
+        one cannot be (Python cannot stop a thread): the task fails at the limit all the same, and its thread runs
+        on, keeping its concurrency slot (and pool thread) until it returns, when a line says how long it overran."""
 
+        async def invoke(pipeline: Pipeline, kind: str, delivery: Delivery, run: Run, pool: str) -> Any:
+            running = asyncio.ensure_future(self._invoke(pipeline, kind, delivery, run, pool))
+            try:
+                done, _ = await asyncio.wait((running,), timeout=limit)
+            except asyncio.CancelledError:  # the worker stopped after its grace period: the handler goes too
+                running.cancel()
+                raise
+            if done:
+                return running.result()
+            name = pipeline.route.name
+            if pipeline.is_async:
+                running.cancel()
+                await asyncio.wait((running,))  # its cancellation done (a handler may clean up first)
+                raise TimeLimitExceeded(f"task {name} ran longer than its time limit of {limit:g} s; cancelled")
+            release = gate.keep()
+            self._overruns.add(running)
+            began = time.monotonic() - limit
+            running.add_done_callback(lambda ended: self._overrun_ended(ended, name, delivery, began, limit, release))
+            raise TimeLimitExceeded(f"task {name} ran longer than its time limit of {limit:g} s; its plain handler "
+                                    f"cannot be stopped and runs on in its thread, which keeps a concurrency slot "
+                                    f"until it returns")
+
+        return invoke
+
+    def _overrun_ended(
+        self, ended: asyncio.Future[Any], name: str, delivery: Delivery, began: float, limit: float,
+        release: Callable[[], None],
+    ) -> None:
+        self._overruns.discard(ended)
+        if ended.cancelled():  # the worker stopped first
+            return
+        release()
+        error = ended.exception()
+        outcome = "returned" if error is None else f"raised {type(error).__name__}"
+        log.warning("task %s %s: its handler %s %.1f s after it started, %.1f s past its time limit of %g s; the "
+                    "task had already failed with TimeLimitExceeded, so this outcome is ignored, and its concurrency "
+                    "slot is free again", name, delivery.correlation_id, outcome, time.monotonic() - began,
+                    time.monotonic() - began - limit, limit)
 
 
 def _tell(counters: tuple[InFlight, ...], change: int) -> None:
@@ -589,6 +673,18 @@ class _Gate(asyncio.Semaphore):
         super().__init__(value)
         self.closed = False
         self.in_use = 0  # slots held by messages whose handling started
+        self._kept: set[asyncio.Task[Any] | None] = set()  # whose slot outlives their ``async with`` (``keep``)
+
+    def keep(self) -> Callable[[], None]:
+        """Keep the current task's slot past the end of its ``async with``, until the returned function is called
+        (a plain handler's thread still running past its time limit)."""
+        self._kept.add(asyncio.current_task())
+
+        def release() -> None:
+            self.in_use -= 1
+            self.release()
+
+        return release
 
     def close(self) -> None:
         self.closed = True
@@ -609,5 +705,8 @@ class _Gate(asyncio.Semaphore):
         return True
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._kept and asyncio.current_task() in self._kept:
+            self._kept.discard(asyncio.current_task())
+            return
         self.in_use -= 1
         self.release()

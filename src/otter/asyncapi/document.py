@@ -275,7 +275,7 @@ class _Builder:
         message = self._message(f"task.{queue}", f"Task {route.name}" + (" (nameless)" if default else ""),
                                 payload, "OtterTaskHeaders", None, example=example)
         queue_type = route.queue_type or self.topology.task_queue_type
-        arguments = self.topology.task_queue_arguments(queue_type)
+        arguments = self.topology.task_queue_arguments(queue_type, route.options.get("max_priority"))
         if default:
             who = ("shared by the replicas of this service (add_task(default=True))" if route.is_default
                    else "held by one worker with an exclusive consumer (the app's only task handler)")

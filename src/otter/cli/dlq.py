@@ -30,9 +30,9 @@ def dlq() -> None:
     A task goes to the dead-letter queue when its handler raised and it has no retries left (TASK_MAX_RETRIES,
     default 0: no retries), or when its message cannot be read at all (not JSON, say); the broker puts tasks there
     too, when they wait past TASK_MESSAGE_TTL or a quorum queue's delivery limit is reached. Each dead letter keeps
-    the task's body and says why it is there: the reason (Otter's handler-error, retries-exhausted or bad-message;
-    the broker's expired, delivery-limit, rejected or queue-full), the error's type and message, the attempts
-    made, and the task queue it came from.
+    the task's body and says why it is there: the reason (Otter's handler-error, retries-exhausted, time-limit or
+    bad-message; the broker's expired, delivery-limit, rejected or queue-full), the error's type and message, the
+    attempts made, and the task queue it came from.
 
     The queue is named by the config key DEAD_LETTER_QUEUE (env OTTER_DEAD_LETTER_QUEUE, default
     otter.dead-letter); every service on a broker with the same setting shares it. After fixing the cause,

@@ -64,7 +64,9 @@ def call(name: str, data: Any, broker_url: str | None, timeout: float | None) ->
     is_flag=True,
     help="Send to the default task queue (client.task(body)); then the only argument is the JSON body.",
 )
-def task(name: str | None, body: Any, broker_url: str | None, default_queue: bool) -> None:
+@click.option("--priority", type=click.IntRange(0, 255), default=None,
+              help="The task's priority, 0-255 (client.task(..., priority=N)); it orders only queues declared for it.")
+def task(name: str | None, body: Any, broker_url: str | None, default_queue: bool, priority: int | None) -> None:
     """Queue a task with JSON body (default null) on the task queue NAME; returns once the broker has it."""
     if default_queue:
         if body is not None:
@@ -74,7 +76,8 @@ def task(name: str | None, body: Any, broker_url: str | None, default_queue: boo
     elif name is None:
         raise click.UsageError("give the task queue NAME, or --default-queue")
     with _client(broker_url, None) as client:
-        exit_on_error(lambda: client.task(body=body) if name is None else client.task(name, body))
+        exit_on_error(lambda: client.task(body=body, priority=priority) if name is None
+                      else client.task(name, body, priority=priority))
     click.echo(f"task queued on {name or 'the default queue'}")
 
 

@@ -50,6 +50,7 @@ class Topology:
     task_delivery_limit: int = 20
     rpc_queue_type: str = "classic"  # see protocol.rpc_queue_arguments
     control_exchange: str = DEFAULTS["CONTROL_EXCHANGE"]  # fanout: status requests (docs/protocol.md)
+    task_max_priority: int | None = None  # TASK_MAX_PRIORITY: classic task queues' x-max-priority
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Topology:
@@ -65,16 +66,19 @@ class Topology:
             task_delivery_limit=int(config.get("TASK_DELIVERY_LIMIT", DEFAULTS["TASK_DELIVERY_LIMIT"])),
             rpc_queue_type=str(config.get("RPC_QUEUE_TYPE", DEFAULTS["RPC_QUEUE_TYPE"])),
             control_exchange=str(config.get("CONTROL_EXCHANGE", DEFAULTS["CONTROL_EXCHANGE"])),
+            task_max_priority=config.get("TASK_MAX_PRIORITY") or None,
         )
 
     def rpc_queue(self, name: str) -> str:
         return f"{self.rpc_queue_prefix}{name}"
 
-    def task_queue_arguments(self, queue_type: str | None = None) -> dict[str, Any]:
-        """The arguments a task queue of ``queue_type`` (default: ``TASK_QUEUE_TYPE``) is declared with."""
+    def task_queue_arguments(self, queue_type: str | None = None, max_priority: int | None = None) -> dict[str, Any]:
+        """The arguments a task queue of ``queue_type`` (default: ``TASK_QUEUE_TYPE``) is declared with;
+        ``max_priority`` None: ``TASK_MAX_PRIORITY``, 0: none."""
         return protocol.task_queue_arguments(
             queue_type or self.task_queue_type, message_ttl_ms=self.task_message_ttl_ms,
             delivery_limit=self.task_delivery_limit, dead_letter_queue=self.dead_letter_queue,
+            max_priority=self.task_max_priority if max_priority is None else max_priority,
         )
 
 
@@ -218,20 +222,25 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def publish_task(
-        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None
+        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None,
+        priority: int | None = None,
     ) -> int | None:
         """Put a persistent task on the durable ``queue`` and return once the broker has it. When this send was the
-        transport's first to ``queue``, return how many consumers the queue had (0: nobody runs it yet); else None."""
+        transport's first to ``queue``, return how many consumers the queue had (0: nobody runs it yet); else None.
+        ``priority`` (0-255) is the message's; the first send with one to a queue that ignores priorities logs a
+        warning saying so (``otter.limits.unheeded_priority``)."""
 
     @abc.abstractmethod
     async def publish_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None = None) -> None: ...
 
     def start_task(
-        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None, done: OnSent
+        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None, done: OnSent,
+        priority: int | None = None,
     ) -> None:
         """``publish_task`` begun now, on the loop, with ``done`` told how it ended: the pipelined sends of the sync
         ``Client``, which must not cost a task per message where the transport can do better (AMQP's fast path)."""
-        _begin(self.publish_task(queue, body, correlation_id=correlation_id, headers=headers), done)
+        _begin(self.publish_task(queue, body, correlation_id=correlation_id, headers=headers, priority=priority),
+               done)
 
     def start_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None, done: OnSent) -> None:
         """``publish_broadcast`` begun now; see ``start_task``."""
@@ -272,9 +281,10 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def consume_tasks(
         self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False,
-        queue_type: str | None = None, consumer_timeout: float | None = None,
+        queue_type: str | None = None, consumer_timeout: float | None = None, max_priority: int | None = None,
     ) -> Subscription:
-        """Declare the durable task ``queue`` as ``queue_type`` (default ``TASK_QUEUE_TYPE``) and consume it;
+        """Declare the durable task ``queue`` as ``queue_type`` (default ``TASK_QUEUE_TYPE``) with ``max_priority``
+        (None: ``TASK_MAX_PRIORITY``; 0: none) and consume it;
         ``exclusive`` asks to be its only consumer. ``QueueInUse`` when another consumer has it exclusively, or when
         exclusivity is asked for and it has consumers already; ``QueueMismatch`` when it exists with other
         arguments. ``consumer_timeout``: seconds the broker may leave a delivery unacked (where it takes it per

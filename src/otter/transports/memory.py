@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import protocol
 from ..errors import BrokerUnavailable, DeadlineExceeded, Unroutable
+from ..limits import QUORUM_HIGH_PRIORITY, priority_levels, unheeded_priority
 from .base import (
     SCHEDULE_PREFETCH,
     Delivery,
@@ -52,6 +53,7 @@ class _Message:
     redelivered: bool = False
     dies_at: float | None = None  # a task's queue TTL: dead-lettered after it
     returned: int = 0  # times given back to its queue unacked (a quorum queue's delivery count)
+    priority: int = 0
 
 
 @dataclass(eq=False)
@@ -80,6 +82,30 @@ class _Queue:
 
     def argument(self, key: str) -> Any:
         return (self.arguments or {}).get(key)
+
+    @property
+    def priority_levels(self) -> int:
+        """As RabbitMQ 4 orders it (``otter.limits.priority_levels``): 0 when the queue ignores priorities."""
+        queue_type = str(self.argument("x-queue-type") or "classic")
+        return priority_levels(queue_type, self.argument(protocol.MAX_PRIORITY_ARGUMENT), broker_major=None)
+
+    def enqueue(self, message: _Message) -> None:
+        """At the tail, or with priorities, behind every message of its level or higher (FIFO within a level; a
+        quorum queue's two levels are kept strictly here, where RabbitMQ 4 serves them 2:1)."""
+        levels = self.priority_levels if message.priority else 0
+        if levels < 2:
+            self.messages.append(message)
+            return
+        rank = self._rank(message, levels)
+        position = len(self.messages)
+        while position and self._rank(self.messages[position - 1], levels) < rank:
+            position -= 1
+        self.messages.insert(position, message)
+
+    def _rank(self, message: _Message, levels: int) -> int:
+        if self.argument("x-queue-type") == "quorum":
+            return int(message.priority >= QUORUM_HIGH_PRIORITY)
+        return min(message.priority, levels - 1)
 
 
 class MemoryBroker:
@@ -138,7 +164,7 @@ class MemoryBroker:
             ttl = queue.argument("x-message-ttl")
             if ttl is not None and message.expires_at is None:
                 message.dies_at = time.monotonic() + ttl / 1000
-            queue.messages.append(message)
+            queue.enqueue(message)
             self._schedule_expiry(queue)
             self._pump(queue)
 
@@ -387,6 +413,7 @@ class MemoryTransport(Transport):
         self._pending: dict[str, asyncio.Future[Delivery]] = {}
         self._subscriptions: list[Subscription] = []
         self._sent_to: set[str] = set()  # task queues this transport has sent to
+        self._priority_checked: set[str] = set()  # task queues sent a priority, whether they heed it or not
         self._connected = False
 
     @property
@@ -435,14 +462,20 @@ class MemoryTransport(Transport):
             self._pending.pop(correlation_id, None)
 
     async def publish_task(
-        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None
+        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None,
+        priority: int | None = None,
     ) -> int | None:
         self._check()
         first = queue not in self._sent_to
         self._sent_to.add(queue)
-        consumers = len(self.broker.declare(queue, arguments=self.topology.task_queue_arguments()).consumers)
-        self.broker.publish(queue, _Message(body, protocol.CONTENT_TYPE, dict(headers or {}), correlation_id))
-        return consumers if first else None
+        declared = self.broker.declare(queue, arguments=self.topology.task_queue_arguments())
+        if priority is not None and queue not in self._priority_checked:
+            self._priority_checked.add(queue)
+            if declared.priority_levels < 2:
+                log.warning("%s", unheeded_priority(queue, declared.argument("x-queue-type"), self.url))
+        message = _Message(body, protocol.CONTENT_TYPE, dict(headers or {}), correlation_id, priority=priority or 0)
+        self.broker.publish(queue, message)
+        return len(declared.consumers) if first else None
 
     async def publish_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None = None) -> None:
         self._check()
@@ -510,18 +543,18 @@ class MemoryTransport(Transport):
 
     async def consume_tasks(
         self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False,
-        queue_type: str | None = None, consumer_timeout: float | None = None,
+        queue_type: str | None = None, consumer_timeout: float | None = None, max_priority: int | None = None,
     ) -> Subscription:
         """``consumer_timeout`` is the broker's business: this broker has no acknowledgement timeout."""
         queue_type = queue_type or self.topology.task_queue_type
-        arguments = self.topology.task_queue_arguments(queue_type)
+        arguments = self.topology.task_queue_arguments(queue_type, max_priority)
         existing = self.broker.declare(queue, arguments=arguments).arguments
         if existing is not None and existing != arguments:
             theirs = str(existing.get("x-queue-type", "classic"))
             raise QueueMismatch(
                 f"the task queue {queue!r} exists as a {theirs} queue with {existing}, but this worker declares it as "
-                f"a {queue_type} queue with {arguments}; set TASK_QUEUE_TYPE, TASK_MESSAGE_TTL and "
-                f"TASK_DELIVERY_LIMIT to match the queue"
+                f"a {queue_type} queue with {arguments}; set TASK_QUEUE_TYPE, TASK_MESSAGE_TTL, "
+                f"TASK_DELIVERY_LIMIT and TASK_MAX_PRIORITY (or add_task(max_priority=...)) to match the queue"
             )
         return self._consume(queue, on_delivery, prefetch, auto_delete=False, exclusive=exclusive)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,15 +26,18 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnectio
 
 from ...config import redact_url
 from ...errors import BrokerRefused, BrokerUnavailable
+from ...limits import priority_levels, unheeded_priority
 from ...protocol import TASK_QUEUE_ARGUMENTS, TASK_QUEUE_TYPES
 from ..base import AckTimeout, OnAckTimeout, OnDelivery, Subscription, Topology
 from . import fence
-from .errors import ack_timeout, connect_failure, describe, quiet_outage_noise, translated
+from .errors import ack_timeout, connect_failure, describe, existing_max_priority, quiet_outage_noise, translated
 from .failover import FailoverConnection, shown
 from .public import PublicOutlet, PublicSubscription
 from .publishing import Outlet
 
 __all__ = ["CONNECTION_NAME", "Link", "Queues", "broker_of", "connect", "fails_over", "named", "open_link"]
+
+log = logging.getLogger("otter.amqp")
 
 
 
@@ -249,8 +253,37 @@ class Queues:
         self._connection, self._topology = connection, topology
         self.declared: set[str] = set()
         self.consumers: dict[str, int] = {}  # of a task queue, as its declaration found them (until taken)
+        self.priorities_checked: set[str] = set()  # task queues sent a priority, whether they heed it or not
 
-    async def task_queue(self, queue: str) -> None:
+    def ready(self, queue: str, priority: int | None) -> bool:
+        """Whether a send to ``queue`` needs no ``task_queue`` first."""
+        return queue in self.declared and (priority is None or queue in self.priorities_checked)
+
+    async def task_queue(self, queue: str, priority: int | None = None) -> None:
+        """``declare``, and with a ``priority``, see once whether the queue heeds it (``check_priorities``): a check
+        that fails (the connection lost meanwhile) is not made again, and never fails the send."""
+        await self.declare(queue)
+        if priority is not None and queue not in self.priorities_checked:
+            self.priorities_checked.add(queue)
+            try:
+                await self.check_priorities(queue)
+            except Exception as exc:
+                log.debug("could not tell whether task queue %r heeds priorities: %s", queue, describe(exc))
+
+    async def check_priorities(self, queue: str) -> None:
+        """Warn (once per connection and queue) when the existing ``queue`` ignores priorities: a classic queue
+        without ``x-max-priority``, or a quorum queue on RabbitMQ before 4.0. Nothing is said when its arguments
+        cannot be told (see ``existing``)."""
+        queue_type, max_priority = await self.existing(queue)
+        if queue_type is None:
+            return
+        server = self._connection.transport.connection.server_properties if self._connection.transport else {}
+        version = str(server.get("version", ""))
+        major = int(version.partition(".")[0]) if version.partition(".")[0].isdigit() else None
+        if priority_levels(queue_type, max_priority, broker_major=major) < 2:
+            log.warning("%s", unheeded_priority(queue, queue_type, f"RabbitMQ {version or '(version unknown)'}"))
+
+    async def declare(self, queue: str) -> None:
         """Make sure ``queue`` exists before sending to it. A sender cannot know the type its workers gave the queue,
         and a declaration with other arguments is refused (closing the channel), so an existing queue is looked up
         passively and used as it is; a missing one is created with this side's ``TASK_QUEUE_TYPE`` (a worker that
@@ -285,21 +318,27 @@ class Queues:
         raise BrokerUnavailable(f"could not declare the task queue {queue!r}: it kept appearing and disappearing")
 
     async def existing_type(self, queue: str) -> str | None:
-        """The type of the existing ``queue``, if it has the arguments Otter (or kiwipy) would give a queue of that
-        type with this config; None otherwise. AMQP has no way to read a queue's arguments: each guess is a
-        declaration the broker accepts only if it changes nothing."""
+        """The type of the existing ``queue`` (see ``existing``)."""
+        return (await self.existing(queue))[0]
+
+    async def existing(self, queue: str) -> tuple[str | None, int | None]:
+        """The type and ``x-max-priority`` of the existing ``queue``, if it has the arguments Otter (or kiwipy) would
+        give a queue of that type with this config, with or without priorities; (None, None) otherwise. AMQP has no
+        way to read a queue's arguments: each guess (without ``x-max-priority``) is a declaration the broker accepts
+        only if it changes nothing, and a refusal that names ``x-max-priority`` first says its value."""
         for queue_type in TASK_QUEUE_TYPES:
-            guesses = [self._topology.task_queue_arguments(queue_type)]
+            guesses = [self._topology.task_queue_arguments(queue_type, max_priority=0)]
             if queue_type == "classic":
                 guesses.append(dict(TASK_QUEUE_ARGUMENTS))
             for arguments in guesses:
                 try:
                     async with _scratch_channel(self._connection) as channel:
                         await channel.queue_declare(queue, durable=True, arguments=arguments)
-                        return queue_type
-                except aiormq.exceptions.ChannelPreconditionFailed:
-                    continue
-        return None
+                        return queue_type, None
+                except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                    if (max_priority := existing_max_priority(exc)) is not None:
+                        return "classic", max_priority  # only classic queues take x-max-priority
+        return None, None
 
     def forget(self) -> None:
         """After a reconnection (perhaps to another broker): check each queue again before its next use."""

@@ -22,6 +22,7 @@ __all__ = [
     "connect_failure",
     "deprecated_feature",
     "describe",
+    "existing_max_priority",
     "queue_mismatch",
     "quiet_outage_noise",
     "translated",
@@ -172,9 +173,18 @@ _ARGUMENT_KEYS = {
     "x-dead-letter-exchange": "TASK_QUEUE_TYPE and TASK_MESSAGE_TTL (only a classic queue with kiwipy's 7-day TTL "
                               "has no dead-letter exchange)",
     "x-dead-letter-routing-key": "DEAD_LETTER_QUEUE",
+    "x-max-priority": "TASK_MAX_PRIORITY (or add_task(max_priority=...))",
 }
 _INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)' for queue '([^']*)' in vhost '[^']*': "
                            r"received (.+?) but current is (.+?)\s*$")
+_CURRENT_MAX_PRIORITY = re.compile(r"inequivalent arg 'x-max-priority' .*current is the value '(\d+)'")
+
+
+def existing_max_priority(exc: BaseException) -> int | None:
+    """The queue's ``x-max-priority`` when the broker refused a declaration for it (it names the first argument
+    that differs, and its current value: measured on 3.10 and 4.0), else None."""
+    found = _CURRENT_MAX_PRIORITY.search(str(exc))
+    return int(found.group(1)) if found else None
 
 
 def queue_mismatch(exc: BaseException, queue: str, queue_type: str, existing_type: str | None) -> str:

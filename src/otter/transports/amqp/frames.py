@@ -29,7 +29,7 @@ _FRAME_END = b"\xce"
 _METHOD, _HEADER, _BODY = 1, 2, 3
 
 # Property flags, in the order AMQP encodes the properties.
-_CONTENT_TYPE, _HEADERS, _DELIVERY_MODE = 0x8000, 0x2000, 0x1000
+_CONTENT_TYPE, _HEADERS, _DELIVERY_MODE, _PRIORITY = 0x8000, 0x2000, 0x1000, 0x0800
 _CORRELATION_ID, _REPLY_TO, _EXPIRATION, _MESSAGE_ID = 0x0400, 0x0200, 0x0100, 0x0080
 
 
@@ -44,6 +44,7 @@ def encode(
     content_type: str | None = None,
     headers: Mapping[str, Any] | None = None,
     delivery_mode: int | None = None,
+    priority: int | None = None,
     correlation_id: str | None = None,
     reply_to: str | None = None,
     expiration: str | None = None,
@@ -63,6 +64,9 @@ def encode(
     if delivery_mode is not None:
         flags |= _DELIVERY_MODE
         properties.append(bytes((delivery_mode,)))
+    if priority is not None:
+        flags |= _PRIORITY
+        properties.append(bytes((priority,)))
     for flag, value in ((_CORRELATION_ID, correlation_id), (_REPLY_TO, reply_to), (_EXPIRATION, expiration),
                         (_MESSAGE_ID, message_id)):
         if value:

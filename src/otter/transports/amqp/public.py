@@ -47,6 +47,7 @@ class PublicOutlet(Outlet):
             content_type=fields.get("content_type"),
             headers=fields.get("headers"),
             delivery_mode=fields.get("delivery_mode"),
+            priority=fields.get("priority"),
             correlation_id=fields.get("correlation_id"),
             reply_to=fields.get("reply_to"),
             expiration=None if expiration is None else int(expiration) / 1000,

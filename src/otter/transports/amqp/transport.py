@@ -165,23 +165,21 @@ class AmqpTransport(Transport):
         )
 
     async def publish_task(
-        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None
+        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None,
+        priority: int | None = None,
     ) -> int | None:
         assert self._link is not None and self._queues is not None, "call connect() first"
         # Through the default exchange, straight to the queue: the same queue the task exchange routes ``queue``
         # to (kiwipy binds each task queue by its own name, and so does ``Queues.task_queue``), at ~10% less
         # broker CPU per task than a topic exchange lookup.
         queues = self._queues
-        fields = {
-            "mandatory": True, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
-            "correlation_id": correlation_id, "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
-        }
+        fields = self._task_fields(correlation_id, headers, priority)
         watcher = self.watcher
         started = time.perf_counter() if watcher is not None else 0.0
         try:
             await self._sender.send_until_confirmed(
                 self._link.confirmed, "", queue, body, fields, action=f"send the task to {queue!r}",
-                prepare=lambda: None if queue in queues.declared else lambda: queues.task_queue(queue),
+                prepare=lambda: None if queues.ready(queue, priority) else lambda: queues.task_queue(queue, priority),
             )
         except aiormq.exceptions.PublishError as exc:
             queues.declared.discard(queue)  # deleted since it was declared: declare it on the next send
@@ -195,7 +193,8 @@ class AmqpTransport(Transport):
         return consumers
 
     def start_task(
-        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None, done: OnSent
+        self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None, done: OnSent,
+        priority: int | None = None,
     ) -> None:
         """Pipelined (``pipelined``): queued without a task, settled from its confirm, in order. A return is
         ``Unroutable``; any other failure sends it again the way ``publish_task`` does, until ``PUBLISH_TIMEOUT``."""
@@ -203,30 +202,41 @@ class AmqpTransport(Transport):
         pipelined = self._pipelined
 
         def fallback() -> None:
-            Transport.start_task(self, queue, body, correlation_id=correlation_id, headers=headers, done=done)
+            Transport.start_task(self, queue, body, correlation_id=correlation_id, headers=headers, done=done,
+                                 priority=priority)
 
         if pipelined.after(queue, lambda: self.start_task(queue, body, correlation_id=correlation_id,
-                                                          headers=headers, done=done)):
+                                                          headers=headers, done=done, priority=priority)):
             return
         if self._sender.closing:
             fallback()
-        elif queue not in self._sent_to or queue not in self._queues.declared:  # this send declares the queue
+        elif queue not in self._sent_to or not self._queues.ready(queue, priority):  # this send declares the queue
             def first(release: Callable[[], None]) -> None:
                 def ended(result: Any, error: BaseException | None) -> None:
                     done(result, error)
                     release()
 
-                Transport.start_task(self, queue, body, correlation_id=correlation_id, headers=headers, done=ended)
+                Transport.start_task(self, queue, body, correlation_id=correlation_id, headers=headers, done=ended,
+                                     priority=priority)
 
             pipelined.follow(queue, first)
         else:
-            fields = {
-                "mandatory": True, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
-                "correlation_id": correlation_id, "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
-            }
+            fields = self._task_fields(correlation_id, headers, priority)
             watched = self._watched("task", done)  # the other ways end in publish_task, which tells the watcher
             pipelined.send("", queue, body, fields, lambda confirm: confirm.add_done_callback(
                 lambda ended: self._task_confirmed(ended, queue, watched, fallback)), fallback)
+
+    def _task_fields(
+        self, correlation_id: str, headers: Mapping[str, Any] | None, priority: int | None
+    ) -> dict[str, Any]:
+        """A task's publish: persistent, mandatory, and its ``priority`` when it has one."""
+        fields = {
+            "mandatory": True, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
+            "correlation_id": correlation_id, "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
+        }
+        if priority is not None:
+            fields["priority"] = priority
+        return fields
 
     def _watched(self, what: str, done: OnSent) -> OnSent:
         """``done``, telling the watcher (metrics) how long a pipelined send took once it succeeded."""
@@ -373,14 +383,14 @@ class AmqpTransport(Transport):
 
     async def consume_tasks(
         self, queue: str, on_delivery: OnDelivery, *, prefetch: int, exclusive: bool = False,
-        queue_type: str | None = None, consumer_timeout: float | None = None,
+        queue_type: str | None = None, consumer_timeout: float | None = None, max_priority: int | None = None,
     ) -> Subscription:
         """Declare the queue with this worker's arguments (never passively: a worker must not run a queue of
         another type than it was configured for) and consume it. A queue that exists with other arguments is a
         ``QueueMismatch`` saying which argument differs and how to fix it, not an outage to retry."""
         assert self._link is not None and self._queues is not None, "call connect() first"
         queue_type = queue_type or self.topology.task_queue_type
-        arguments = self.topology.task_queue_arguments(queue_type)
+        arguments = self.topology.task_queue_arguments(queue_type, max_priority)
         if "x-dead-letter-routing-key" in arguments:  # what the broker dead-letters needs somewhere to go
             await self._queues.dead_letter_queue()
         async with self._link.consumer_channel(prefetch) as channel:
