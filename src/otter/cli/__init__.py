@@ -11,7 +11,8 @@ first: the command-line option, then ``OTTER_<KEY>``, then the app's ``app.confi
 See docs/cli.md.
 
 This module is the group and its entry point; each command lives in the module of its job: ``serve`` (run),
-``describe`` (routes, config), ``docs`` (the AsyncAPI document), ``send`` (call, task, broadcast), ``dlq``;
+``describe`` (routes, config), ``docs`` (the AsyncAPI document), ``send`` (call, task, broadcast), ``dlq``,
+``dashboard`` (the web dashboard);
 ``settings``, ``loading`` and ``output`` serve them all.
 """
 
@@ -24,6 +25,7 @@ import click
 
 from .. import __version__
 from ..app import RUN_FROM_CLI_ENV
+from .dashboard import dashboard
 from .describe import routes, show_config
 from .dlq import dlq
 from .docs import docs
@@ -84,5 +86,5 @@ def cli() -> None:
     """
 
 
-for _command in (run, routes, show_config, docs, call, task, broadcast, dlq):
+for _command in (run, routes, show_config, docs, call, task, broadcast, dlq, dashboard):
     cli.add_command(_command)
