@@ -1,0 +1,50 @@
+"""Fixtures of the dashboard tests: a service process on the shared broker, with the test's own names."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import unique_names
+from helpers_process import READY, AppProcess
+from rawbroker import RawBroker
+
+from .helpers import SERVICE_APP
+
+
+@dataclass
+class Service:
+    """The service process, the environment that points the dashboard at the same exchanges, and its names."""
+
+    process: AppProcess
+    env: dict[str, str]
+    names: dict[str, Any]
+    name: str
+    task: str
+    fixed: Path
+
+
+@pytest.fixture
+def service_env(amqp_url: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], dict[str, Any], str, str]]:
+    names = unique_names("dash")
+    tag = uuid.uuid4().hex[:10]
+    task, service_name = f"dash-{tag}.work", f"dash-service-{tag}"
+    env = {f"OTTER_{key}": str(value) for key, value in names.items()}
+    env.update(OTTER_BROKER_URL=amqp_url, DASHBOARD_TASK=task, DASHBOARD_SERVICE=service_name,
+               DASHBOARD_FIXED=str(tmp_path / "fixed"))
+    yield env, names, task, service_name
+    with RawBroker.open(amqp_url, names) as raw:
+        raw.delete(task)
+
+
+@pytest.fixture
+def service(service_env: tuple[dict[str, str], dict[str, Any], str, str], tmp_path: Path) -> Iterator[Service]:
+    env, names, task, name = service_env
+    with AppProcess("-m", "otter", "run", SERVICE_APP, env=env) as process:
+        process.wait_for(READY)
+        yield Service(process, env, names, name, task, tmp_path / "fixed")
