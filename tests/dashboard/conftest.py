@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,8 @@ from conftest import unique_names
 from helpers_process import READY, AppProcess
 from rawbroker import RawBroker
 
-from .helpers import SERVICE_APP
+from .browser import browser_fixture, save_screenshot
+from .helpers import SERVICE_APP, DashboardProcess
 
 
 @dataclass
@@ -48,3 +49,30 @@ def service(service_env: tuple[dict[str, str], dict[str, Any], str, str], tmp_pa
     with AppProcess("-m", "otter", "run", SERVICE_APP, env=env) as process:
         process.wait_for(READY)
         yield Service(process, env, names, name, task, tmp_path / "fixed")
+
+
+@pytest.fixture
+def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
+    yield from browser_fixture(request)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    yield
+    save_screenshot(item)
+
+
+@pytest.fixture
+def start_dashboard() -> Iterator[Callable[..., DashboardProcess]]:
+    """``start_dashboard(env, *options)``: an ``otter dashboard`` process, stopped when the test is over (after its
+    screenshot)."""
+    started: list[DashboardProcess] = []
+
+    def start(env: dict[str, str], *options: str) -> DashboardProcess:
+        process = DashboardProcess(*options, env=env).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
