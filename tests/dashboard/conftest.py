@@ -20,35 +20,47 @@ from .helpers import SERVICE_APP, DashboardProcess
 
 @dataclass
 class Service:
-    """The service process, the environment that points the dashboard at the same exchanges, and its names."""
+    """The service process, and the environment that reaches it and points a dashboard at the same exchanges."""
 
     process: AppProcess
     env: dict[str, str]
     names: dict[str, Any]
-    name: str
-    task: str
-    fixed: Path
+
+    @property
+    def name(self) -> str:
+        return self.env["DASHBOARD_SERVICE"]
+
+    @property
+    def task(self) -> str:
+        return self.env["DASHBOARD_TASK"]
+
+    @property
+    def fixed(self) -> Path:
+        """The file whose presence makes the service's task succeed."""
+        return Path(self.env["DASHBOARD_FIXED"])
 
 
 @pytest.fixture
-def service_env(amqp_url: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], dict[str, Any], str, str]]:
+def service_env(amqp_url: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
+    """The environment of a service and its dashboard (``OTTER_*`` names, the service's and its task's names),
+    and the config names in it; the task queue is deleted afterwards."""
     names = unique_names("dash")
     tag = uuid.uuid4().hex[:10]
     task, service_name = f"dash-{tag}.work", f"dash-service-{tag}"
     env = {f"OTTER_{key}": str(value) for key, value in names.items()}
     env.update(OTTER_BROKER_URL=amqp_url, DASHBOARD_TASK=task, DASHBOARD_SERVICE=service_name,
                DASHBOARD_FIXED=str(tmp_path / "fixed"))
-    yield env, names, task, service_name
+    yield env, names
     with RawBroker.open(amqp_url, names) as raw:
         raw.delete(task)
 
 
 @pytest.fixture
-def service(service_env: tuple[dict[str, str], dict[str, Any], str, str], tmp_path: Path) -> Iterator[Service]:
-    env, names, task, name = service_env
+def service(service_env: tuple[dict[str, str], dict[str, Any]]) -> Iterator[Service]:
+    env, names = service_env
     with AppProcess("-m", "otter", "run", SERVICE_APP, env=env) as process:
         process.wait_for(READY)
-        yield Service(process, env, names, name, task, tmp_path / "fixed")
+        yield Service(process, env, names)
 
 
 @pytest.fixture

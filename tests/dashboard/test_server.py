@@ -25,7 +25,7 @@ HTML = {"Accept": "text/html"}
 
 
 def test_a_token_guards_every_page_and_endpoint(service_env: Any) -> None:
-    env, *_ = service_env
+    env, _ = service_env
     token = f"t-{uuid.uuid4().hex}"
     with DashboardProcess(env={**env, "OTTER_DASHBOARD_TOKEN": token}) as dashboard:
         url = dashboard.url
@@ -50,7 +50,7 @@ def test_a_token_guards_every_page_and_endpoint(service_env: Any) -> None:
 
 
 def test_a_post_needs_the_pages_csrf_value_and_its_own_origin(service_env: Any) -> None:
-    env, *_ = service_env
+    env, _ = service_env
     with DashboardProcess(env=env) as dashboard:
         url = dashboard.url
         csrf = csrf_of(http(f"{url}/").text)
@@ -65,7 +65,7 @@ def test_a_post_needs_the_pages_csrf_value_and_its_own_origin(service_env: Any) 
 
 
 def test_a_loopback_dashboard_answers_loopback_names_only(service_env: Any) -> None:
-    env, *_ = service_env
+    env, _ = service_env
     with DashboardProcess(env=env) as dashboard:
         assert http(f"{dashboard.url}/", headers={"Host": "localhost"}).status == 200
         assert http(f"{dashboard.url}/", headers={"Host": "rebound.evil.example"}).status == 400
@@ -84,7 +84,7 @@ def test_it_refuses_to_serve_beyond_loopback_without_a_token() -> None:
 
 def test_the_broker_password_never_reaches_a_page(service_env: Any) -> None:
     """A broker that cannot be reached makes every part of the page show an error: none names the password."""
-    env, *_ = service_env
+    env, _ = service_env
     secret = f"pw-{uuid.uuid4().hex}"
     broker = f"amqp://guest:{secret}@127.0.0.1:9/"  # port 9: nothing listens there
     with DashboardProcess(env={**env, "OTTER_BROKER_URL": broker}) as dashboard:
@@ -144,7 +144,7 @@ def test_a_dead_letter_is_replayed_only_after_the_confirmation_step(service: Ser
 
 
 def test_api_services_is_json(service_env: Any) -> None:
-    env, *_ = service_env
+    env, _ = service_env
     with DashboardProcess(env=env) as dashboard:
         answer = http(f"{dashboard.url}/api/services")
         assert answer.status == 200 and answer.headers["Content-Type"] == "application/json"
