@@ -346,7 +346,7 @@ class AmqpRawBroker(RawBroker):
         names = self.names
         doomed = dict.fromkeys([*queues, *(names[key] for key in ("DEFAULT_TASK_QUEUE", "DEAD_LETTER_QUEUE")
                                            if key in names)])
-        exchanges = [names[key] for key in ("MESSAGE_EXCHANGE", "TASK_EXCHANGE") if key in names]
+        exchanges = [names[key] for key in ("MESSAGE_EXCHANGE", "TASK_EXCHANGE", "CONTROL_EXCHANGE") if key in names]
 
         async def delete() -> None:
             connection = await self._connected()

@@ -186,9 +186,13 @@ class Otter(Scaffold):
         """Serve on the running loop until ``stop`` is set (or SIGINT/SIGTERM when in the main thread); ``started``
         is called once every consumer is up, and each of ``observers`` is told of every handled message.
         ``METRICS_PORT`` and ``HEALTH_PORT`` in ``config`` serve metrics and health probes (``otter.operations``)."""
+        from .control import Identity
         from .operations import Operations
 
-        operations = Operations(config)
+        identity = Identity.now(self.name, config.get("SERVICE_VERSION"),
+                                (getattr(route.handler, "__module__", "") or "" for route in self.routes),
+                                int(config["CONCURRENCY"]))
+        operations = Operations(config, identity)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         handled_signals = []
@@ -203,6 +207,7 @@ class Otter(Scaffold):
                 log.info("stopped before the broker could be reached")
                 return
             await worker.start()
+            await operations.serving(worker)
             log.info("%s is running on %s; press Ctrl-C to stop", self.name, redact_url(config["BROKER_URL"]))
             if started is not None:
                 started()

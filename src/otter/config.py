@@ -118,12 +118,18 @@ DEFAULTS: dict[str, Any] = {
     "LOG_CONFIG": None,  # a logging dictConfig file (JSON or YAML) that replaces Otter's log handler
     # OpenTelemetry spans (otter.tracing): "auto" traces when opentelemetry is installed (otter-mq[otel]).
     "TRACING": "auto",
+    # Service discovery (otter services, otter.services; docs/protocol.md, "Control messages"): each worker answers
+    # status requests on CONTROL_EXCHANGE and counts per route. False: no control queue, and nothing counted per
+    # message unless metrics are on.
+    "DISCOVERY": True,
+    "SERVICE_VERSION": None,  # what discovery reports as the service's version; None: the app's package version
     # Names on the wire; the defaults are kiwipy's so kiwipy programs interoperate.
     "MESSAGE_EXCHANGE": kiwipy_defaults.MESSAGE_EXCHANGE,
     "TASK_EXCHANGE": kiwipy_defaults.TASK_EXCHANGE,
     "DEFAULT_TASK_QUEUE": kiwipy_defaults.TASK_QUEUE,
     "RPC_QUEUE_PREFIX": "otter.rpc.",
     "DEAD_LETTER_QUEUE": "otter.dead-letter",
+    "CONTROL_EXCHANGE": "otter.control",  # Otter's own (fanout): status requests of otter services
 }
 
 
@@ -301,6 +307,9 @@ RULES: dict[str, Rule] = {
     "LOG_FORMAT": Rule("text or json", _choice("text", "json")),
     "LOG_CONFIG": _PATH,
     "TRACING": Rule("auto, true or false", _auto_or_flag),
+    "DISCOVERY": _FLAG,
+    "SERVICE_VERSION": Rule("a non-empty string", _text(), optional=True),
+    "CONTROL_EXCHANGE": _NAME,
     "MESSAGE_EXCHANGE": _NAME,
     "TASK_EXCHANGE": _NAME,
     "DEFAULT_TASK_QUEUE": _NAME,

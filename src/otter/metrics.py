@@ -4,9 +4,10 @@
 worker and the transport tell it about each message, publish and connection change, and cost nothing more when it
 is not attached.
 
-On the hot path it only adds to plain numbers (about half a microsecond a message on a quiet machine;
-prometheus-client's own metric objects, with a lock per update, cost five times that, and its multiprocess mode
-writes a memory-mapped file on every update), and turns them into Prometheus families when scraped (``collect``).
+On the hot path it only adds to plain numbers (it is an ``otter.stats.Tally``; about half a microsecond a message on
+a quiet machine; prometheus-client's own metric objects, with a lock per update, cost five times that, and its
+multiprocess mode writes a memory-mapped file on every update), and turns them into Prometheus families when
+scraped (``collect``).
 With ``--workers N`` each worker writes those numbers to a file of its own in the supervisor's directory every
 ``SNAPSHOT_INTERVAL`` and when it stops, and the supervisor serves their sum on one endpoint (``PodCollector``):
 counters and histograms of every worker that ever ran (a replaced worker's counts stay), gauges (in flight,
@@ -18,21 +19,20 @@ prometheus-client is optional (``pip install 'otter-mq[metrics]'``); ``import ot
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
+from .stats import DURATION_BUCKETS, LATENCY_BOUNDS, Histogram, Tally, fold, outcome_of
 
 if TYPE_CHECKING:
     from .transports.base import Transport
-    from .worker import Handled
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -48,8 +48,6 @@ __all__ = [
 
 log = logging.getLogger("otter.metrics")
 
-# Handler durations from 1 ms to a minute: RPCs are milliseconds, tasks may take long.
-DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Publishes: a reply is queued in microseconds, a confirmed task waits for the broker's confirm (a few ms).
 PUBLISH_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 SNAPSHOT_INTERVAL = 1.0  # seconds between a supervised worker's snapshots
@@ -69,54 +67,7 @@ def require_prometheus() -> Any:
     return prometheus_client
 
 
-def outcome_of(event: Handled) -> str:
-    """A bounded label for what became of a message (``Handled.outcome`` is free text, unfit as a label):
-    ok, error (an RPC or broadcast whose handler raised), retry, dead_letter, requeued, expired or rejected
-    (bad input, or a reply that could not be encoded)."""
-    if event.action == "retry":
-        return "retry"
-    if event.action == "dead-letter":
-        return "dead_letter"
-    if event.action == "requeue":
-        return "requeued"
-    if event.error is not None:
-        return "error"
-    if event.outcome in ("ok", "expired"):
-        return event.outcome
-    return "rejected"
-
-
-class _Histogram:
-    """Counts per bucket (the last one is +Inf) and the sum, as plain numbers."""
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-
-class _Route:
-    """One route's numbers; ``change`` is what the worker calls as a handler starts (+1) and ends (-1)."""
-
-    __slots__ = ("duration", "errors", "outcomes", "running")
-
-    def __init__(self) -> None:
-        self.running = 0
-        self.outcomes: dict[str, int] = {}
-        self.errors: dict[str, int] = {}
-        self.duration = _Histogram(DURATION_BUCKETS)
-
-    def change(self, by: int) -> None:
-        self.running += by
-
-
-class Metrics:
+class Metrics(Tally):
     """The worker's metrics; see the module docstring. ``registry`` serves them (``serve``), ``snapshot()`` is
     what a supervised worker writes for its supervisor.
 
@@ -126,29 +77,14 @@ class Metrics:
 
     def __init__(self) -> None:
         client = require_prometheus()
-        self._routes: dict[tuple[str, str], _Route] = {}
-        self._publishes: dict[str, _Histogram] = {}
+        super().__init__()
+        self._publishes: dict[str, Histogram] = {}
         self.connected = 0
         self.reconnects = 0
         self.registry = client.CollectorRegistry()
         self.registry.register(self)
 
-    # -- the worker's hooks ---------------------------------------------------------------------------------------
-    def __call__(self, event: Handled) -> None:
-        """An ``Observer`` of handled messages."""
-        route = self._routes.get((event.kind, event.name)) or self._route(event.kind, event.name)
-        outcome = outcome_of(event)
-        outcomes = route.outcomes
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        route.duration.observe(event.seconds)
-        if event.error is not None:
-            error = type(event.error).__name__
-            route.errors[error] = route.errors.get(error, 0) + 1
-
-    def in_flight(self, kind: str, name: str) -> Callable[[int], None]:
-        """What the worker calls with +1 when a handler of the route starts and -1 when it ends."""
-        return (self._routes.get((kind, name)) or self._route(kind, name)).change
-
+    # -- the transport's hooks (the worker's are Tally's) ------------------------------------------------------
     def watch_transport(self, transport: Transport) -> None:
         """Be told of the transport's publishes and connection changes (``Transport.watcher``)."""
         transport.watcher = self
@@ -156,7 +92,7 @@ class Metrics:
     def published(self, what: str, seconds: float) -> None:
         histogram = self._publishes.get(what)
         if histogram is None:
-            histogram = self._publishes[what] = _Histogram(PUBLISH_BUCKETS)
+            histogram = self._publishes[what] = Histogram(PUBLISH_BUCKETS)
         histogram.observe(seconds)
 
     def connection_changed(self, up: bool, reconnected: bool) -> None:
@@ -164,19 +100,15 @@ class Metrics:
         if reconnected:
             self.reconnects += 1
 
-    def _route(self, kind: str, name: str) -> _Route:
-        route = self._routes[(kind, name)] = _Route()
-        return route
-
     # -- reading them -----------------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """Every number, as JSON-able data. Safe from another thread (the scrape's): each copy is one C call."""
         routes = []
-        for (kind, name), route in list(self._routes.items()):
+        for (kind, name), route in list(self.routes.items()):
             routes.append({
                 "kind": kind, "name": name, "running": route.running, "outcomes": dict(route.outcomes),
                 "errors": dict(route.errors),
-                "duration": [list(route.duration.counts), route.duration.total],
+                "duration": [fold(list(route.duration.counts), LATENCY_BOUNDS, DURATION_BUCKETS), route.duration.total],
             })
         publishes = {what: [list(h.counts), h.total] for what, h in list(self._publishes.items())}
         return {"routes": routes, "publishes": publishes, "connected": self.connected,

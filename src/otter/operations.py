@@ -1,9 +1,11 @@
-"""What a serving worker process offers its operators, as ``METRICS_PORT`` and ``HEALTH_PORT`` say.
+"""What a serving worker process offers its operators, as ``METRICS_PORT``, ``HEALTH_PORT`` and ``DISCOVERY`` say.
 
 A lone worker serves both ports itself. A worker under the ``--workers N`` supervisor (``OTTER_WORKER_NUMBER`` is
 set) serves neither: it writes its metrics to a file in the supervisor's directory and serves its probes on a port
 of its own on 127.0.0.1 for the supervisor to ask, which serves the public ports for all of them (see
-``otter.metrics`` and ``otter.health``). Nothing here is imported unless a port is configured.
+``otter.metrics`` and ``otter.health``). Nothing here is imported unless a port is configured. With ``DISCOVERY``
+(the default) every worker, supervised or not, answers control requests itself (``otter.control``), from the
+metrics' counts when metrics are on, else from a ``Tally`` of its own.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 from .supervisor import WORKER_NUMBER_ENV
 
 if TYPE_CHECKING:
+    from .control import Identity, StatusResponder
     from .health import ProbeServer
     from .metrics import Endpoint, PodCollector
+    from .stats import Tally
     from .worker import Observer, Worker
 
 __all__ = ["Operations", "PodOperations"]
@@ -31,16 +35,25 @@ log = logging.getLogger("otter.operations")
 class Operations:
     """Made before the worker (its metrics observe it), started once the worker exists, closed after it stopped."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], identity: Identity | None = None) -> None:
+        """``identity``: who this worker is to discovery; None (or ``DISCOVERY`` off) answers no control request."""
         self.metrics_port: int | None = config.get("METRICS_PORT")
         self.health_port: int | None = config.get("HEALTH_PORT")
         self.worker_number = os.environ.get(WORKER_NUMBER_ENV)
         self.observers: tuple[Observer, ...] = ()
+        self.tally: Tally | None = None
         if self.metrics_port is not None:
             from .metrics import Metrics
 
-            self.metrics = Metrics()
+            self.metrics = self.tally = Metrics()
             self.observers = (self.metrics,)
+        self.identity = identity if config.get("DISCOVERY", True) else None
+        if self.identity is not None and self.tally is None:
+            from .stats import Tally
+
+            self.tally = Tally()
+            self.observers = (self.tally,)
+        self._control: StatusResponder | None = None
         self._endpoint: Endpoint | None = None
         self._snapshots: asyncio.Task[None] | None = None
         self._probes: ProbeServer | None = None
@@ -73,7 +86,21 @@ class Operations:
         else:
             log.info("health probes at http://0.0.0.0:%d/livez and /readyz", self._probes.port)
 
+    async def serving(self, worker: Worker) -> None:
+        """Once the worker serves: answer control requests (before the app says it is running, so that a
+        discovery after that line finds it)."""
+        if self.identity is None or self.tally is None:
+            return
+        from .control import StatusResponder, route_entries
+
+        topology = worker.transport.topology  # type: ignore[attr-defined]
+        self._control = StatusResponder(self.identity, route_entries(worker.table, topology.rpc_queue), self.tally,
+                                        worker.codec, worker.transport, lambda: worker.state)
+        await self._control.start()
+
     async def close(self) -> None:
+        if self._control is not None:
+            await self._control.close()
         if self._snapshots is not None:  # its last snapshot, with the messages the stop finished, is written now
             self._snapshots.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -28,6 +28,8 @@ __all__ = [
     "BROKER_DEAD_LETTER_REASONS",
     "CONSUMER_TIMEOUT_ARGUMENT",
     "CONTENT_TYPE",
+    "CONTROL_ROUTING_KEY",
+    "CONTROL_VERSION",
     "DEADLINE_HEADER",
     "DEAD_LETTER_REASONS",
     "ERROR_MESSAGE_HEADER",
@@ -111,6 +113,10 @@ def task_queue_arguments(
     arguments.update({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_queue})
     return arguments
 BROADCAST_QUEUE_ARGUMENTS: Final[dict[str, Any]] = {"x-message-ttl": KiwipyDefaults.MESSAGE_TTL}
+# Control messages (otter.control; docs/protocol.md, "Control messages"): requests go to CONTROL_EXCHANGE, a fanout
+# exchange, so the routing key is only said for the binding; every request and reply carries the version.
+CONTROL_ROUTING_KEY: Final = "otter.control"
+CONTROL_VERSION: Final = 1
 RETRY_QUEUE_SPARE_MS = 60_000  # a retry delay queue outlives its longest wait by this much, then goes when unused
 # An RPC queue is shared by the replicas serving a name, so it cannot be exclusive, and RabbitMQ 4.3 refuses
 # transient (non-durable) queues that are not exclusive: it is durable, deleted when its last consumer leaves

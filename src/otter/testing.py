@@ -193,6 +193,7 @@ def unique_names(prefix: str = "test") -> dict[str, Any]:
         "DEFAULT_TASK_QUEUE": f"{tag}.tasks.default",
         "RPC_QUEUE_PREFIX": f"{tag}.rpc.",
         "DEAD_LETTER_QUEUE": f"{tag}.dead-letter",
+        "CONTROL_EXCHANGE": f"{tag}.control",
     }
 
 
@@ -209,7 +210,9 @@ def _delete_names(url: str, names: Mapping[str, str]) -> None:
             channel = await connection.channel()
             for queue in (names["DEFAULT_TASK_QUEUE"], names["DEAD_LETTER_QUEUE"]):
                 await channel.queue_delete(queue)
-            for exchange in (names["MESSAGE_EXCHANGE"], names["TASK_EXCHANGE"]):
+            for exchange in (names["MESSAGE_EXCHANGE"], names["TASK_EXCHANGE"], names.get("CONTROL_EXCHANGE")):
+                if exchange is None:
+                    continue
                 await channel.exchange_delete(exchange)
 
     with contextlib.suppress(Exception):  # tidying up must not turn a passing test into an error

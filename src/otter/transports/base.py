@@ -48,6 +48,7 @@ class Topology:
     task_message_ttl_ms: int | None = protocol.KiwipyDefaults.TASK_MESSAGE_TTL
     task_delivery_limit: int = 20
     rpc_queue_type: str = "classic"  # see protocol.rpc_queue_arguments
+    control_exchange: str = DEFAULTS["CONTROL_EXCHANGE"]  # fanout: status requests (docs/protocol.md)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Topology:
@@ -62,6 +63,7 @@ class Topology:
             task_message_ttl_ms=round(float(ttl) * 1000) or None if ttl else None,
             task_delivery_limit=int(config.get("TASK_DELIVERY_LIMIT", DEFAULTS["TASK_DELIVERY_LIMIT"])),
             rpc_queue_type=str(config.get("RPC_QUEUE_TYPE", DEFAULTS["RPC_QUEUE_TYPE"])),
+            control_exchange=str(config.get("CONTROL_EXCHANGE", DEFAULTS["CONTROL_EXCHANGE"])),
         )
 
     def rpc_queue(self, name: str) -> str:
@@ -276,6 +278,19 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def consume_broadcasts(self, on_delivery: OnDelivery, *, prefetch: int) -> Subscription: ...
+
+    # -- control messages (otter services; docs/protocol.md, "Control messages") ------------------------------------
+    @abc.abstractmethod
+    async def consume_control(self, on_request: OnDelivery) -> Subscription:
+        """Hear every request sent to the control exchange, on a queue of this connection's own (exclusive,
+        server-named, settled on receipt) that goes when the connection goes: a killed process stops answering."""
+
+    @abc.abstractmethod
+    async def survey(
+        self, body: bytes, *, correlation_id: str, timeout: float, expected: int | None = None
+    ) -> list[Delivery]:
+        """Send one control request to every listener, and return the replies that came within ``timeout``
+        seconds (or as soon as ``expected`` came). The request expires with the survey."""
 
 
 _BEGUN: set[asyncio.Task[Any]] = set()  # the loop keeps only weak references to tasks

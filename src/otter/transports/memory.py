@@ -90,6 +90,7 @@ class MemoryBroker:
         self._lock = threading.RLock()
         self.queues: dict[str, _Queue] = {}
         self.broadcast_consumers: list[_Consumer] = []
+        self.control_consumers: list[_Consumer] = []  # each worker's control queue (docs/protocol.md)
         self.reply_targets: dict[str, tuple[asyncio.AbstractEventLoop, Any]] = {}
         # Messages waiting out a retry delay, and queue TTLs to enforce: (due, order, queue, message or None for a
         # TTL check of the queue), served by one thread while non-empty.
@@ -295,6 +296,13 @@ class MemoryBroker:
         for consumer in consumers:
             self._send(consumer, MemoryDelivery(self, None, consumer, message))
 
+    def control(self, message: _Message, exchange: str) -> None:
+        """Deliver a control request to every control consumer of ``exchange`` (a fanout exchange)."""
+        with self._lock:
+            consumers = [consumer for consumer in self.control_consumers if consumer.exchange == exchange]
+        for consumer in consumers:
+            self._send(consumer, MemoryDelivery(self, None, consumer, message))
+
     @staticmethod
     def _send(consumer: _Consumer, delivery: Delivery) -> None:
         asyncio.run_coroutine_threadsafe(_deliver(consumer.on_delivery, delivery), consumer.loop)
@@ -347,14 +355,20 @@ class MemoryDelivery(Delivery):
 
 
 class MemorySubscription(Subscription):
-    def __init__(self, broker: MemoryBroker, queue: _Queue | None, consumer: _Consumer) -> None:
+    """A queue's consumer, or (``queue`` None) one of a fan-out's ``listeners`` (broadcast or control)."""
+
+    def __init__(
+        self, broker: MemoryBroker, queue: _Queue | None, consumer: _Consumer,
+        listeners: list[_Consumer] | None = None,
+    ) -> None:
         self._broker, self._queue, self._consumer = broker, queue, consumer
+        self._listeners = broker.broadcast_consumers if listeners is None else listeners
 
     async def cancel(self) -> None:
         if self._queue is None:
             with self._broker._lock:
-                if self._consumer in self._broker.broadcast_consumers:
-                    self._broker.broadcast_consumers.remove(self._consumer)
+                if self._consumer in self._listeners:
+                    self._listeners.remove(self._consumer)
         else:
             self._broker.remove_consumer(self._queue, self._consumer)
 
@@ -507,11 +521,51 @@ class MemoryTransport(Transport):
         return self._consume(queue, on_delivery, prefetch, auto_delete=False, exclusive=exclusive)
 
     async def consume_broadcasts(self, on_delivery: OnDelivery, *, prefetch: int) -> Subscription:
+        return self._listen(self.broker.broadcast_consumers, self.topology.message_exchange, on_delivery, prefetch)
+
+    # -- control messages -----------------------------------------------------------------------------------------
+    async def consume_control(self, on_request: OnDelivery) -> Subscription:
+        """Cancelled by ``close``, as RabbitMQ deletes an exclusive queue with its connection."""
+        return self._listen(self.broker.control_consumers, self.topology.control_exchange, on_request, 10)
+
+    async def survey(
+        self, body: bytes, *, correlation_id: str, timeout: float, expected: int | None = None
+    ) -> list[Delivery]:
         self._check()
-        consumer = _Consumer(asyncio.get_running_loop(), on_delivery, prefetch, exchange=self.topology.message_exchange)
+        loop = asyncio.get_running_loop()
+        replies: list[Delivery] = []
+        enough = asyncio.Event()
+        reply_to = protocol.reply_queue_name("memory.survey", uuid.uuid4().hex)
+
+        def on_reply(message: _Message) -> None:
+            if message.correlation_id != correlation_id:
+                return
+            replies.append(MemoryDelivery(self.broker, None, None, message))
+            if expected is not None and len(replies) >= expected:
+                enough.set()
+
         with self.broker._lock:
-            self.broker.broadcast_consumers.append(consumer)
-        subscription = MemorySubscription(self.broker, None, consumer)
+            self.broker.reply_targets[reply_to] = (loop, on_reply)
+        try:
+            request = _Message(body, protocol.CONTENT_TYPE, {}, correlation_id, reply_to,
+                               expires_at=time.monotonic() + timeout)
+            self.broker.control(request, self.topology.control_exchange)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(enough.wait(), timeout)
+        finally:
+            with self.broker._lock:
+                self.broker.reply_targets.pop(reply_to, None)
+        return list(replies)
+
+    def _listen(
+        self, listeners: list[_Consumer], exchange: str, on_delivery: OnDelivery, prefetch: int
+    ) -> Subscription:
+        """A consumer of every message fanned out to ``exchange`` (broadcasts, control requests)."""
+        self._check()
+        consumer = _Consumer(asyncio.get_running_loop(), on_delivery, prefetch, exchange=exchange)
+        with self.broker._lock:
+            listeners.append(consumer)
+        subscription = MemorySubscription(self.broker, None, consumer, listeners)
         self._subscriptions.append(subscription)
         return subscription
 

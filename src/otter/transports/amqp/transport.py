@@ -37,6 +37,7 @@ from ..base import (
     Topology,
     Transport,
 )
+from . import control
 from .connection import Link, Queues, broker_of, connect, fails_over, open_link
 from .dead_letters import DeadLetters
 from .errors import describe, queue_mismatch, translated
@@ -418,6 +419,18 @@ class AmqpTransport(Transport):
         assert self._link is not None, "call connect() first"
         return await self._link.subscribe(channel, queue, on_delivery, no_ack=False, bindings=[binding],
                                           on_ack_timeout=self._ack_timeout_report)
+
+    # -- control messages -----------------------------------------------------------------------------------------
+    async def consume_control(self, on_request: OnDelivery) -> Subscription:
+        assert self._link is not None, "call connect() first"
+        return await control.consume_control(self._link, self.topology, on_request)
+
+    async def survey(
+        self, body: bytes, *, correlation_id: str, timeout: float, expected: int | None = None
+    ) -> list[Delivery]:
+        assert self._connection is not None, "call connect() first"
+        return await control.survey(self._connection, self.topology, body, correlation_id=correlation_id,
+                                    timeout=timeout, expected=expected)
 
     def _ack_timeout_report(self) -> OnAckTimeout | None:
         return self.on_ack_timeout
