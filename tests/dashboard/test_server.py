@@ -12,13 +12,12 @@ from typing import Any
 
 import pytest
 
-from helpers_process import REPO_ROOT, app_env, wait_until
+from helpers_process import READY, REPO_ROOT, AppProcess, app_env, wait_until
 from otter import Client
 from otter.dlq import list_dead_letters
-from otter.logs import redact
 
 from .conftest import Service
-from .helpers import DashboardProcess, csrf_of, first_event, http
+from .helpers import SERVICE_APP, DashboardProcess, csrf_of, first_event, http
 
 pytestmark = pytest.mark.amqp
 HTML = {"Accept": "text/html"}
@@ -143,11 +142,31 @@ def test_a_dead_letter_is_replayed_only_after_the_confirmation_step(service: Ser
         assert "replayed 1 dead letter(s)" in http(f"{url}{done.headers['Location']}").text
 
 
-def test_api_services_is_json(service_env: Any) -> None:
-    env, _ = service_env
-    with DashboardProcess(env=env) as dashboard:
-        answer = http(f"{dashboard.url}/api/services")
-        assert answer.status == 200 and answer.headers["Content-Type"] == "application/json"
-        body = json.loads(answer.text)
-        assert set(body) == {"taken_at", "error", "services"}
-        assert redact(answer.text) == answer.text
+def test_api_services_counts_every_replica_and_drops_a_stopped_one(service: Service, amqp_url: str) -> None:
+    """Two replicas of one service: both listed, the calls they shared summed, a rate once two rounds saw them, and
+    the one stopped gone from the next rounds."""
+    with AppProcess("-m", "otter", "run", SERVICE_APP, env=service.env) as second:
+        second.wait_for(READY)
+        with DashboardProcess(env=service.env) as dashboard:
+
+            def ours() -> dict[str, Any] | None:
+                answer = http(f"{dashboard.url}/api/services")
+                assert answer.status == 200 and answer.headers["Content-Type"] == "application/json"
+                found = [s for s in json.loads(answer.text)["services"] if s["name"] == service.name]
+                return found[0] if found else None
+
+            assert wait_until(lambda: (found := ours()) and len(found["replicas"]) == 2, what="both replicas")
+            with Client(amqp_url, **service.names) as client:
+                for n in range(6):
+                    client.rpc("dash.echo", n).result()
+
+            def echo_route() -> dict[str, Any] | None:
+                found = ours()
+                routes = [r for r in (found or {}).get("routes", []) if r["name"] == "dash.echo"]
+                return routes[0] if routes and routes[0]["handled"] == 6 and routes[0]["rate"] is not None else None
+
+            route = wait_until(echo_route, what="6 calls counted, with a rate")
+            assert (route["kind"], route["replicas"], route["errors"]) == ("rpc", 2, 0)
+            assert route["p99_ms"] is not None and route["p50_ms"] <= route["p99_ms"]
+            assert second.stop() == 0
+            wait_until(lambda: (found := ours()) and len(found["replicas"]) == 1, what="the stopped replica gone")

@@ -7,17 +7,13 @@ rest of the dashboard, and its tests, depend on these few fields only, and a cha
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..services import Instance, RouteStats, adiscover
 
-__all__ = ["NAME_KEYS", "Replica", "RouteCount", "discover_replicas"]
-
-# The config keys that name what discovery talks over: a dashboard and its services must agree on them.
-NAME_KEYS = ("MESSAGE_EXCHANGE", "TASK_EXCHANGE", "DEFAULT_TASK_QUEUE", "RPC_QUEUE_PREFIX", "DEAD_LETTER_QUEUE")
+__all__ = ["Replica", "RouteCount", "discover_replicas"]
 
 
 @dataclass(frozen=True)
@@ -34,15 +30,14 @@ class RouteCount:
     p99_ms: float | None
 
     @classmethod
-    def from_stats(cls, stats: Any) -> RouteCount:
-        return cls(kind=str(stats.kind), name=str(stats.name), queue=stats.queue, handled=int(stats.handled),
-                   errors=int(stats.errors), in_flight=int(stats.in_flight), p50_ms=stats.p50_ms,
-                   p99_ms=stats.p99_ms)
+    def from_stats(cls, stats: RouteStats) -> RouteCount:
+        return cls(kind=stats.kind, name=stats.name, queue=stats.queue or None, handled=stats.handled,
+                   errors=stats.errors, in_flight=stats.in_flight, p50_ms=stats.p50_ms, p99_ms=stats.p99_ms)
 
 
 @dataclass(frozen=True)
 class Replica:
-    """One running worker process of a service."""
+    """One running worker process of a service; ``state`` is serving, or stopping."""
 
     service: str
     version: str | None
@@ -55,24 +50,17 @@ class Replica:
     handled: int
     errors: int
     routes: tuple[RouteCount, ...]
+    state: str = "serving"
 
     @classmethod
-    def from_instance(cls, instance: Any) -> Replica:
-        return cls(service=str(instance.service), version=instance.version, host=str(instance.host),
-                   pid=int(instance.pid), instance_id=str(instance.instance_id), uptime=float(instance.uptime),
-                   concurrency=int(instance.concurrency), in_flight=int(instance.in_flight),
-                   handled=int(instance.handled), errors=int(instance.errors),
-                   routes=tuple(RouteCount.from_stats(stats) for stats in instance.routes))
+    def from_instance(cls, instance: Instance) -> Replica:
+        return cls(service=instance.service, version=instance.version, host=instance.host, pid=instance.pid,
+                   instance_id=instance.instance_id, uptime=instance.uptime, concurrency=instance.concurrency,
+                   in_flight=instance.in_flight, handled=instance.handled, errors=instance.errors,
+                   routes=tuple(RouteCount.from_stats(stats) for stats in instance.routes), state=instance.state)
 
 
 async def discover_replicas(url: str, config: Mapping[str, Any], timeout: float) -> list[Replica]:
-    """Every replica that answered within ``timeout`` seconds, on the exchanges ``config`` names."""
-    try:
-        services = importlib.import_module("otter.services")
-    except ImportError:
-        raise ConfigurationError(
-            "this Otter has no service discovery (otter.services): the dashboard cannot list services"
-        ) from None
-    names = {key: config[key] for key in NAME_KEYS if key in config}
-    instances = await services.adiscover(url, timeout=timeout, **names)
-    return [Replica.from_instance(instance) for instance in instances]
+    """Every replica that answered within ``timeout`` seconds, on the control exchange ``config`` names."""
+    settings = {key: value for key, value in config.items() if key != "BROKER_URL"}
+    return [Replica.from_instance(instance) for instance in await adiscover(url, timeout, **settings)]
