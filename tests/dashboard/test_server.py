@@ -170,3 +170,15 @@ def test_api_services_counts_every_replica_and_drops_a_stopped_one(service: Serv
             assert route["p99_ms"] is not None and route["p50_ms"] <= route["p99_ms"]
             assert second.stop() == 0
             wait_until(lambda: (found := ours()) and len(found["replicas"]) == 1, what="the stopped replica gone")
+
+
+def test_a_port_in_use_exits_1_and_no_broker_exits_2(service_env: Any) -> None:
+    env, _ = service_env
+    with DashboardProcess(env=env) as running:
+        port = running.url.rsplit(":", 1)[1]
+        taken = subprocess.run([sys.executable, "-m", "otter", "dashboard", "--port", port], env=app_env(env),
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert taken.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
+    no_broker = subprocess.run([sys.executable, "-m", "otter", "dashboard"], env=app_env(), cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=30)
+    assert no_broker.returncode == 2 and "no broker given" in no_broker.stderr
