@@ -34,14 +34,17 @@ def test_rates_are_the_difference_over_the_time_between_snapshots_summed_over_re
     assert (service.handled, service.errors, service.in_flight) == (140, 3, 2)
 
 
-def test_a_new_replica_counts_from_its_second_snapshot_and_a_gone_one_is_forgotten() -> None:
-    tracker = RateTracker()
+def test_a_new_replica_counts_from_its_second_snapshot_and_a_missing_one_is_remembered_a_while() -> None:
+    tracker = RateTracker(memory=10.0)
     tracker.update([replica("a", 10)], now=1.0)
     [service] = tracker.update([replica("a", 20), replica("new", 500)], now=2.0)
     assert service.routes[0].rate == pytest.approx(10.0)  # "new"'s 500 since its start are no rate
-    tracker.update([replica("new", 510)], now=3.0)  # "a" left
-    [service] = tracker.update([replica("a", 0), replica("new", 520)], now=4.0)  # an "a" again: counts from now
-    assert service.routes[0].rate == pytest.approx(10.0)
+    tracker.update([replica("new", 510)], now=3.0)  # "a" answered too late for this round
+    [service] = tracker.update([replica("a", 40), replica("new", 520)], now=4.0)
+    assert service.routes[0].rate == pytest.approx(10.0 + 20 / 2)  # "a" over the two seconds since it was seen
+    tracker.update([replica("new", 530)], now=5.0)
+    [service] = tracker.update([replica("a", 99), replica("new", 540)], now=14.0)  # "a" unseen for 10 s: forgotten
+    assert service.routes[0].rate == pytest.approx(10 / 9)
 
 
 def test_a_count_that_goes_down_gives_no_negative_rate() -> None:

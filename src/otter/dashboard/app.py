@@ -45,7 +45,7 @@ class DashboardSettings:
     host: str = "127.0.0.1"
     token: str | None = None
     interval: float = 1.0
-    discovery_timeout: float = 0.5
+    discovery_timeout: float = 0.7  # the wait for answers in each round; replicas answering later miss it
     rpc_timeout: float = 10.0
 
 

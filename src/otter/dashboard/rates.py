@@ -59,20 +59,23 @@ _Key = tuple[str, str, str]  # instance id, route kind, route name
 
 
 class RateTracker:
-    """Remembers each replica's route counts from the previous snapshot; replicas that left are forgotten."""
+    """Remembers each replica's latest route counts. A replica missing from a snapshot (its answer came too late)
+    keeps them for ``memory`` seconds, so its next answer still gives a rate, over the longer time; after that it is
+    forgotten."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory: float = 10.0) -> None:
+        self.memory = memory
         self._previous: dict[_Key, tuple[float, int, int]] = {}
 
     def update(self, replicas: Sequence[Replica], now: float) -> tuple[ServiceRow, ...]:
-        """The services in ``replicas``, sorted by name, with rates against the previous call's snapshot."""
+        """The services in ``replicas``, sorted by name, with rates against each replica's previous counts."""
         rates: dict[_Key, tuple[float, float]] = {}
-        current: dict[_Key, tuple[float, int, int]] = {}
+        current = {key: seen for key, seen in self._previous.items() if now - seen[0] < self.memory}
         for replica in replicas:
             for route in replica.routes:
                 key = (replica.instance_id, route.kind, route.name)
+                before = current.get(key)
                 current[key] = (now, route.handled, route.errors)
-                before = self._previous.get(key)
                 if before is not None and now > before[0]:
                     elapsed = now - before[0]
                     # A count never goes down within one replica; max() keeps a confused report from going negative.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,11 +82,14 @@ async def events(request: Request) -> Response:
     template = dashboard.templates.get_template("_services.html")
 
     async def stream() -> AsyncIterator[str]:
+        interval = dashboard.settings.interval
         while True:
+            started = time.monotonic()
             overview = await dashboard.monitor.current()
             html = template.render(overview=overview)
             yield "event: services\n" + "".join(f"data: {line}\n" for line in html.splitlines()) + "\n"
-            await asyncio.sleep(dashboard.settings.interval)  # the refresh pace, not a wait for something
+            # The refresh pace (a round's own time included), not a wait for something.
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
