@@ -71,6 +71,20 @@ def queue_name(names: dict[str, Any], created_queues: list[str]) -> Callable[[st
     return make
 
 
+def served(app: otter.Otter, broker_url: str, names: dict[str, Any], **config: Any) -> ServedApp:
+    """``with served(app, broker_url, names) as server``: the app on the test's names, not started yet, so the test
+    reaches its ``handled`` log (``serve`` gives only a client)."""
+    return ServedApp(app, broker_url, **{**names, "SHUTDOWN_GRACE": TEST_SHUTDOWN_GRACE, **config})
+
+
+@pytest.fixture
+def client(broker_url: str, names: dict[str, Any]) -> Iterator[otter.Client]:
+    """A client on the test's names, for tests that serve their apps themselves (``served``)."""
+    with otter.Client(broker_url, **names) as sender:
+        assert sender.comm, sender.error
+        yield sender
+
+
 @pytest.fixture
 def serve(broker_url: str, names: dict[str, Any], probe: RawBroker) -> Iterator[Serve]:
     """``client = serve(app, CONCURRENCY=1)``: serve ``app`` with extra config until the test ends."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,19 +15,15 @@ from otter import eventloop, protocol
 from otter.codec import JsonCodec
 from otter.config import resolve
 from otter.services import Instance, adiscover, discover
-from otter.testing import ServedApp
 from otter.transports import open_transport
+
+from .conftest import served
 
 QueueName = Callable[[str], str]
 
 pytestmark = pytest.mark.usefixtures("probe")
 
-
-@pytest.fixture
-def client(broker_url: str, names: dict[str, Any]) -> Iterator[otter.Client]:
-    with otter.Client(broker_url, **names) as sender:
-        assert sender.comm, sender.error
-        yield sender
+STATUS_REQUEST = JsonCodec().encode({"otter_control": protocol.CONTROL_VERSION, "command": "status"})
 
 
 def billing_app(names: dict[str, Any], task: str) -> otter.Otter:
@@ -44,8 +40,19 @@ def billing_app(names: dict[str, Any], task: str) -> otter.Otter:
     return app
 
 
-def served(app: otter.Otter, broker_url: str, names: dict[str, Any], **config: Any) -> ServedApp:
-    return ServedApp(app, broker_url, **{**names, "SHUTDOWN_GRACE": 5.0, **config})
+def survey(broker_url: str, names: dict[str, Any], body: bytes) -> list[bytes]:
+    """The raw replies to one control request (expecting one worker), below ``otter.services``."""
+
+    async def ask() -> list[bytes]:
+        transport = open_transport(broker_url, resolve({"BROKER_URL": broker_url, **names}))
+        await transport.connect()
+        try:
+            replies = await transport.survey(body, correlation_id=uuid.uuid4().hex, timeout=2.0, expected=1)
+        finally:
+            await transport.close()
+        return [reply.body for reply in replies]
+
+    return list(eventloop.run(ask()))
 
 
 def test_a_served_app_answers_with_its_identity_routes_and_counts(
@@ -110,21 +117,10 @@ def test_bad_control_requests_get_an_error_reply_and_the_worker_answers_the_next
     broker_url: str, names: dict[str, Any], queue_name: QueueName, caplog: pytest.LogCaptureFixture
 ) -> None:
     codec = JsonCodec()
-
-    async def ask(body: bytes) -> list[Any]:
-        transport = open_transport(broker_url, resolve({"BROKER_URL": broker_url, **names}))
-        await transport.connect()
-        try:
-            replies = await transport.survey(body, correlation_id=uuid.uuid4().hex, timeout=2.0, expected=1)
-        finally:
-            await transport.close()
-        return [codec.decode(reply.body, reply.content_type) for reply in replies]
-
     with served(billing_app(names, queue_name("invoice")), broker_url, names):
-        [unreadable] = eventloop.run(ask(b"{not json"))
-        [unknown] = eventloop.run(ask(codec.encode({"otter_control": protocol.CONTROL_VERSION, "command": "halt"})))
-        [status] = eventloop.run(ask(codec.encode({"otter_control": protocol.CONTROL_VERSION,
-                                                   "command": "status"})))
+        unreadable, unknown, status = (json.loads(reply) for body in (
+            b"{not json", codec.encode({"otter_control": protocol.CONTROL_VERSION, "command": "halt"}), STATUS_REQUEST
+        ) for reply in survey(broker_url, names, body))
     assert "unreadable control request" in unreadable["error"]
     assert "unknown control command 'halt'" in unknown["error"]
     assert Instance.from_status(status["status"]).service == "billing"
@@ -134,21 +130,10 @@ def test_bad_control_requests_get_an_error_reply_and_the_worker_answers_the_next
 def test_a_status_reply_holds_no_credentials_or_config_secrets(
     broker_url: str, names: dict[str, Any], queue_name: QueueName
 ) -> None:
-    codec = JsonCodec()
     secret = f"s3cret-{uuid.uuid4().hex}"
-
-    async def raw_status() -> bytes:
-        transport = open_transport(broker_url, resolve({"BROKER_URL": broker_url, **names}))
-        await transport.connect()
-        try:
-            request = codec.encode({"otter_control": protocol.CONTROL_VERSION, "command": "status"})
-            [reply] = await transport.survey(request, correlation_id="c", timeout=2.0, expected=1)
-        finally:
-            await transport.close()
-        return reply.body
-
     app = billing_app(names, queue_name("invoice"))
     with served(app, broker_url, names, API_SECRET=secret, DATABASE_URL=f"postgres://u:{secret}@db/x"):
-        body = eventloop.run(raw_status()).decode()
+        [reply] = survey(broker_url, names, STATUS_REQUEST)
+    body = reply.decode()
     assert secret not in body and "guest" not in body and "amqp" not in body and "postgres" not in body
     assert json.loads(body)["status"]["service"] == "billing"

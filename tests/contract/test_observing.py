@@ -4,30 +4,20 @@ log levels that mean something (a handler's failure is an ERROR with its traceba
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import otter
 from otter.errors import DeadlineExceeded
-from otter.testing import ServedApp
+
+from .conftest import served
 
 QueueName = Callable[[str], str]
 
 # ``probe`` deletes what each test declared on RabbitMQ (its names and its task queues) when it ends.
 pytestmark = pytest.mark.usefixtures("probe")
-
-
-@pytest.fixture
-def client(broker_url: str, names: dict[str, Any]) -> Iterator[otter.Client]:
-    with otter.Client(broker_url, **names) as sender:
-        assert sender.comm, sender.error
-        yield sender
-
-
-def served(app: otter.Otter, broker_url: str, names: dict[str, Any], **config: Any) -> ServedApp:
-    return ServedApp(app, broker_url, **{**names, "SHUTDOWN_GRACE": 5.0, **config})
 
 
 def test_wait_handled_returns_once_the_tasks_and_broadcasts_sent_are_handled(

@@ -4,6 +4,7 @@
     otter routes examples.app:app
     otter docs examples.app:app --serve
     otter call example.hash '"otter"'
+    otter services --broker amqp://guest:guest@127.0.0.1/
 
 Every option of ``otter run`` is also a config key and an ``OTTER_<KEY>`` environment variable. Precedence, highest
 first: the command-line option, then ``OTTER_<KEY>``, then the app's ``app.config``, then the defaults
@@ -12,7 +13,7 @@ See docs/cli.md.
 
 This module is the group and its entry point; each command lives in the module of its job: ``serve`` (run),
 ``describe`` (routes, config), ``docs`` (the AsyncAPI document), ``send`` (call, task, broadcast), ``dlq``,
-``dashboard`` (the web dashboard);
+``services``, ``dashboard`` (the web dashboard);
 ``settings``, ``loading`` and ``output`` serve them all.
 """
 
@@ -38,6 +39,7 @@ from .output import (
 )
 from .send import broadcast, call, task
 from .serve import run
+from .services import services
 from .settings import PRECEDENCE, RUN_SETTINGS
 
 __all__ = [
@@ -82,9 +84,9 @@ def cli() -> None:
     """Otter: Flask-style microservices over RabbitMQ.
 
     Serve an app with `otter run`, list its handlers with `otter routes`, and talk to running services with
-    `otter call`, `otter task` and `otter broadcast`.
+    `otter call`, `otter task` and `otter broadcast`; see them all with `otter services`.
     """
 
 
-for _command in (run, routes, show_config, docs, call, task, broadcast, dlq, dashboard):
+for _command in (run, routes, show_config, docs, call, task, broadcast, dlq, services, dashboard):
     cli.add_command(_command)
