@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..config import redact_url
 from ..errors import ConfigurationError
 from .output import CONTEXT_SETTINGS, EXIT_APP_FAILED, quiet_logging
 from .settings import BROKER_OPTION, broker_config
@@ -64,16 +65,10 @@ def dashboard(broker_url: str | None, host: str, port: int, token: str | None, i
     shown_host = f"[{host.strip('[]')}]" if ":" in host else host
     protected = "token required" if token else "no token"
     click.echo(f"Otter dashboard on http://{shown_host}:{listener.getsockname()[1]}/ ({protected}; broker "
-               f"{settings_url(url)}); Ctrl-C to stop", err=True)
+               f"{redact_url(url)}); Ctrl-C to stop", err=True)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=2, lifespan="on"))
     server.run(sockets=[listener])
-
-
-def settings_url(url: str) -> str:
-    from ..config import redact_url
-
-    return redact_url(url) or url
 
 
 def _family(host: str) -> socket.AddressFamily:
