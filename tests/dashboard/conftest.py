@@ -59,7 +59,7 @@ def service_env(amqp_url: str, tmp_path: Path) -> Iterator[tuple[dict[str, str],
 def service(service_env: tuple[dict[str, str], dict[str, Any]]) -> Iterator[Service]:
     env, names = service_env
     with AppProcess("-m", "otter", "run", SERVICE_APP, env=env) as process:
-        process.wait_for(READY)
+        process.wait_for(READY, timeout=60)  # generous: a loaded machine starts a Python process slowly
         yield Service(process, env, names)
 
 

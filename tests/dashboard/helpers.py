@@ -25,7 +25,7 @@ class DashboardProcess(AppProcess):
 
     def start(self) -> DashboardProcess:
         super().start()
-        self.wait_for("Otter dashboard on http")
+        self.wait_for("Otter dashboard on http", timeout=60)
         found = ADDRESS.search(self.output)
         assert found, self.output
         self.url = found.group(1)

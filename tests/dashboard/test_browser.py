@@ -27,8 +27,10 @@ WAIT = 20  # seconds: generous for a loaded 2-core machine; a page that is right
 
 
 def text_of(driver: Any, css: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return str(found[0].text) if found else ""
+    """The text of the first element ``css`` finds, read in one step in the page: the live section is replaced
+    every second, and an element found first and read after could be gone by then (a stale reference)."""
+    text = driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", css)
+    return str(text).strip()
 
 
 def test_a_service_appears_and_its_counters_move_after_calls(

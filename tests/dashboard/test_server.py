@@ -146,7 +146,7 @@ def test_api_services_counts_every_replica_and_drops_a_stopped_one(service: Serv
     """Two replicas of one service: both listed, the calls they shared summed, a rate once two rounds saw them, and
     the one stopped gone from the next rounds."""
     with AppProcess("-m", "otter", "run", SERVICE_APP, env=service.env) as second:
-        second.wait_for(READY)
+        second.wait_for(READY, timeout=60)
         with DashboardProcess(env=service.env) as dashboard:
 
             def ours() -> dict[str, Any] | None:

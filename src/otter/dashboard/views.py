@@ -113,10 +113,11 @@ async def dlq_replay(request: Request) -> Response:
         def chosen(letter: dlq.DeadLetter) -> bool:
             return letter.correlation_id == letter_id
     if form.get("confirmed") != "yes":
-        letters, error = await _dead_letters(dashboard, limit=None)
+        # One letter may be anywhere in the queue, so it is looked for in all; "all" needs only a count to show.
+        letters, error = await _dead_letters(dashboard, limit=None if chosen else DEAD_LETTERS_SHOWN + 1)
         picked = [letter for letter in letters if chosen is None or chosen(letter)]
         return _confirm(request, action="/dlq/replay", fields={"letter": letter_id or ""}, letters=picked,
-                        question=f"Replay {len(picked)} dead letter(s) to the task queues they came from?",
+                        question=f"Replay {_count(picked)} dead letter(s) to the task queues they came from?",
                         error=error)
     try:
         count = await dlq.replay_async(settings.url, settings.config, where=chosen)
@@ -131,9 +132,9 @@ async def dlq_purge(request: Request) -> Response:
     dashboard = _dashboard(request)
     settings = dashboard.settings
     if form.get("confirmed") != "yes":
-        letters, error = await _dead_letters(dashboard, limit=None)
+        letters, error = await _dead_letters(dashboard, limit=DEAD_LETTERS_SHOWN + 1)
         return _confirm(request, action="/dlq/purge", fields={}, letters=letters, error=error,
-                        question=f"Delete all {len(letters)} dead letter(s) in "
+                        question=f"Delete all {_count(letters)} dead letter(s) in "
                                  f"{settings.config['DEAD_LETTER_QUEUE']!r} for good?")
     try:
         count = await dlq.purge_async(settings.url, settings.config)
@@ -251,6 +252,10 @@ def _render(request: Request, template: str, status_code: int = 200, **context: 
                    interval=dashboard.settings.interval)
     response: Response = dashboard.templates.TemplateResponse(request, template, context, status_code=status_code)
     return response
+
+
+def _count(letters: list[dlq.DeadLetter]) -> str:
+    return str(len(letters)) if len(letters) <= DEAD_LETTERS_SHOWN else f"more than {DEAD_LETTERS_SHOWN}"
 
 
 def _describe(exc: Exception) -> str:
