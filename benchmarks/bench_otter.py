@@ -107,6 +107,8 @@ def server(args: argparse.Namespace) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             options["metrics_port"] = probe.getsockname()[1]
+    if "no-discovery" in flags(args):  # no control queue, and no per-route counting (metrics are off)
+        options["discovery"] = False
     make_app(args).run(args.url, **options)
 
 

@@ -108,6 +108,9 @@ SYSTEMS = {
     "otter_metrics": System("otter_metrics", "Otter, metrics on", "bench_otter.py", variant="metrics",
                             module="prometheus_client",
                             what="as 'otter', with METRICS_PORT set (otter run --metrics-port)"),
+    "otter_nodiscovery": System("otter_nodiscovery", "Otter, discovery off", "bench_otter.py",
+                                variant="no-discovery", module="otter",
+                                what="as 'otter', with DISCOVERY=False: no control queue, no per-route counting"),
     "otter_sync": System("otter_sync", "Otter, Client futures for B/C", "bench_otter.py", ("rpc_conc", "task"),
                          variant="sync-client", module="otter",
                          what="plain def handlers; a window of CallFuture from Client.rpc / comm.task_send"),
@@ -120,6 +123,8 @@ PEERS = {
     "nameko": System("nameko", "Nameko", "bench_nameko.py", module="nameko", uvloop=False,
                      what="@rpc / @event_handler, ClusterRpcProxy, eventlet"),
 }
+# Systems whose rate is also reported against plain Otter's of the same round: what the difference costs.
+PAIRED_WITH_OTTER = {"otter_metrics": "Metrics on / off", "otter_nodiscovery": "Discovery off / on"}
 DEFAULT_SYSTEMS = (BASELINE, "otter", "otter_seed", "otter_async", "otter_aclient")
 SMOKE_SYSTEMS = (BASELINE, "otter", "otter_seed")
 
@@ -435,7 +440,7 @@ def summarise(runs: list[dict[str, Any]], systems: list[System], workloads: dict
                 "server_cpu_us_per_msg": median([r["server_cpu_us_per_msg"] for r in rs]),
                 "rates": [round(r["rate"], 1) for r in rs],
             }
-            if system.name == "otter_metrics":  # paired with plain Otter's run of the same round, as the ratios are
+            if system.name in PAIRED_WITH_OTTER:  # paired with plain Otter's run of the same round, as the ratios are
                 pairs = [(r, plain[(wl, r["round"])]) for r in rs if (wl, r["round"]) in plain]
                 summary[wl][system.name]["vs_otter"] = median([on["rate"] / off["rate"] for on, off in pairs])
                 summary[wl][system.name]["server_cpu_vs_otter"] = median(
@@ -500,13 +505,16 @@ def print_report(summary: dict[str, dict[str, Any]], systems: list[System], work
 
 
 def print_metrics_cost(summary: dict[str, dict[str, Any]], workloads: dict[str, Workload]) -> None:
-    """With both 'otter' and 'otter_metrics' in the run: what metrics cost, as the median of per-round ratios."""
-    rows = {key: summary.get(key, {}).get("otter_metrics") or {} for key in workloads}
-    cells = [f"{workloads[key].title}: rate {row['vs_otter']:.3f}, server CPU {fmt(row.get('server_cpu_vs_otter'), 3)}"
-             for key, row in rows.items() if row.get("vs_otter") is not None]
-    if cells:
-        print()
-        print("Metrics on / off (median of per-round ratios to Otter; rate 1.000 = no cost): " + "; ".join(cells))
+    """With 'otter' and a system paired with it in the run (metrics on; discovery off): what the difference costs,
+    as the median of per-round ratios."""
+    for name, label in PAIRED_WITH_OTTER.items():
+        rows = {key: summary.get(key, {}).get(name) or {} for key in workloads}
+        cells = [f"{workloads[key].title}: rate {row['vs_otter']:.3f}, server CPU "
+                 f"{fmt(row.get('server_cpu_vs_otter'), 3)}" for key, row in rows.items()
+                 if row.get("vs_otter") is not None]
+        if cells:
+            print()
+            print(f"{label} (median of per-round ratios to Otter; rate 1.000 = no difference): " + "; ".join(cells))
 
 
 # -- memory mode --------------------------------------------------------------------------------------------------

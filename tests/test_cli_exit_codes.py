@@ -47,8 +47,10 @@ def test_help_and_version_exit_0(args: list[str]) -> None:
         (["call", "x", "--nope"], "No such option '--nope'"),
         (["run", SERVICE, "--workers", "0"], "Invalid value for '--workers'"),
         (["dlq", "show", "x", "--broker", UNREACHABLE], "Invalid value for 'N'"),
+        (["services", "--timeout", "0", "--broker", UNREACHABLE], "Invalid value for '--timeout'"),
+        (["services"], "no broker given"),
     ],
-    ids=["unknown-command", "unknown-option", "bad-option-value", "bad-argument"],
+    ids=["unknown-command", "unknown-option", "bad-option-value", "bad-argument", "bad-timeout", "no-broker"],
 )
 def test_usage_errors_exit_2(args: list[str], says: str) -> None:
     result = otter(*args)
@@ -72,8 +74,8 @@ def test_an_app_that_cannot_serve_as_written_exits_1(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["run", SERVICE], ["task", "x.y", "1"], ["broadcast", "x.y", "1"], ["dlq", "show", "1"]],
-    ids=["run", "task", "broadcast", "dlq-show"],
+    [["run", SERVICE], ["task", "x.y", "1"], ["broadcast", "x.y", "1"], ["dlq", "show", "1"], ["services"]],
+    ids=["run", "task", "broadcast", "dlq-show", "services"],
 )
 def test_an_unreachable_broker_exits_4(args: list[str]) -> None:
     # STARTUP_WAIT=0: otter run gives up at once (its waiting is tested in tests/test_connection_errors.py).

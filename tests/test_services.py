@@ -4,6 +4,7 @@ discovery (its exclusive control queue went with its connection)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -11,14 +12,17 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 
 from conftest import unique_names
 from helpers_process import READY, REPO_ROOT, AppProcess, app_env, wait_until
-from otter import Client, RemoteError
+from otter import BrokerUnavailable, Client, Otter, RemoteError
 from otter.services import discover
+from otter.testing import ServedApp
 from rawbroker import RawBroker
 
 pytestmark = pytest.mark.amqp
@@ -121,7 +125,7 @@ def test_otter_services_lists_every_replica_with_its_routes_counts_move_and_a_ki
     assert victim.pid not in gone and set(gone) == {pid for group in pids.values() for pid in group} - {victim.pid}
 
 
-def test_otter_services_prints_one_table_per_service_and_says_when_none_answered(amqp_url: str) -> None:
+def test_otter_services_prints_one_table_per_service_and_sees_each_worker_of_a_supervisor(amqp_url: str) -> None:
     names = unique_names("services")
     env = {f"OTTER_{key}": value for key, value in names.items()}
     env.update(OTTER_BROKER_URL=amqp_url, DISCOVERY_SERVICE="ledger", DISCOVERY_TASK=f"{names['TASK_EXCHANGE']}.w")
@@ -133,12 +137,35 @@ def test_otter_services_prints_one_table_per_service_and_says_when_none_answered
         return done.stdout
 
     assert "no Otter worker answered within 0.2 s on amqp://guest:***@" in services("--timeout", "0.2")
-    with AppProcess("-m", "otter", "run", APP, env={**env, "OTTER_SHUTDOWN_GRACE": "2"}) as worker:
-        worker.wait_for(READY, timeout=60)
-        table = services("--expect", "1", "--timeout", "10")
-        worker.stop(signal.SIGTERM)
-    assert "1 service, 1 worker process (answers within 10 s)" in table
-    assert "ledger: 1 replica" in table and str(worker.pid) in table
+    with AppProcess("-m", "otter", "run", APP, "--workers", "2", env={**env, "OTTER_SHUTDOWN_GRACE": "2"}) as pod:
+        wait_until(lambda: pod.output.count(READY) == 2, timeout=60, what="both workers serving")
+        table = services("--expect", "2", "--timeout", "10")
+        workers = Path(f"/proc/{pod.pid}/task/{pod.pid}/children").read_text().split()
+        pod.stop(signal.SIGTERM)
+    assert "1 service, 2 worker processes (answers within 10 s)" in table
+    assert "ledger: 2 replicas" in table and len(workers) == 2
+    assert all(f" {pid} " in table for pid in workers)  # the supervisor's workers answer, each for itself
     assert "ledger.echo" in table and "ledger.#" in table and "guest" not in table.replace("guest:***", "")
     with RawBroker.open(amqp_url, names) as raw:
         raw.delete(env["DISCOVERY_TASK"])
+
+
+def test_a_control_exchange_the_worker_cannot_use_leaves_its_routes_serving(
+    amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    names = unique_names("services")
+
+    async def declare_a_topic_exchange() -> None:  # not the fanout Otter declares: the broker refuses Otter's
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.declare_exchange(names["CONTROL_EXCHANGE"], aio_pika.ExchangeType.TOPIC)
+
+    asyncio.run(declare_a_topic_exchange())
+    app = Otter("clash", **names)
+    app.add_rpc("clash.echo")(lambda comm, data: data)
+    with ServedApp(app, amqp_url, **names, SHUTDOWN_GRACE=2), Client(amqp_url, **names) as client:
+        assert client.rpc("clash.echo", 5).result() == 5
+        with pytest.raises(BrokerUnavailable, match="control exchange"):
+            discover(amqp_url, timeout=0.5, **names)
+    assert "will not answer `otter services`" in caplog.text and "PRECONDITION_FAILED" in caplog.text

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import OtterError
 from .supervisor import WORKER_NUMBER_ENV
 
 if TYPE_CHECKING:
@@ -94,9 +95,15 @@ class Operations:
         from .control import StatusResponder, route_entries
 
         topology = worker.transport.topology  # type: ignore[attr-defined]
-        self._control = StatusResponder(self.identity, route_entries(worker.table, topology.rpc_queue), self.tally,
-                                        worker.codec, worker.transport, lambda: worker.state)
-        await self._control.start()
+        control = StatusResponder(self.identity, route_entries(worker.table, topology.rpc_queue), self.tally,
+                                  worker.codec, worker.transport, lambda: worker.state)
+        try:
+            await control.start()
+        except OtterError as exc:  # the routes serve on: only `otter services` cannot see this worker
+            log.warning("this worker will not answer `otter services` (set DISCOVERY=False to not try): %s", exc)
+            await control.close()
+            return
+        self._control = control
 
     async def close(self) -> None:
         if self._control is not None:

@@ -48,6 +48,7 @@ class RouteStats:
     p99_ms: float | None
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-able, field by field."""
         return asdict(self)
 
 

@@ -17,9 +17,10 @@ from aio_pika import ExchangeType
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from ... import protocol
+from ...errors import BrokerUnavailable
 from ..base import Delivery, OnDelivery, Snapshot, Subscription, Topology
 from .connection import Link
-from .errors import translated
+from .errors import describe, translated
 
 __all__ = ["CONTROL_PREFETCH", "consume_control", "survey"]
 
@@ -30,11 +31,17 @@ async def consume_control(link: Link, topology: Topology, on_request: OnDelivery
     """Bind a queue of this connection's own to the control exchange and consume it (see the module docstring).
     On a robust channel: after a reconnection the queue is declared again (a new name) and bound again."""
     async with link.consumer_channel(CONTROL_PREFETCH) as channel:
-        exchange = await channel.declare_exchange(topology.control_exchange, ExchangeType.FANOUT)
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(exchange, protocol.CONTROL_ROUTING_KEY)
-        return await link.subscribe(channel, queue, on_request, no_ack=True,
-                                    bindings=[(topology.control_exchange, protocol.CONTROL_ROUTING_KEY)])
+        try:
+            exchange = await channel.declare_exchange(topology.control_exchange, ExchangeType.FANOUT)
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(exchange, protocol.CONTROL_ROUTING_KEY)
+            return await link.subscribe(channel, queue, on_request, no_ack=True,
+                                        bindings=[(topology.control_exchange, protocol.CONTROL_ROUTING_KEY)])
+        except Exception as exc:  # refused (an exchange of that name and another type): not re-opened to retry
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise BrokerUnavailable(f"could not consume the control exchange {topology.control_exchange!r}: "
+                                    f"{describe(exc)}") from None
 
 
 async def survey(
