@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from otter.dashboard.fleet import Replica, RouteCount
 from otter.dashboard.rates import RateTracker
+from otter.services import Instance, RouteStats
 
 
 def replica(instance: str, handled: int, errors: int = 0, *, service: str = "billing", uptime: float = 10.0,
-            p50: float | None = 1.0, p99: float | None = 5.0, version: str | None = "1.0") -> Replica:
-    route = RouteCount(kind="rpc", name="billing.charge", queue="rpc.billing.charge", handled=handled, errors=errors,
+            p50: float | None = 1.0, p99: float | None = 5.0, version: str | None = "1.0") -> Instance:
+    route = RouteStats(kind="rpc", name="billing.charge", queue="rpc.billing.charge", handled=handled, errors=errors,
                        in_flight=1, p50_ms=p50, p99_ms=p99)
-    return Replica(service=service, version=version, host="h", pid=1, instance_id=instance, uptime=uptime,
-                   concurrency=8, in_flight=1, handled=handled, errors=errors, routes=(route,))
+    return Instance(service=service, version=version, host="h", pid=1, instance_id=instance, started_at=0.0,
+                    uptime=uptime, concurrency=8, in_flight=1, handled=handled, errors=errors, routes=(route,))
 
 
 def test_the_first_snapshot_has_counts_but_no_rates() -> None:

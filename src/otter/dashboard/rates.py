@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .fleet import Replica, RouteCount
+from .fleet import Instance, RouteStats
 
 __all__ = ["RateTracker", "RouteRow", "ServiceRow"]
 
@@ -22,7 +22,7 @@ class RouteRow:
 
     kind: str
     name: str
-    queue: str | None
+    queue: str  # empty for a broadcast filter
     replicas: int
     handled: int
     errors: int
@@ -39,7 +39,7 @@ class ServiceRow:
 
     name: str
     versions: tuple[str, ...]
-    replicas: tuple[Replica, ...]
+    replicas: tuple[Instance, ...]
     routes: tuple[RouteRow, ...]
 
     @property
@@ -67,7 +67,7 @@ class RateTracker:
         self.memory = memory
         self._previous: dict[_Key, tuple[float, int, int]] = {}
 
-    def update(self, replicas: Sequence[Replica], now: float) -> tuple[ServiceRow, ...]:
+    def update(self, replicas: Sequence[Instance], now: float) -> tuple[ServiceRow, ...]:
         """The services in ``replicas``, sorted by name, with rates against each replica's previous counts."""
         rates: dict[_Key, tuple[float, float]] = {}
         current = {key: seen for key, seen in self._previous.items() if now - seen[0] < self.memory}
@@ -82,15 +82,15 @@ class RateTracker:
                     handled, errors = max(0, route.handled - before[1]), max(0, route.errors - before[2])
                     rates[key] = (handled / elapsed, errors / elapsed)
         self._previous = current
-        by_service: dict[str, list[Replica]] = {}
+        by_service: dict[str, list[Instance]] = {}
         for replica in replicas:
             by_service.setdefault(replica.service, []).append(replica)
         return tuple(_service(name, by_service[name], rates) for name in sorted(by_service))
 
 
-def _service(name: str, replicas: list[Replica], rates: dict[_Key, tuple[float, float]]) -> ServiceRow:
+def _service(name: str, replicas: list[Instance], rates: dict[_Key, tuple[float, float]]) -> ServiceRow:
     replicas.sort(key=lambda replica: (-replica.uptime, replica.host, replica.pid))
-    routes: dict[tuple[str, str], list[tuple[Replica, RouteCount]]] = {}
+    routes: dict[tuple[str, str], list[tuple[Instance, RouteStats]]] = {}
     for replica in replicas:
         for route in replica.routes:
             routes.setdefault((route.kind, route.name), []).append((replica, route))
@@ -99,7 +99,7 @@ def _service(name: str, replicas: list[Replica], rates: dict[_Key, tuple[float, 
     return ServiceRow(name=name, versions=versions, replicas=tuple(replicas), routes=rows)
 
 
-def _route(pairs: list[tuple[Replica, RouteCount]], rates: dict[_Key, tuple[float, float]]) -> RouteRow:
+def _route(pairs: list[tuple[Instance, RouteStats]], rates: dict[_Key, tuple[float, float]]) -> RouteRow:
     measured = [rates[key] for key in ((replica.instance_id, route.kind, route.name) for replica, route in pairs)
                 if key in rates]
     counts = [route for _, route in pairs]
