@@ -16,7 +16,7 @@ log = logging.getLogger("mkdocs.plugins.otter")
 
 # The modules whose names the reference covers: the package and the submodules users import themselves.
 PUBLIC_MODULES = ("otter", "otter.testing", "otter.config", "otter.logs", "otter.tracing", "otter.asyncapi",
-                  "otter.dlq", "otter.services")
+                  "otter.dlq", "otter.services", "otter.dashboard")
 _BLOCK = re.compile(r"^:::\s+([\w.]+)", re.MULTILINE)
 
 

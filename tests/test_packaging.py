@@ -43,7 +43,9 @@ def test_the_distribution_is_otter_mq_and_installs_the_otter_package_and_command
 def test_extras_name_this_distribution() -> None:
     requirements = metadata.requires(DISTRIBUTION) or []
     own = [r for r in requirements if re.match(r"otter\b", r)]
-    assert sorted(own) == ['otter-mq[fast,metrics,site,test]; extra == "dev"', 'otter-mq[fast]; extra == "bench"']
+    assert sorted(own) == [
+        'otter-mq[dashboard,fast,metrics,site,test]; extra == "dev"', 'otter-mq[fast]; extra == "bench"'
+    ]
 
 
 def test_metadata_is_complete_and_the_license_file_ships() -> None:

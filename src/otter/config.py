@@ -343,7 +343,8 @@ RULES: dict[str, Rule] = {
 
 # OTTER_* variables that steer the command line or the test plugin rather than configure an app.
 NOT_CONFIG = frozenset(
-    {"APP", "RUN_FROM_CLI", "WORKER_NUMBER", "WORKER_HEALTH_DIR", "WORKER_METRICS_DIR", "TEST_BROKER_URL"}
+    {"APP", "RUN_FROM_CLI", "WORKER_NUMBER", "WORKER_HEALTH_DIR", "WORKER_METRICS_DIR", "TEST_BROKER_URL",
+     "DASHBOARD_TOKEN"}
 )
 
 

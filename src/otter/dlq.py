@@ -5,11 +5,11 @@ The API (the ``otter dlq list|show|replay|purge`` commands call these)::
     list_dead_letters(url: str | None, config: Mapping[str, Any] | None = None, limit: int | None = None)
         -> list[DeadLetter]
     replay(url: str | None, config: Mapping[str, Any] | None = None, task: str | None = None,
-           limit: int | None = None) -> int
+           limit: int | None = None, *, where: Callable[[DeadLetter], bool] | None = None) -> int
     purge(url: str | None, config: Mapping[str, Any] | None = None) -> int
 
     async def list_dead_letters_async(url, config=None, limit=None) -> list[DeadLetter]
-    async def replay_async(url, config=None, task=None, limit=None) -> int
+    async def replay_async(url, config=None, task=None, limit=None, *, where=None) -> int
     async def purge_async(url, config=None) -> int
 
 The broker and the names are resolved as an app resolves them (``otter.config.resolve``): ``url`` is an argument
@@ -24,8 +24,8 @@ A dead letter keeps the task's original body and headers, plus ``x-otter-reason`
 ``x-otter-attempts``, ``x-otter-task`` and ``x-otter-queue``. ``DeadLetter.payload`` is the task body as its handler
 gets it (kiwipy's ``[body, no_reply]`` envelope taken off), and ``body_preview`` shows that, not the envelope.
 ``replay`` sends it back to the queue it came from as a fresh task (Otter's headers dropped, so its attempts start
-again); ``task=`` picks only the dead letters of that task name (or queue). ``list_dead_letters`` leaves the queue as
-it was.
+again); ``task=`` picks only the dead letters of that task name (or queue), and ``where=`` only those it returns
+true for (the dashboard replays one letter by its correlation id). ``list_dead_letters`` leaves the queue as it was.
 
 >>> for letter in list_dead_letters("amqp://guest:guest@127.0.0.1/"):
 ...     print(letter.queue, letter.reason, letter.error_type, letter.attempts)
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -140,14 +140,22 @@ async def list_dead_letters_async(
 
 
 async def replay_async(
-    url: str | None, config: Mapping[str, Any] | None = None, task: str | None = None, limit: int | None = None
+    url: str | None,
+    config: Mapping[str, Any] | None = None,
+    task: str | None = None,
+    limit: int | None = None,
+    *,
+    where: Callable[[DeadLetter], bool] | None = None,
 ) -> int:
-    """Send up to ``limit`` dead letters (only those of ``task`` when given) back to their queues; the count."""
+    """Send up to ``limit`` dead letters (only those of ``task``, and those ``where`` accepts, when given) back to
+    their queues; the count."""
     _check_limit(limit)
 
     def route(delivery: Delivery) -> tuple[str, Mapping[str, Any]] | None:
         letter = DeadLetter.from_delivery(delivery)
         if letter.queue is None or (task is not None and not letter.matches(task)):
+            return None
+        if where is not None and not where(letter):
             return None
         return letter.queue, protocol.forwarded_headers(delivery.headers)
 
@@ -170,10 +178,15 @@ def list_dead_letters(
 
 
 def replay(
-    url: str | None, config: Mapping[str, Any] | None = None, task: str | None = None, limit: int | None = None
+    url: str | None,
+    config: Mapping[str, Any] | None = None,
+    task: str | None = None,
+    limit: int | None = None,
+    *,
+    where: Callable[[DeadLetter], bool] | None = None,
 ) -> int:
     """``replay_async`` on a loop of its own."""
-    return _run(replay_async(url, config, task, limit))
+    return _run(replay_async(url, config, task, limit, where=where))
 
 
 def purge(url: str | None, config: Mapping[str, Any] | None = None) -> int:

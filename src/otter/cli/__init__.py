@@ -13,7 +13,7 @@ See docs/cli.md.
 
 This module is the group and its entry point; each command lives in the module of its job: ``serve`` (run),
 ``describe`` (routes, config), ``docs`` (the AsyncAPI document), ``send`` (call, task, broadcast), ``dlq``,
-``services``;
+``services``, ``dashboard`` (the web dashboard);
 ``settings``, ``loading`` and ``output`` serve them all.
 """
 
@@ -26,6 +26,7 @@ import click
 
 from .. import __version__
 from ..app import RUN_FROM_CLI_ENV
+from .dashboard import dashboard
 from .describe import routes, show_config
 from .dlq import dlq
 from .docs import docs
@@ -87,5 +88,5 @@ def cli() -> None:
     """
 
 
-for _command in (run, routes, show_config, docs, call, task, broadcast, dlq, services):
+for _command in (run, routes, show_config, docs, call, task, broadcast, dlq, services, dashboard):
     cli.add_command(_command)
