@@ -596,6 +596,9 @@ def reprint(path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (a test's timeout, a CI job cancelled) unwinds like Ctrl-C, so the servers, each in a session of its
+    # own, are stopped by Run.execute's finally instead of being left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse(argv)
     if args.report:
         return reprint(args.report)

@@ -23,10 +23,15 @@ SEED_WORKLOADS = ("rpc_seq", "task", "bcast")
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict]:
     out = tmp_path_factory.mktemp("bench") / "smoke.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
-        capture_output=True, text=True, timeout=110, cwd=ROOT,
-    )
+    command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(out)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) as running:
+        try:
+            stdout, stderr = running.communicate(timeout=110)
+        except subprocess.TimeoutExpired:
+            running.terminate()  # not kill: run.py then stops the benchmark servers it started
+            stdout, stderr = running.communicate(timeout=30)
+            pytest.fail(f"benchmarks/run.py --smoke took more than 110 s: {stdout[-2000:]}{stderr[-2000:]}")
+    proc = subprocess.CompletedProcess(command, running.returncode, stdout, stderr)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc, json.loads(out.read_text())
 
