@@ -47,7 +47,7 @@ def test_a_schedule_holder_never_holds_its_state_past_the_consumer_timeout(
     timeout_node: PrivateRabbitMQ, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
     hold: float | None,
 ) -> None:
-    """A daily schedule's next tick is hours away, but its holder sends its state again and acks the old one every
+    """A yearly schedule's next tick is months away, but its holder sends its state again and acks the old one every
     SCHEDULE_HOLD seconds, so the broker's consumer_timeout never closes its channel. The control holds the state
     longer than the node's timeout (as a naive holder waiting for the next tick would) and loses it."""
     monkeypatch.setattr(protocol, "SCHEDULE_HOLD", hold if hold is not None else TIMEOUT * 10)
