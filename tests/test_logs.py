@@ -15,7 +15,7 @@ import pytest
 
 from conftest import unique_names
 from helpers_process import READY, AppProcess, wait_until
-from otter import Client, Otter, RemoteError
+from otter import Client, Otter, RemoteError, current_context
 from otter.logs import JsonFormatter, MessageContext, current_message
 from rawbroker import RawBroker
 from test_cli import SERVICE, otter
@@ -100,6 +100,31 @@ def test_a_handler_s_own_lines_know_their_message_in_a_thread_and_on_the_loop() 
     assert (thread_line["route"], thread_line["kind"], thread_line["trace_id"]) == ("ctx.plain", "rpc", TRACE_ID)
     assert loop_line["route"] == "ctx.coroutine" and loop_line["trace_id"] != TRACE_ID
     assert current_message.get() is None  # nothing leaks out of the handlers' tasks
+
+
+def test_a_task_s_lines_carry_its_id_and_attempt() -> None:
+    app = Otter("ids")
+    handler_log = logging.getLogger("tests.logs.task")
+
+    @app.add_task("ids.flaky", max_retries=1, backoff=0.01, jitter=False)
+    def flaky(comm: Any, body: Any) -> None:
+        handler_log.warning("running")
+        context = current_context()
+        if context is not None and context.attempt == 1:
+            raise ConnectionError("try again")
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(service="ids"))
+    handler_log.addHandler(handler)
+    try:
+        with app.test_client() as client:
+            task_id = client.task("ids.flaky", None)
+            client.wait_handled("ids.flaky")  # its last run: a retried task is handled once
+    finally:
+        handler_log.removeHandler(handler)
+    lines = json_lines(stream.getvalue())
+    assert [(line["task_id"], line["attempt"]) for line in lines] == [(task_id, 1), (task_id, 2)]
 
 
 def test_the_json_formatter_masks_passwords_and_keeps_extra_fields() -> None:

@@ -50,7 +50,8 @@ def dlq() -> None:
 @click.option("--limit", "-n", type=click.IntRange(min=0), metavar="N", help="Show only the first (oldest) N.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def dlq_list(broker_url: str | None, limit: int | None, as_json: bool) -> None:
-    """Show the dead letters, oldest first: task queue, reason, error, attempts and the start of the body.
+    """Show the dead letters, oldest first: task queue, reason, error, attempts, the start of the body, where the
+    handler raised, and the task id (what `otter dlq replay --id` takes).
 
     Listing changes nothing: every dead letter stays in the queue, in its place.
     """
@@ -66,7 +67,7 @@ def dlq_list(broker_url: str | None, limit: int | None, as_json: bool) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        table = Table("#", "Queue / task", "Task id", "Reason", "Error", "Attempts", "Body", "Raised at",
+        table = Table("#", "Queue / task", "Reason", "Error", "Attempts", "Body", "Raised at", "Task id",
                       title=f"dead letters in {queue!r}")
         for number, letter in enumerate(letters, 1):
             row = _describe_dead_letter(letter)
@@ -75,9 +76,8 @@ def dlq_list(broker_url: str | None, limit: int | None, as_json: bool) -> None:
                 where = f"{where} / {row['task']}"
             error = ": ".join(part for part in (row["error_type"], row["error_message"]) if part)
             attempts = "-" if row["attempts"] is None else str(row["attempts"])
-            cells = (str(number), where, row["task_id"] or "-", row["reason"] or "-", error or "-", attempts,
-                     row["body_preview"],
-                     row["error_location"] or "-")
+            cells = (str(number), where, row["reason"] or "-", error or "-", attempts, row["body_preview"],
+                     row["error_location"] or "-", row["task_id"] or "-")
             table.add_row(*map(escape, cells))
         console().print(table)
     noun = "dead letter" if count == 1 else "dead letters"
