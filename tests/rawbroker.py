@@ -50,6 +50,8 @@ def unique(prefix: str) -> str:
 class RawMessage:
     body: bytes
     headers: dict[str, Any]
+    message_id: str | None = None
+    reply_to: str | None = None
 
 
 class RawBroker(abc.ABC):
@@ -105,6 +107,10 @@ class RawBroker(abc.ABC):
     def dead_letters(self, count: int = 1, timeout: float = 5.0) -> list[RawMessage]:
         """Take messages off the test's dead-letter queue until there are ``count`` and return them all; fails
         if there are fewer after ``timeout`` seconds."""
+
+    @abc.abstractmethod
+    def take(self, queue: str, count: int) -> list[RawMessage]:
+        """Remove the first ``count`` messages waiting in ``queue`` (fewer if there are fewer)."""
 
     @abc.abstractmethod
     def depth(self, queue: str) -> int | None:
@@ -207,6 +213,9 @@ class MemoryRawBroker(RawBroker):
         assert len(found) >= count, f"expected {count} dead letters within {timeout} s, got {len(found)}"
         return found
 
+    def take(self, queue: str, count: int) -> list[RawMessage]:
+        return [RawMessage(m.body, dict(m.headers), m.message_id, m.reply_to) for m in self.broker.take(queue, count)]
+
     def depth(self, queue: str) -> int | None:
         return len(self.broker.messages_in(queue)) if queue in self.broker.queues else None
 
@@ -294,6 +303,21 @@ class AmqpRawBroker(RawBroker):
         found = self._run(take(), timeout + 10)
         assert len(found) >= count, f"expected {count} dead letters within {timeout} s, got {len(found)}"
         return found
+
+    def take(self, queue: str, count: int) -> list[RawMessage]:
+        async def take() -> list[RawMessage]:
+            found: list[RawMessage] = []
+            async with await (await self._connected()).channel() as channel:
+                declared = await channel.get_queue(queue, ensure=True)
+                while len(found) < count:
+                    message = await declared.get(no_ack=True, fail=False)
+                    if message is None:
+                        break
+                    found.append(RawMessage(message.body, dict(message.headers), message.message_id,
+                                            message.reply_to))
+            return found
+
+        return self._run(take())
 
     def depth(self, queue: str) -> int | None:
         result = self._run(self._declare(queue, None))
