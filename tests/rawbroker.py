@@ -34,6 +34,7 @@ import aio_pika
 import aiormq
 
 from otter import protocol
+from otter.delays import DelayLevels
 from otter.transports.memory import MemoryBroker
 
 __all__ = ["RawBroker", "RawMessage", "raw_key", "raw_text", "unique"]
@@ -371,6 +372,10 @@ class AmqpRawBroker(RawBroker):
         doomed = dict.fromkeys([*queues, *(names[key] for key in ("DEFAULT_TASK_QUEUE", "DEAD_LETTER_QUEUE")
                                            if key in names)])
         exchanges = [names[key] for key in ("MESSAGE_EXCHANGE", "TASK_EXCHANGE") if key in names]
+        if "TASK_EXCHANGE" in names:  # the delay levels of delayed tasks, if the test used any
+            delay_exchanges, delay_queues = DelayLevels(names["TASK_EXCHANGE"]).names()
+            doomed.update(dict.fromkeys(delay_queues))
+            exchanges += delay_exchanges
 
         async def delete() -> None:
             connection = await self._connected()
