@@ -253,6 +253,7 @@ class Queues:
         self.delay_levels = DelayLevels(topology.task_exchange)
         self._levels_ready = 0  # delay levels 0 .. this - 1 are declared and bound on this connection
         self._delivers_to: set[str] = set()  # task queues the delivery exchange is bound to
+        self._declaring_delays = asyncio.Lock()  # one declaration at a time: a burst of delayed sends waits for it
 
     async def task_queue(self, queue: str) -> None:
         """Make sure ``queue`` exists before sending to it. A sender cannot know the type its workers gave the queue,
@@ -326,7 +327,13 @@ class Queues:
         return lambda: self._declare_delays(queue, top)
 
     async def _declare_delays(self, queue: str, top: int) -> None:
-        await self.task_queue(queue)
+        async with self._declaring_delays:
+            if top < self._levels_ready and queue in self._delivers_to and queue in self.declared:
+                return  # declared by the send this one waited for
+            await self.task_queue(queue)
+            await self._declare_levels(queue, top)
+
+    async def _declare_levels(self, queue: str, top: int) -> None:
         levels = self.delay_levels
         with translated("declare the delay levels of delayed tasks"):
             async with _scratch_channel(self._connection) as channel:
