@@ -14,7 +14,7 @@ import otter
 from otter.delays import DelayLevels
 from rawbroker import RawBroker
 
-from .conftest import Serve
+from .conftest import Doubler, Serve
 
 QueueName = Callable[[str], str]
 LATE = 1.5  # seconds a delayed task may run after its time: the 1 s of rounding up, and the hops
@@ -45,21 +45,8 @@ def test_delayed_tasks_run_at_their_time_not_in_the_order_sent(
     assert probe.depth(levels.level(2)) is None
 
 
-def test_a_delayed_task_can_ask_for_its_result_and_keeps_its_id(
-    serve: Serve, names: dict[str, Any], queue_name: QueueName
-) -> None:
-    app = otter.Otter(**names)
-    work = queue_name("later")
-    ids: queue.Queue[Any] = queue.Queue()
-
-    @app.add_task(work)
-    def double(comm: Any, n: int) -> int:
-        context = otter.current_context()
-        assert context is not None
-        ids.put(context.task_id)
-        return 2 * n
-
-    client = serve(app)
+def test_a_delayed_task_can_ask_for_its_result_and_keeps_its_id(doubler: Doubler) -> None:
+    client, work, ids = doubler.client, doubler.name, doubler.ids
     started = time.monotonic()
     future = client.task(work, 4, delay=1, result=True, timeout=5)
     assert future.result() == 8

@@ -15,7 +15,7 @@ import otter
 from otter import dlq
 from otter.testing import ServedApp
 
-from .conftest import Serve
+from .conftest import Serve, add_recorder, task_context
 
 QueueName = Callable[[str], str]
 HEX_ID = re.compile(r"[0-9a-f]{32}")
@@ -34,8 +34,7 @@ def test_client_task_returns_the_id_the_handler_and_its_hooks_see(
 
     @app.add_task(work)
     def handler(comm: Any, body: Any) -> None:
-        context = otter.current_context()
-        assert context is not None
+        context = task_context()
         seen.put(("handler", context.task_id, context.attempt))
 
     client = serve(app)
@@ -60,8 +59,7 @@ def test_async_client_and_comm_give_the_id(
 
     @app.add_task(work)
     async def handler(comm: Any, body: Any) -> None:
-        context = otter.current_context()
-        assert context is not None
+        context = task_context()
         seen.put((body, context.task_id))
 
     @app.add_task(relay)
@@ -89,19 +87,11 @@ def test_a_retry_keeps_the_id_and_counts_the_attempt(
 ) -> None:
     app = otter.Otter(**names)
     flaky = queue_name("flaky")
-    seen: queue.Queue[tuple[Any, Any]] = queue.Queue()
-
-    @app.add_task(flaky, max_retries=2, backoff=0.05, jitter=False)
-    def handler(comm: Any, body: Any) -> None:
-        context = otter.current_context()
-        assert context is not None
-        seen.put((context.task_id, context.attempt))
-        if context.attempt < 3:
-            raise ConnectionError("not yet")
-
+    runs = add_recorder(app, flaky, fails=lambda context: context.attempt < 3, max_retries=2, backoff=0.05,
+                        jitter=False)
     client = serve(app)
     task_id = client.task(flaky, "x")
-    assert [seen.get(timeout=10) for _ in range(3)] == [(task_id, 1), (task_id, 2), (task_id, 3)]
+    assert [runs.get(timeout=10) for _ in range(3)] == [("x", task_id, 1), ("x", task_id, 2), ("x", task_id, 3)]
 
 
 def test_dead_letters_carry_the_id_and_replay_picks_them_by_id(
@@ -109,24 +99,17 @@ def test_dead_letters_carry_the_id_and_replay_picks_them_by_id(
 ) -> None:
     app = otter.Otter(**names)
     failing = queue_name("failing")
-    runs: queue.Queue[tuple[Any, Any]] = queue.Queue()
-
-    @app.add_task(failing)
-    def handler(comm: Any, body: Any) -> None:
-        context = otter.current_context()
-        assert context is not None
-        runs.put((body, context.task_id))
-        raise ValueError(f"cannot do {body}")
+    runs = add_recorder(app, failing, fails=lambda context: True)
 
     with ServedApp(app, broker_url, **names, SHUTDOWN_GRACE=5.0) as server, otter.Client(broker_url, **names) as client:
         ids = [client.task(failing, n) for n in range(3)]
-        assert {event.outcome for event in server.handled.wait(failing, 3)} == {"error ValueError, dead-lettered"}
-        assert sorted(runs.get_nowait() for _ in range(3)) == [(n, ids[n]) for n in range(3)]
+        assert {event.outcome for event in server.handled.wait(failing, 3)} == {"error LookupError, dead-lettered"}
+        assert sorted(runs.get_nowait() for _ in range(3)) == [(n, ids[n], 1) for n in range(3)]
         assert sorted(letter.task_id for letter in dlq.list_dead_letters(broker_url, names)) == sorted(ids)
 
         assert dlq.replay(broker_url, names, ids=[ids[0], ids[2]]) == 2
         server.handled.wait(failing, 5)  # they ran again, failed again and came back with their ids
-        assert sorted(runs.get_nowait() for _ in range(2)) == [(0, ids[0]), (2, ids[2])]
+        assert sorted(runs.get_nowait() for _ in range(2)) == [(0, ids[0], 1), (2, ids[2], 1)]  # attempts anew
         assert runs.empty()
         assert sorted(letter.task_id for letter in dlq.list_dead_letters(broker_url, names)) == sorted(ids)
 

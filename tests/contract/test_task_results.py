@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import queue
 from collections.abc import Callable
 from typing import Any
 
@@ -15,26 +14,13 @@ import otter
 from otter.testing import ServedApp
 from rawbroker import RawBroker
 
-from .conftest import Serve
+from .conftest import Doubler, Serve, task_context
 
 QueueName = Callable[[str], str]
 
 
-def test_a_caller_who_asks_gets_the_result_and_its_task_id(
-    serve: Serve, names: dict[str, Any], queue_name: QueueName
-) -> None:
-    app = otter.Otter(**names)
-    work = queue_name("double")
-    ids: queue.Queue[Any] = queue.Queue()
-
-    @app.add_task(work)
-    def double(comm: Any, n: int) -> int:
-        context = otter.current_context()
-        assert context is not None
-        ids.put(context.task_id)
-        return n * 2
-
-    client = serve(app)
+def test_a_caller_who_asks_gets_the_result_and_its_task_id(doubler: Doubler) -> None:
+    client, work, ids = doubler.client, doubler.name, doubler.ids
     future = client.task(work, 21, result=True)
     assert future.result(timeout=10) == 42
     assert ids.get(timeout=1) == future.task_id
@@ -67,8 +53,7 @@ def test_only_the_final_attempt_replies(serve: Serve, names: dict[str, Any], que
 
     @app.add_task(work, max_retries=2, backoff=0.05, jitter=False)
     def flaky(comm: Any, body: Any) -> str:
-        context = otter.current_context()
-        assert context is not None
+        context = task_context()
         if context.attempt < 3:
             raise ConnectionError("not yet")
         return f"done on attempt {context.attempt}"
