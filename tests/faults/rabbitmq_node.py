@@ -138,7 +138,7 @@ class PrivateRabbitMQ:
         operator's restart of the broker would."""
         pid = self._pid()
         assert pid is not None and alive(pid), f"{self.node} is not running"
-        self.ctl("stop", timeout=60)
+        self.ctl("stop", timeout=180)  # slow on a loaded machine
         deadline = time.monotonic() + 30
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
