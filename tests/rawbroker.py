@@ -34,6 +34,7 @@ import aio_pika
 import aiormq
 
 from otter import protocol
+from otter.delays import DelayLevels
 from otter.transports.memory import MemoryBroker
 
 __all__ = ["RawBroker", "RawMessage", "raw_key", "raw_text", "unique"]
@@ -50,6 +51,8 @@ def unique(prefix: str) -> str:
 class RawMessage:
     body: bytes
     headers: dict[str, Any]
+    message_id: str | None = None
+    reply_to: str | None = None
 
 
 class RawBroker(abc.ABC):
@@ -109,6 +112,10 @@ class RawBroker(abc.ABC):
     def dead_letters(self, count: int = 1, timeout: float = 5.0) -> list[RawMessage]:
         """Take messages off the test's dead-letter queue until there are ``count`` and return them all; fails
         if there are fewer after ``timeout`` seconds."""
+
+    @abc.abstractmethod
+    def take(self, queue: str, count: int) -> list[RawMessage]:
+        """Remove the first ``count`` messages waiting in ``queue`` (fewer if there are fewer)."""
 
     @abc.abstractmethod
     def depth(self, queue: str) -> int | None:
@@ -214,6 +221,9 @@ class MemoryRawBroker(RawBroker):
         assert len(found) >= count, f"expected {count} dead letters within {timeout} s, got {len(found)}"
         return found
 
+    def take(self, queue: str, count: int) -> list[RawMessage]:
+        return [RawMessage(m.body, dict(m.headers), m.message_id, m.reply_to) for m in self.broker.take(queue, count)]
+
     def depth(self, queue: str) -> int | None:
         return len(self.broker.messages_in(queue)) if queue in self.broker.queues else None
 
@@ -305,6 +315,21 @@ class AmqpRawBroker(RawBroker):
         assert len(found) >= count, f"expected {count} dead letters within {timeout} s, got {len(found)}"
         return found
 
+    def take(self, queue: str, count: int) -> list[RawMessage]:
+        async def take() -> list[RawMessage]:
+            found: list[RawMessage] = []
+            async with await (await self._connected()).channel() as channel:
+                declared = await channel.get_queue(queue, ensure=True)
+                while len(found) < count:
+                    message = await declared.get(no_ack=True, fail=False)
+                    if message is None:
+                        break
+                    found.append(RawMessage(message.body, dict(message.headers), message.message_id,
+                                            message.reply_to))
+            return found
+
+        return self._run(take())
+
     def depth(self, queue: str) -> int | None:
         result = self._run(self._declare(queue, None))
         return None if result is None else int(result.message_count or 0)
@@ -357,6 +382,10 @@ class AmqpRawBroker(RawBroker):
         doomed = dict.fromkeys([*queues, *(names[key] for key in ("DEFAULT_TASK_QUEUE", "DEAD_LETTER_QUEUE")
                                            if key in names)])
         exchanges = [names[key] for key in ("MESSAGE_EXCHANGE", "TASK_EXCHANGE", "CONTROL_EXCHANGE") if key in names]
+        if "TASK_EXCHANGE" in names:  # the delay levels of delayed tasks, if the test used any
+            delay_exchanges, delay_queues = DelayLevels(names["TASK_EXCHANGE"]).names()
+            doomed.update(dict.fromkeys(delay_queues))
+            exchanges += delay_exchanges
 
         async def delete() -> None:
             connection = await self._connected()

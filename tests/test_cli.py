@@ -519,13 +519,17 @@ def test_call_exits_4_when_the_broker_cannot_be_reached() -> None:
 def test_task_and_broadcast_reach_the_service(served: Served) -> None:
     task = otter("task", served.task_queue, '{"order": 7}', env=served.env)
     assert task.returncode == 0, task.stderr
+    assert re.fullmatch(rf"task [0-9a-f]{{32}} queued on {re.escape(served.task_queue)}\n", task.stdout)
+    later = otter("task", served.task_queue, '{"order": 8}', "--delay", "1", "--id", "order-8", env=served.env)
+    assert later.stdout == f"task order-8 queued on {served.task_queue}, to run in 1 s\n", later.stderr
     default_queue = otter("task", "--default-queue", '"nameless"', env=served.env)
     assert default_queue.returncode == 0, default_queue.stderr
     news = otter("broadcast", "cli.news.today", '"hello"', "--sender", "tester", env=served.env)
     assert news.returncode == 0, news.stderr
     ignored = otter("broadcast", "cli.weather.today", '"not for us"', env=served.env)
     assert ignored.returncode == 0, ignored.stderr
-    expected = [["task", {"order": 7}], ["task", "nameless"], ["broadcast", "cli.news.today", "hello", "tester"]]
+    expected = [["task", {"order": 7}], ["task", "nameless"], ["broadcast", "cli.news.today", "hello", "tester"],
+                ["task", {"order": 8}]]
     with served.client() as client:
         wait_until(
             lambda: all(entry in client.rpc("cli.seen").result(5) for entry in expected),

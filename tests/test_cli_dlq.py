@@ -224,6 +224,22 @@ def test_replay_one_letter_of_one_task_runs_it_again_and_leaves_the_rest(setup: 
     assert shop.runs_of(shop.other) == [{"order": 3}]
 
 
+def test_replay_by_id_sends_back_exactly_those_letters(setup: Setup) -> None:
+    shop = setup.shop
+    shop.healed.set()
+    letters = listed(setup)
+    assert all(letter["task_id"] for letter in letters)  # each dead letter carries its task's id
+    wanted = [letters[1]["task_id"], letters[2]["task_id"]]  # order 2 of the job, order 3 of the other
+    result = otter("dlq", "replay", "--id", wanted[0], "--id", wanted[1], env=setup.env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"replayed 2 dead letters with ids {wanted[0]}, {wanted[1]} from {setup.queue!r}"
+    wait_until(lambda: len(shop.runs_of(shop.job)) == 3 and len(shop.runs_of(shop.other)) == 2, what="the reruns")
+    assert shop.runs_of(shop.job)[-1] == {"order": 2} and shop.runs_of(shop.other)[-1] == {"order": 3}
+    assert [letter["task_id"] for letter in listed(setup)] == [letters[0]["task_id"], letters[3]["task_id"]]
+    table = otter("dlq", "list", env=setup.env)
+    assert "Task id" in table.stdout and letters[0]["task_id"][:8] in table.stdout
+
+
 def test_replay_everything_sends_each_letter_back_to_its_own_queue(setup: Setup) -> None:
     shop = setup.shop
     shop.healed.set()

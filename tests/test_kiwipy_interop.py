@@ -16,6 +16,7 @@ import kiwipy
 import kiwipy.rmq
 import pytest
 
+import otter
 from otter import Client, Otter
 from otter.testing import ServedApp
 from rawbroker import RawBroker
@@ -116,3 +117,40 @@ def test_an_otter_broadcast_reaches_a_kiwipy_subscriber(kiwipy_world: tuple[Any,
     with Client(amqp_url, **names) as client:
         client.broadcast({"n": 2}, subject="kiwi.hello", sender="otter", correlation_id="c-2")
     assert heard.get(timeout=10) == ({"n": 2}, "otter", "kiwi.hello", "c-2")
+
+
+@pytest.mark.amqp
+def test_a_kiwipy_task_sender_hears_only_the_final_outcome_of_a_retried_task(amqp_url: str,
+                                                                          names: dict[str, Any]) -> None:
+    """kiwipy's ``task_send(body, no_reply=False)`` future resolves once: a retry keeps the sender's reply_to, and
+    only the last attempt replies (with the result, or with the error kiwipy raises as a ``RemoteException``)."""
+    task_name = f"interop-{uuid.uuid4().hex[:10]}.flaky"
+    attempts: queue.Queue[tuple[Any, int]] = queue.Queue()
+    app = Otter("interop-retries")
+
+    @app.add_task(task_name, max_retries=1, backoff=0.05, jitter=False)  # its only task: the default queue's
+    def flaky(comm: Any, body: Any) -> Any:
+        context = otter.current_context()
+        assert context is not None
+        attempts.put((body, context.attempt))
+        if body == "never" or context.attempt == 1:
+            raise ValueError(f"attempt {context.attempt} of {body} failed")
+        return f"{body} done"
+
+    try:
+        with ServedApp(app, amqp_url, **names):
+            kiwi = kiwipy.rmq.RmqThreadCommunicator.connect(
+                connection_params={"url": amqp_url}, encoder=json_encoder, decoder=json_decoder,
+                message_exchange=names["MESSAGE_EXCHANGE"], task_exchange=names["TASK_EXCHANGE"],
+                task_queue=names["DEFAULT_TASK_QUEUE"],
+            )
+            try:
+                assert kiwi.task_send("job", no_reply=False).result(timeout=10) == "job done"
+                assert [attempts.get(timeout=1) for _ in range(2)] == [("job", 1), ("job", 2)]
+                with pytest.raises(kiwipy.RemoteException, match="attempt 2 of never failed"):
+                    kiwi.task_send("never", no_reply=False).result(timeout=10)
+            finally:
+                kiwi.close()
+    finally:
+        with RawBroker.open(amqp_url, names) as raw:
+            raw.delete(task_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -15,7 +16,7 @@ import pytest
 
 from conftest import unique_names
 from helpers_process import READY, AppProcess, wait_until
-from otter import Client, Otter, RemoteError
+from otter import Client, Otter, RemoteError, current_context
 from otter.logs import JsonFormatter, MessageContext, current_message
 from rawbroker import RawBroker
 from test_cli import SERVICE, otter
@@ -74,6 +75,19 @@ def test_json_lines_carry_the_service_route_correlation_trace_duration_and_outco
     assert failed["correlation_id"] != echo["correlation_id"]
 
 
+@contextlib.contextmanager
+def json_lines_of(logger: logging.Logger) -> Iterator[io.StringIO]:
+    """What ``logger`` writes meanwhile, as the JSON formatter writes it."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(service="tests"))
+    logger.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_a_handler_s_own_lines_know_their_message_in_a_thread_and_on_the_loop() -> None:
     app = Otter("ctx")
     handler_log = logging.getLogger("tests.logs.handler")
@@ -86,20 +100,31 @@ def test_a_handler_s_own_lines_know_their_message_in_a_thread_and_on_the_loop() 
     async def coroutine(comm: Any, data: Any) -> None:
         handler_log.warning("on the loop")
 
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter(service="ctx"))
-    handler_log.addHandler(handler)
-    try:
-        with app.test_client() as client:
-            client.rpc("ctx.plain", None, headers={"traceparent": TRACEPARENT}).result()
-            client.rpc("ctx.coroutine", None).result()
-    finally:
-        handler_log.removeHandler(handler)
+    with json_lines_of(handler_log) as stream, app.test_client() as client:
+        client.rpc("ctx.plain", None, headers={"traceparent": TRACEPARENT}).result()
+        client.rpc("ctx.coroutine", None).result()
     thread_line, loop_line = json_lines(stream.getvalue())
     assert (thread_line["route"], thread_line["kind"], thread_line["trace_id"]) == ("ctx.plain", "rpc", TRACE_ID)
     assert loop_line["route"] == "ctx.coroutine" and loop_line["trace_id"] != TRACE_ID
     assert current_message.get() is None  # nothing leaks out of the handlers' tasks
+
+
+def test_a_task_s_lines_carry_its_id_and_attempt() -> None:
+    app = Otter("ids")
+    handler_log = logging.getLogger("tests.logs.task")
+
+    @app.add_task("ids.flaky", max_retries=1, backoff=0.01, jitter=False)
+    def flaky(comm: Any, body: Any) -> None:
+        handler_log.warning("running")
+        context = current_context()
+        if context is not None and context.attempt == 1:
+            raise ConnectionError("try again")
+
+    with json_lines_of(handler_log) as stream, app.test_client() as client:
+        task_id = client.task("ids.flaky", None)
+        client.wait_handled("ids.flaky")  # its last run: a retried task is handled once
+    lines = json_lines(stream.getvalue())
+    assert [(line["task_id"], line["attempt"]) for line in lines] == [(task_id, 1), (task_id, 2)]
 
 
 def test_the_json_formatter_masks_passwords_and_keeps_extra_fields() -> None:

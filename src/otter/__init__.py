@@ -20,7 +20,8 @@ from .errors import (
     Unroutable,
     ValidationError,
 )
-from .futures import CallFuture
+from .futures import CallFuture, TaskFuture
+from .logs import MessageContext, current_context
 from .pipeline import HandlerContext
 
 __version__ = "0.1.0"
@@ -37,15 +38,18 @@ __all__ = [
     "ConfigurationError",
     "DeadlineExceeded",
     "HandlerContext",
+    "MessageContext",
     "MessageError",
     "MessageTooLarge",
     "Otter",
     "OtterError",
     "RemoteError",
+    "TaskFuture",
     "TimeLimitExceeded",
     "Undelivered",
     "Unroutable",
     "ValidationError",
     "__version__",
+    "current_context",
     "use_args",
 ]

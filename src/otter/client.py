@@ -14,14 +14,16 @@ import contextlib
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any, overload
+from datetime import datetime, timedelta
+from typing import Any, Literal, overload
 
 from . import eventloop
 from .codec import JsonCodec
-from .comm import Communicator, task_target
+from .comm import Communicator, check_task_id, task_target
 from .config import ResolvedConfig, redact_url, resolve
+from .delays import delay_seconds
 from .errors import BrokerUnavailable, OtterError, Undelivered
-from .futures import CallFuture
+from .futures import CallFuture, TaskFuture
 from .outbox import Outbox
 from .tracing import tracing_for
 from .transports import Transport, open_transport
@@ -31,6 +33,7 @@ __all__ = ["AsyncClient", "Client"]
 log = logging.getLogger("otter.client")
 
 Headers = Mapping[str, Any] | None  # a caller's own message headers, seen by the service as ctx.headers
+Delay = float | timedelta | None  # how long a task waits in the broker before it runs
 
 
 def _client_config(url: str | None, config: dict[str, Any], timeout: float | None = None) -> ResolvedConfig:
@@ -114,25 +117,41 @@ class Client:
 
     @overload
     def task(self, name: str, body: Any = None, /, *, headers: Headers = None, wait: bool = False,
-             priority: int | None = None) -> None: ...
+             task_id: str | None = None, delay: Delay = None, eta: datetime | None = None,
+             priority: int | None = None, result: Literal[False] = False) -> str: ...
     @overload
-    def task(self, body: Any, /, *, headers: Headers = None, wait: bool = False,
-             priority: int | None = None) -> None: ...
+    def task(self, body: Any, /, *, headers: Headers = None, wait: bool = False, task_id: str | None = None,
+             delay: Delay = None, eta: datetime | None = None, priority: int | None = None,
+             result: Literal[False] = False) -> str: ...
     @overload
-    def task(self, *, body: Any, headers: Headers = None, wait: bool = False, priority: int | None = None) -> None: ...
+    def task(self, *, body: Any, headers: Headers = None, wait: bool = False, task_id: str | None = None,
+             delay: Delay = None, eta: datetime | None = None, priority: int | None = None,
+             result: Literal[False] = False) -> str: ...
     @overload
     def task(self, name: str, /, *, body: Any, headers: Headers = None, wait: bool = False,
-             priority: int | None = None) -> None: ...
+             task_id: str | None = None, delay: Delay = None, eta: datetime | None = None,
+             priority: int | None = None, result: Literal[False] = False) -> str: ...
+    @overload
+    def task(self, *args: Any, headers: Headers = None, task_id: str | None = None, delay: Delay = None,
+             eta: datetime | None = None, priority: int | None = None, result: Literal[True],
+             timeout: float | None = None, **kwargs: Any) -> TaskFuture: ...
 
     def task(
-        self, *args: Any, headers: Headers = None, wait: bool = False, priority: int | None = None, **kwargs: Any
-    ) -> None:
-        """Queue a task: return once it is handed to the connection (``wait=True``: once the broker confirmed it,
-        raising what it refused). ``flush()`` or ``close()`` then wait for every confirm and raise ``Undelivered``
-        for the tasks that failed; until the window of unconfirmed tasks has room, this call blocks.
+        self, *args: Any, headers: Headers = None, wait: bool = False, task_id: str | None = None,
+        delay: Delay = None, eta: datetime | None = None, priority: int | None = None, result: bool = False,
+        timeout: float | None = None, **kwargs: Any,
+    ) -> str | TaskFuture:
+        """Queue a task and return its id (``task_id=``, else a new one): return once it is handed to the
+        connection (``wait=True``: once the broker confirmed it, raising what it refused). ``flush()`` or
+        ``close()`` then wait for every confirm and raise ``Undelivered`` for the tasks that failed; until the
+        window of unconfirmed tasks has room, this call blocks.
 
         ``task(name, body)`` and ``task(name)`` send the named task; ``task(body=...)`` a nameless one, to the default
         queue; the seed's ``task(5)`` too, when the lone argument is not a string (a lone string is a name).
+        ``delay=`` (seconds, or a ``timedelta``) or ``eta=`` (an aware ``datetime``) hold the task in the broker
+        until then (rounded up to whole seconds, at most about 12 days). ``result=True`` returns a ``TaskFuture``
+        instead, whose ``.result()`` is the handler's result (or its typed error), waited for at most ``timeout``
+        seconds (default ``RPC_TIMEOUT``) from when the task is due.
 
         ``priority`` (0-255, AMQP's message priority) orders the task in a queue declared for priorities
         (``add_task(..., max_priority=N)``; quorum queues on RabbitMQ 4+); the first one sent to a queue that
@@ -140,7 +159,13 @@ class Client:
         """
         name, body = task_target(args, kwargs)
         comm = self._connected()
-        self._send(comm, comm.outgoing_task(name, body, headers, priority), wait)
+        seconds = delay_seconds(delay, eta)
+        if result:
+            return comm.task(name, body=body, headers=headers, task_id=task_id, delay=seconds, result=True,
+                             timeout=timeout, priority=priority)
+        message = comm.outgoing_task(name, body, headers, task_id, seconds, priority)
+        self._send(comm, message, wait)
+        return message.message_id
 
     def broadcast(
         self, body: Any, subject: str | None = None, sender: Any = None, correlation_id: Any = None, *,
@@ -254,20 +279,42 @@ class AsyncClient:
         return await self._connected().call(name, data, timeout=timeout, headers=headers)
 
     @overload
-    async def task(self, name: str, body: Any = None, /, *, headers: Headers = None,
-                   priority: int | None = None) -> None: ...
+    async def task(self, name: str, body: Any = None, /, *, headers: Headers = None, task_id: str | None = None,
+                   delay: Delay = None, eta: datetime | None = None, priority: int | None = None,
+                   result: Literal[False] = False) -> str: ...
     @overload
-    async def task(self, body: Any, /, *, headers: Headers = None, priority: int | None = None) -> None: ...
+    async def task(self, body: Any, /, *, headers: Headers = None, task_id: str | None = None, delay: Delay = None,
+                   eta: datetime | None = None, priority: int | None = None,
+                   result: Literal[False] = False) -> str: ...
     @overload
-    async def task(self, *, body: Any, headers: Headers = None, priority: int | None = None) -> None: ...
+    async def task(self, *, body: Any, headers: Headers = None, task_id: str | None = None, delay: Delay = None,
+                   eta: datetime | None = None, priority: int | None = None,
+                   result: Literal[False] = False) -> str: ...
     @overload
-    async def task(self, name: str, /, *, body: Any, headers: Headers = None,
-                   priority: int | None = None) -> None: ...
+    async def task(self, name: str, /, *, body: Any, headers: Headers = None, task_id: str | None = None,
+                   delay: Delay = None, eta: datetime | None = None, priority: int | None = None,
+                   result: Literal[False] = False) -> str: ...
+    @overload
+    async def task(self, *args: Any, headers: Headers = None, task_id: str | None = None, delay: Delay = None,
+                   eta: datetime | None = None, priority: int | None = None, result: Literal[True],
+                   timeout: float | None = None, **kwargs: Any) -> TaskFuture: ...
 
-    async def task(self, *args: Any, headers: Headers = None, priority: int | None = None, **kwargs: Any) -> None:
-        """As ``Client.task``."""
+    async def task(
+        self, *args: Any, headers: Headers = None, task_id: str | None = None, delay: Delay = None,
+        eta: datetime | None = None, priority: int | None = None, result: bool = False,
+        timeout: float | None = None, **kwargs: Any,
+    ) -> str | TaskFuture:
+        """As ``Client.task``, returning the task's id once the broker has confirmed it; with ``result=True``, a
+        ``TaskFuture`` at once, to ``await`` for the handler's result."""
         name, body = task_target(args, kwargs)
-        await self._connected().send_task(name, body, headers, priority)
+        comm = self._connected()
+        seconds = delay_seconds(delay, eta)
+        if result:
+            return comm.task(name, body=body, headers=headers, task_id=task_id, delay=seconds, result=True,
+                             timeout=timeout, priority=priority)
+        if task_id is not None:
+            check_task_id(task_id)
+        return await comm.send_task(name, body, headers, task_id=task_id, delay=seconds, priority=priority)
 
     async def broadcast(
         self, body: Any, subject: str | None = None, sender: Any = None, correlation_id: Any = None, *,

@@ -15,14 +15,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, overload
 
 import kiwipy
 
 from . import protocol
 from .codec import JsonCodec
+from .delays import delay_seconds
 from .errors import BrokerUnavailable, ConfigurationError, DeadlineExceeded
-from .futures import CallFuture
+from .futures import CallFuture, TaskFuture
 from .limits import check_priority
 from .logs import current_message
 from .routing import check_name
@@ -32,7 +34,7 @@ from .transports.base import OnSent
 if TYPE_CHECKING:
     from .tracing import Tracing
 
-__all__ = ["Communicator", "Outgoing", "task_target", "warn_unconsumed"]
+__all__ = ["Communicator", "Outgoing", "check_task_id", "task_target", "warn_unconsumed"]
 
 log = logging.getLogger("otter.comm")
 
@@ -100,35 +102,65 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
             return protocol.raise_for_reply(self.codec.decode(reply.body, reply.content_type))
 
     async def send_task(
-        self, name: str | None, body: Any = None, headers: Mapping[str, Any] | None = None,
+        self, name: str | None, body: Any = None, headers: Mapping[str, Any] | None = None, *,
+        task_id: str | None = None, delay: int = 0, reply: bool = False, correlation_id: str | None = None,
         priority: int | None = None,
-    ) -> None:
-        """Queue a task (``name=None``: the default queue) and return once the broker has it. The first send to a
-        queue that no worker consumes says so in the log (the task waits there; is the name right?); so does the
-        first with a ``priority`` (0-255) to a queue that ignores priorities (``otter.limits``)."""
-        queue, payload, sent, correlation_id = self._task_parts(name, body, headers, priority)
+    ) -> str:
+        """Queue a task (``name=None``: the default queue) and return its id once the broker has it; ``delay``
+        whole seconds (``delays.delay_seconds``) hold it in the broker first. The first send to a queue that no
+        worker consumes says so in the log (the task waits there; is the name right?); so does the first with a
+        ``priority`` (0-255) to a queue that ignores priorities (``otter.limits``)."""
+        task = self._task_parts(name, body, headers, task_id, reply, correlation_id, priority)
+        queue, payload, sent, correlation_id = task.target, task.body, task.headers or {}, task.correlation_id
         with self.tracing.sending("publish", queue, queue, correlation_id, sent) if self.tracing else _NOT_TRACED:
-            if self.transport.pipelines:
+            if self.transport.pipelines and not delay and not reply:
                 consumers = await self._confirmed(lambda done: self.transport.start_task(
                     queue, payload, correlation_id=correlation_id, headers=sent or None, done=done,
-                    priority=priority))
+                    message_id=task.message_id, priority=priority))
             else:
-                consumers = await self.transport.publish_task(queue, payload, correlation_id=correlation_id,
-                                                              headers=sent or None, priority=priority)
+                consumers = await self.transport.publish_task(
+                    queue, payload, correlation_id=correlation_id, headers=sent or None, message_id=task.message_id,
+                    delay=delay, reply=reply, priority=priority)
         if consumers == 0:
             warn_unconsumed(name, queue)
+        return task.message_id
+
+    async def task_result(
+        self, name: str | None, body: Any = None, headers: Mapping[str, Any] | None = None, *,
+        task_id: str, delay: int = 0, timeout: float | None = None, priority: int | None = None,
+    ) -> Any:
+        """Queue a task that asks for its outcome, and return its handler's result (or raise its typed error, the
+        same as an RPC's), waiting at most ``timeout`` seconds (default ``RPC_TIMEOUT``) from when it is due. Only
+        a task's final outcome replies: not an attempt that will be retried."""
+        wait = delay + (self.rpc_timeout if timeout is None else float(timeout))
+        correlation_id = self._next_id()
+        reply = self.transport.expect_reply(correlation_id)
+        try:
+            await self.send_task(name, body, headers, task_id=task_id, delay=delay, reply=True,
+                                 correlation_id=correlation_id, priority=priority)
+            try:
+                answer = await asyncio.wait_for(reply, wait)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"no result from the task {task_id} ({name or 'nameless'}) within {wait:g} s; "
+                                       f"it may still run, and its result will be dropped") from None
+        finally:
+            self.transport.forget_reply(correlation_id)
+        return protocol.raise_for_reply(self.codec.decode(answer.body, answer.content_type))
 
     def outgoing_task(
-        self, name: str | None, body: Any, headers: Mapping[str, Any] | None, priority: int | None = None
+        self, name: str | None, body: Any, headers: Mapping[str, Any] | None, task_id: str | None = None,
+        delay: int = 0, priority: int | None = None,
     ) -> Outgoing:
         """A task checked and encoded in the caller's thread (so a bad name or body raises there, at once), for the
         sync ``Client``'s pipelined send. With tracing, its publish span is a zero-length one that carries the trace
         context into the message; the confirm and its outcome come later, outside it (``Undelivered``)."""
-        queue, payload, sent, correlation_id = self._task_parts(name, body, headers, priority)
+        task = self._task_parts(name, body, headers, task_id, priority=priority)
+        sent = task.headers or {}
         if self.tracing:
-            with self.tracing.sending("publish", queue, queue, correlation_id, sent):
+            with self.tracing.sending("publish", task.target, task.target, task.correlation_id, sent):
                 pass
-        return Outgoing("task", queue, correlation_id, payload, sent or None, name, priority)
+        task.headers, task.delay = sent or None, delay
+        return task
 
     def outgoing_broadcast(
         self, body: Any, sender: Any, subject: str | None, correlation_id: Any, headers: Mapping[str, Any] | None
@@ -155,17 +187,23 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         return True
 
     def _task_parts(
-        self, name: str | None, body: Any, headers: Mapping[str, Any] | None, priority: int | None = None
-    ) -> tuple[str, bytes, dict[str, Any], str]:
-        """A task checked and encoded: its queue, payload, headers (tracing may add to them) and correlation id."""
+        self, name: str | None, body: Any, headers: Mapping[str, Any] | None, task_id: str | None = None,
+        reply: bool = False, correlation_id: str | None = None, priority: int | None = None,
+    ) -> Outgoing:
+        """A task checked and encoded: its queue, payload, headers (tracing may add to them), correlation id and id
+        (``task_id``, else the correlation id: 32 hex digits, unique as a uuid4's)."""
         self._check_open()
         if name is not None:
             check_name(name, "task")
+        if task_id is not None:
+            check_task_id(task_id)
         if priority is not None:
             check_priority(priority)
         queue = name or self.transport.topology.default_task_queue  # type: ignore[attr-defined]
-        payload = self.codec.encode(protocol.task_body(body, no_reply=True), what="task body", payload=body)
-        return queue, payload, protocol.caller_headers(headers), self._next_id()
+        payload = self.codec.encode(protocol.task_body(body, no_reply=not reply), what="task body", payload=body)
+        correlation_id = correlation_id or self._next_id()
+        return Outgoing("task", queue, correlation_id, payload, protocol.caller_headers(headers), name,
+                        task_id or correlation_id, priority=priority)
 
     def _broadcast_parts(
         self, body: Any, sender: Any, subject: str | None, correlation_id: Any, headers: Mapping[str, Any] | None
@@ -204,33 +242,49 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         return self._submit(self.call(recipient_id, msg, timeout=timeout, headers=headers), wait)
 
     def task(
-        self, *args: Any, headers: Mapping[str, Any] | None = None, priority: int | None = None, **kwargs: Any
-    ) -> CallFuture:
+        self, *args: Any, headers: Mapping[str, Any] | None = None, task_id: str | None = None,
+        delay: float | timedelta | None = None, eta: datetime | None = None, result: bool = False,
+        timeout: float | None = None, priority: int | None = None, **kwargs: Any,
+    ) -> TaskFuture:
         """Queue a task, as ``Client.task`` does: ``comm.task(name, body)``, ``comm.task(name)``, or the nameless
-        ``comm.task(body=...)``; returns a future that resolves once the broker has it (``.result()`` in a plain
-        handler, ``await`` in an ``async def`` one). ``priority`` (0-255) as ``Client.task``'s.
+        ``comm.task(body=...)``. Returns a ``TaskFuture`` at once (its ``task_id`` is known then) that resolves to
+        the task's id once the broker has it; with ``result=True``, to the handler's result (``.result()`` in a
+        plain handler, ``await`` in an ``async def`` one). ``delay=``/``eta=`` hold it in the broker until then.
+        ``priority`` (0-255) as ``Client.task``'s.
 
         >>> comm.task("mail.send", {"to": "a@example.com"}).result()
+        '5f0c...'
         """
         name, body = task_target(args, kwargs)
         if priority is not None:
             check_priority(priority)  # here, in the caller's thread, rather than in the future
-        return self._submit(self.send_task(name, body, headers, priority), self._send_wait(),
-                            f"the task to {name!r}" if name else "a nameless task")
+        seconds = delay_seconds(delay, eta)
+        task_id = task_id if task_id is not None else self._next_id()
+        check_task_id(task_id)
+        what = f"the task {task_id} to {name!r}" if name else f"the nameless task {task_id}"
+        if result:
+            wait = seconds + (self.rpc_timeout if timeout is None else float(timeout)) + 1.0
+            return self._submit(self.task_result(name, body, headers, task_id=task_id, delay=seconds,
+                                                 timeout=timeout, priority=priority), wait, what, task_id)
+        return self._submit(self.send_task(name, body, headers, task_id=task_id, delay=seconds, priority=priority),
+                            self._send_wait(), what, task_id)
 
-    def task_send(self, task: Any, no_reply: bool = True, *, name: str | None = None) -> CallFuture:
-        """kiwipy's call: queue ``task`` (the body) on the default task queue, or on ``name``; resolves to None once
-        the broker confirmed it. Otter tasks do not send results back; use an RPC when you need one. For a named
-        task, ``comm.task(name, body)`` reads better."""
+    def task_send(self, task: Any, no_reply: bool = True, *, name: str | None = None) -> TaskFuture:
+        """kiwipy's call: queue ``task`` (the body) on the default task queue, or on ``name``. With ``no_reply``
+        (the default here) the future resolves to None once the broker confirmed it; with ``no_reply=False``, to
+        the handler's result, as kiwipy's does (waiting at most ``RPC_TIMEOUT``). For a named task,
+        ``comm.task(name, body)`` reads better."""
         if not isinstance(no_reply, bool):
             raise TypeError(
                 f"task_send(task, no_reply) takes the body first and no_reply as True/False, got no_reply="
                 f"{no_reply!r:.40}; to send a named task use comm.task({task!r:.40}, body)"
             )
+        task_id = self._next_id()
+        what = f"the task {task_id} to {name!r}" if name else f"the nameless task {task_id}"
         if not no_reply:
-            raise ConfigurationError("Otter tasks are fire-and-forget (no_reply=True); use rpc_send for a result")
-        return self._submit(self.send_task(name, task), self._send_wait(),
-                            f"the task to {name!r}" if name else "a nameless task")
+            return self._submit(self.task_result(name, task, task_id=task_id), self.rpc_timeout + 1.0, what, task_id)
+        return self._submit(self._sent(self.send_task(name, task, task_id=task_id)), self._send_wait(), what,
+                            task_id)
 
     def broadcast_send(
         self, body: Any, sender: Any = None, subject: str | None = None, correlation_id: Any = None,
@@ -283,6 +337,11 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         destination = subject or self.transport.topology.message_exchange  # type: ignore[attr-defined]
         return self.tracing.sending("publish", destination, subject or "", str(correlation_id or ""), headers)
 
+    @staticmethod
+    async def _sent(sending: Coroutine[Any, Any, Any]) -> None:
+        """kiwipy's ``task_send(no_reply=True)`` future resolves to None, not to the id."""
+        await sending
+
     def _next_id(self) -> str:
         return f"{self._id_prefix}{next(self._id_counter):012x}"
 
@@ -291,8 +350,17 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
         margin, so the transport's clear ``BrokerUnavailable`` arrives before a bare timeout would."""
         return float(getattr(self.transport, "publish_timeout", self.rpc_timeout)) + 5.0
 
+    @overload
     def _submit(self, coro: Coroutine[Any, Any, Any], default_timeout: float, what: str | None = None) -> CallFuture:
-        future = CallFuture(default_timeout, self._loop_thread, what)
+        ...
+    @overload
+    def _submit(self, coro: Coroutine[Any, Any, Any], default_timeout: float, what: str | None,
+                task_id: str) -> TaskFuture: ...
+
+    def _submit(self, coro: Coroutine[Any, Any, Any], default_timeout: float, what: str | None = None,
+                task_id: str | None = None) -> CallFuture:
+        future = (CallFuture(default_timeout, self._loop_thread, what) if task_id is None else
+                  TaskFuture(task_id, default_timeout, self._loop_thread, what))
 
         def start() -> None:
             task = self.loop.create_task(coro)
@@ -316,18 +384,21 @@ class Communicator(kiwipy.Communicator):  # type: ignore[misc]  # kiwipy ships n
 
 class Outgoing:
     """A message encoded and ready to hand to the transport: a ``kind`` ("task" or "broadcast") and its ``target``
-    (the task queue, or the broadcast's subject), for saying which one failed."""
+    (the task queue, or the broadcast's subject), for saying which one failed; a task's id (``message_id``) and
+    ``delay`` (whole seconds)."""
 
-    __slots__ = ("body", "correlation_id", "headers", "kind", "name", "priority", "target")
+    __slots__ = ("body", "correlation_id", "delay", "headers", "kind", "message_id", "name", "priority", "target")
 
     def __init__(self, kind: str, target: str, correlation_id: str, body: bytes,
-                 headers: Mapping[str, Any] | None, name: str | None, priority: int | None = None) -> None:
+                 headers: dict[str, Any] | None, name: str | None, message_id: str = "", delay: int = 0,
+                 priority: int | None = None) -> None:
         self.kind, self.target, self.correlation_id = kind, target, correlation_id
-        self.body, self.headers, self.name, self.priority = body, headers, name, priority
+        self.body, self.headers, self.name = body, headers, name
+        self.message_id, self.delay, self.priority = message_id, delay, priority
 
     def __repr__(self) -> str:
         if self.kind == "task":
-            return f"task to {self.target!r} (correlation id {self.correlation_id})"
+            return f"task {self.message_id} to {self.target!r}"
         return f"broadcast {self.target!r} (correlation id {self.correlation_id or '-'})"
 
 
@@ -364,6 +435,12 @@ def task_target(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str | No
     if len(args) == 1:
         return (args[0], None) if isinstance(args[0], str) else (None, args[0])
     raise TypeError(f"task() takes a name, a body or both{_TASK_HINT}")
+
+
+def check_task_id(task_id: Any) -> None:
+    """A caller's ``task_id=``: a non-empty string that fits AMQP's ``message_id`` (at most 255 bytes)."""
+    if not isinstance(task_id, str) or not task_id or len(task_id.encode("utf-8")) > 255:
+        raise ValueError(f"task_id must be a non-empty string of at most 255 bytes, got {task_id!r:.60}")
 
 
 _TASK_HINT = (

@@ -5,11 +5,12 @@ The API (the ``otter dlq list|show|replay|purge`` commands call these)::
     list_dead_letters(url: str | None, config: Mapping[str, Any] | None = None, limit: int | None = None)
         -> list[DeadLetter]
     replay(url: str | None, config: Mapping[str, Any] | None = None, task: str | None = None,
-           limit: int | None = None, *, where: Callable[[DeadLetter], bool] | None = None) -> int
+           limit: int | None = None, ids: Collection[str] | None = None, *,
+           where: Callable[[DeadLetter], bool] | None = None) -> int
     purge(url: str | None, config: Mapping[str, Any] | None = None) -> int
 
     async def list_dead_letters_async(url, config=None, limit=None) -> list[DeadLetter]
-    async def replay_async(url, config=None, task=None, limit=None, *, where=None) -> int
+    async def replay_async(url, config=None, task=None, limit=None, ids=None, *, where=None) -> int
     async def purge_async(url, config=None) -> int
 
 The broker and the names are resolved as an app resolves them (``otter.config.resolve``): ``url`` is an argument
@@ -24,8 +25,9 @@ A dead letter keeps the task's original body and headers, plus ``x-otter-reason`
 ``x-otter-attempts``, ``x-otter-task`` and ``x-otter-queue``. ``DeadLetter.payload`` is the task body as its handler
 gets it (kiwipy's ``[body, no_reply]`` envelope taken off), and ``body_preview`` shows that, not the envelope.
 ``replay`` sends it back to the queue it came from as a fresh task (Otter's headers dropped, so its attempts start
-again); ``task=`` picks only the dead letters of that task name (or queue), and ``where=`` only those it returns
-true for (the dashboard replays one letter by its correlation id). ``list_dead_letters`` leaves the queue as it was.
+again) and keeps its task id; ``task=`` picks only the dead letters of that task name (or queue), ``ids=`` only
+those with these task ids, and ``where=`` only those it returns true for. ``list_dead_letters`` leaves the queue as
+it was.
 
 >>> for letter in list_dead_letters("amqp://guest:guest@127.0.0.1/"):
 ...     print(letter.queue, letter.reason, letter.error_type, letter.attempts)
@@ -37,7 +39,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -69,6 +71,7 @@ class DeadLetter:
 
     queue: str | None
     task: str | None
+    task_id: str | None  # the id the task was sent with (its message_id), the same on every attempt
     reason: str | None
     error_type: str | None
     error_message: str | None
@@ -99,13 +102,15 @@ class DeadLetter:
         if by_broker is not None:
             queue, reason, message = by_broker
             return cls(
-                queue=queue, task=None, reason=reason, error_type=None, error_message=message, attempts=None,
+                queue=queue, task=None, task_id=delivery.message_id, reason=reason, error_type=None,
+                error_message=message, attempts=None,
                 correlation_id=delivery.correlation_id, size=len(delivery.body), body_preview=_preview(delivery.body),
                 body=delivery.body, headers=dict(headers),
             )
         return cls(
             queue=_text(headers.get(protocol.QUEUE_HEADER)),
             task=_text(headers.get(protocol.TASK_HEADER)),
+            task_id=delivery.message_id,
             reason=_text(headers.get(protocol.REASON_HEADER)),
             error_type=_text(headers.get(protocol.ERROR_TYPE_HEADER)),
             error_message=_text(headers.get(protocol.ERROR_MESSAGE_HEADER)),
@@ -144,16 +149,20 @@ async def replay_async(
     config: Mapping[str, Any] | None = None,
     task: str | None = None,
     limit: int | None = None,
+    ids: Collection[str] | None = None,
     *,
     where: Callable[[DeadLetter], bool] | None = None,
 ) -> int:
-    """Send up to ``limit`` dead letters (only those of ``task``, and those ``where`` accepts, when given) back to
-    their queues; the count."""
+    """Send up to ``limit`` dead letters (only those of ``task``, whose task id is in ``ids`` and that ``where``
+    accepts, when given) back to their queues; the count."""
     _check_limit(limit)
+    wanted = None if ids is None else frozenset(ids)
 
     def route(delivery: Delivery) -> tuple[str, Mapping[str, Any]] | None:
         letter = DeadLetter.from_delivery(delivery)
         if letter.queue is None or (task is not None and not letter.matches(task)):
+            return None
+        if wanted is not None and letter.task_id not in wanted:
             return None
         if where is not None and not where(letter):
             return None
@@ -182,11 +191,12 @@ def replay(
     config: Mapping[str, Any] | None = None,
     task: str | None = None,
     limit: int | None = None,
+    ids: Collection[str] | None = None,
     *,
     where: Callable[[DeadLetter], bool] | None = None,
 ) -> int:
     """``replay_async`` on a loop of its own."""
-    return _run(replay_async(url, config, task, limit, where=where))
+    return _run(replay_async(url, config, task, limit, ids, where=where))
 
 
 def purge(url: str | None, config: Mapping[str, Any] | None = None) -> int:

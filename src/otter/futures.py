@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigurationError, DeadlineExceeded
 
-__all__ = ["CallFuture"]
+__all__ = ["CallFuture", "TaskFuture"]
 
 _DEFAULT = object()
 
@@ -69,3 +69,17 @@ class CallFuture(concurrent.futures.Future[Any]):
 
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()
+
+
+class TaskFuture(CallFuture):
+    """A task's future, with its ``task_id`` known at once: it resolves to the id once the broker has the task, or,
+    for a task sent with ``result=True``, to its handler's result.
+
+    >>> future = client.task("report.build", {"month": 5}, result=True)
+    >>> future.task_id, future.result(timeout=60)
+    """
+
+    def __init__(self, task_id: str, default_timeout: float | None, loop_thread: threading.Thread | None = None,
+                 what: str | None = None) -> None:
+        super().__init__(default_timeout, loop_thread, what)
+        self.task_id = task_id

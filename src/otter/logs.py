@@ -26,6 +26,7 @@ __all__ = [
     "MessageContext",
     "RedactingFormatter",
     "configure_logging",
+    "current_context",
     "current_message",
     "load_log_config",
     "message_fields",
@@ -43,13 +44,17 @@ def redact(text: str) -> str:
 
 @dataclass(slots=True)
 class MessageContext:
-    """The message a handler is running for: what its log lines say they are about."""
+    """The message a handler is running for: what its log lines say they are about, and what
+    ``otter.current_context()`` tells the handler. ``task_id`` is a task's id (None for RPCs and broadcasts), the
+    same on every attempt; ``attempt`` counts a task's runs, 1 for the first."""
 
     kind: str
     route: str
     correlation_id: str | None
     headers: Mapping[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter)
+    task_id: str | None = None
+    attempt: int = 1
 
     def time_left(self) -> float | None:
         """Seconds until the caller's deadline (``x-otter-deadline``, RPCs only), or None when it set none; nested
@@ -77,16 +82,31 @@ current_message: contextvars.ContextVar[MessageContext | None] = contextvars.Con
 )
 
 
+def current_context() -> MessageContext | None:
+    """The message the calling handler runs for (its kind, route, correlation id, headers, and for a task its
+    ``task_id`` and ``attempt``), from any handler, plain or ``async def``, and the hooks; None outside a handler.
+
+    >>> @app.add_task("mail.send")
+    ... def send(comm, body):
+    ...     log.info("sending %s, attempt %d", otter.current_context().task_id, otter.current_context().attempt)
+    """
+    return current_message.get()
+
+
 def message_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The fields a line about a message carries: kind, route, correlation id, trace id, and the time since the
-    handler started (``duration_ms``; on the line that ends a message, its duration). ``outcome`` is set by the
-    line that says how the message ended. Empty outside a handler."""
+    """The fields a line about a message carries: kind, route, correlation id, a task's ``task_id`` and
+    ``attempt``, trace id, and the time since the handler started (``duration_ms``; on the line that ends a
+    message, its duration). ``outcome`` is set by the line that says how the message ended. Empty outside a
+    handler."""
     message = current_message.get()
     fields: dict[str, Any] = {}
     if message is not None:
         fields["kind"] = message.kind
         fields["route"] = message.route
         fields["correlation_id"] = message.correlation_id
+        if message.task_id is not None:
+            fields["task_id"] = message.task_id
+            fields["attempt"] = message.attempt
         fields["trace_id"] = message.trace_id
         fields["duration_ms"] = round((time.perf_counter() - message.started) * 1000, 3)
     outcome = getattr(record, "outcome", None)

@@ -31,14 +31,15 @@ __all__ = ["Failure", "Outbox"]
 class Failure:
     """One message that was not delivered, and why."""
 
-    __slots__ = ("correlation_id", "error", "kind", "target")
+    __slots__ = ("correlation_id", "error", "kind", "target", "task_id")
 
     def __init__(self, message: Outgoing, error: BaseException) -> None:
         self.kind, self.target, self.correlation_id = message.kind, message.target, message.correlation_id
+        self.task_id = message.message_id or None  # a task's id; None for a broadcast
         self.error = error
 
     def __str__(self) -> str:
-        what = f"task to {self.target!r}" if self.kind == "task" else f"broadcast {self.target!r}"
+        what = f"task {self.task_id} to {self.target!r}" if self.kind == "task" else f"broadcast {self.target!r}"
         return f"{what} (correlation id {self.correlation_id}): {type(self.error).__name__}: {self.error}"
 
     __repr__ = __str__
@@ -126,7 +127,8 @@ class Outbox:
             try:
                 if message.kind == "task":
                     transport.start_task(message.target, message.body, correlation_id=message.correlation_id,
-                                         headers=message.headers, done=done, priority=message.priority)
+                                         headers=message.headers, done=done, priority=message.priority,
+                                         message_id=message.message_id, delay=message.delay)
                 else:
                     transport.start_broadcast(message.body, headers=message.headers, done=done)
             except Exception as exc:  # a closed transport, a bug: reported with the message, never lost

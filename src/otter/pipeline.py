@@ -24,7 +24,9 @@ __all__ = ["HandlerContext", "Pipeline", "RouteTable"]
 class HandlerContext:
     """What hooks and error handlers are told about the message being handled: its ``kind`` ("rpc", "task",
     "broadcast"), the route's ``name``, the ``comm`` to make calls with, and the message's ``headers``, among them
-    the caller's own (``client.rpc(name, data, headers={"tenant": "acme"})``).
+    the caller's own (``client.rpc(name, data, headers={"tenant": "acme"})``); for a task, its ``task_id`` (the same
+    on every attempt) and ``attempt`` (1 for the first run). A handler reads the same with
+    ``otter.current_context()``.
 
     >>> @app.before_handler
     ... def require_tenant(ctx: HandlerContext) -> None:
@@ -38,6 +40,8 @@ class HandlerContext:
     correlation_id: str | None = None
     headers: Mapping[str, Any] | None = None
     subject: str | None = None
+    task_id: str | None = None
+    attempt: int = 1
 
 
 class Pipeline:

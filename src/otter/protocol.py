@@ -68,6 +68,8 @@ __all__ = [
     "rpc_routing_key",
     "schedule_queue_name",
     "schedule_state",
+    "task_body",
+    "task_id_of",
     "task_queue_arguments",
     "tick_body",
 ]
@@ -410,6 +412,13 @@ _PREVIEW.maxlevel, _PREVIEW.maxstring, _PREVIEW.maxother = 4, 80, 80
 
 def task_body(task: Any, no_reply: bool = True) -> list[Any]:
     return [task, no_reply]
+
+
+def task_id_of(message_id: str | None, correlation_id: str | None) -> str | None:
+    """A task's id: its AMQP ``message_id``, which Otter sets on every task it sends and keeps on every copy
+    (retries, dead letters, replays); a kiwipy sender sets none, so its task's correlation id (a uuid) stands in,
+    and the copies Otter makes carry that as their ``message_id``."""
+    return message_id or correlation_id
 
 
 def read_task(payload: Any) -> tuple[Any, bool]:

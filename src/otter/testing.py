@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from . import eventloop
 from .client import Client
 from .config import ARGUMENT
+from .delays import DelayLevels
 from .errors import DeadlineExceeded, OtterError
 from .transports import MEMORY_URL
 
@@ -198,8 +199,8 @@ def unique_names(prefix: str = "test") -> dict[str, Any]:
 
 
 def _delete_names(url: str, names: Mapping[str, str]) -> None:
-    """Remove a test's exchanges and its own durable queues from the broker (RPC and broadcast queues go away
-    by themselves)."""
+    """Remove a test's exchanges and its own durable queues, the delay levels of its delayed tasks among them, from
+    the broker (RPC and broadcast queues go away by themselves)."""
     if not url.startswith(("amqp://", "amqps://")):
         return
     import aio_pika
@@ -208,9 +209,11 @@ def _delete_names(url: str, names: Mapping[str, str]) -> None:
         connection = await aio_pika.connect(url)
         async with connection:
             channel = await connection.channel()
-            for queue in (names["DEFAULT_TASK_QUEUE"], names["DEAD_LETTER_QUEUE"]):
+            delay_exchanges, delay_queues = DelayLevels(names["TASK_EXCHANGE"]).names()
+            for queue in (names["DEFAULT_TASK_QUEUE"], names["DEAD_LETTER_QUEUE"], *delay_queues):
                 await channel.queue_delete(queue)
-            for exchange in (names["MESSAGE_EXCHANGE"], names["TASK_EXCHANGE"], names.get("CONTROL_EXCHANGE")):
+            for exchange in (names["MESSAGE_EXCHANGE"], names["TASK_EXCHANGE"], names.get("CONTROL_EXCHANGE"),
+                             *delay_exchanges):
                 if exchange is None:
                     continue
                 await channel.exchange_delete(exchange)

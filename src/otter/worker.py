@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import protocol
 from .codec import JsonCodec
 from .comm import Communicator
 from .core import (
@@ -354,7 +355,10 @@ class Worker:
             async with gate:
                 if delivery.orphaned:  # its channel closed while it waited: back in its queue, to run from there
                     return
-                current_message.set(MessageContext(kind, name, delivery.correlation_id, delivery.headers))
+                context = MessageContext(kind, name, delivery.correlation_id, delivery.headers)
+                if task:
+                    context.task_id = protocol.task_id_of(delivery.message_id, delivery.correlation_id)
+                current_message.set(context)
                 if rules.settle_on_receipt:
                     await delivery.ack()
                 started = time.perf_counter() if timed else 0.0
@@ -364,6 +368,7 @@ class Worker:
                 if isinstance(step, Run):
                     for counter in counters:
                         counter.running += 1
+                    context.attempt = step.attempts + 1
                     if in_flight:
                         _tell(in_flight, 1)
                     if task:
@@ -592,8 +597,9 @@ class Worker:
             # In the handler's thread too, log lines know their message (otter.logs): a copy of this task's context.
             return await threads.run(asyncio.get_running_loop(), contextvars.copy_context().run, pipeline.handler,
                                      comm, *run.args)
+        message = current_message.get()
         ctx = HandlerContext(kind, pipeline.route.name, pipeline.route, comm, delivery.correlation_id,
-                             delivery.headers, run.subject)
+                             delivery.headers, run.subject, message.task_id if message else None, run.attempts + 1)
         if pipeline.is_async:
             return await pipeline.call_async(ctx, run.args)
         return await threads.run(asyncio.get_running_loop(), contextvars.copy_context().run, pipeline.call_sync, ctx,

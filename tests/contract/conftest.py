@@ -10,8 +10,10 @@ the test, and on RabbitMQ everything the test declared is deleted afterwards.
 from __future__ import annotations
 
 import contextlib
+import queue
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -98,3 +100,51 @@ def serve(broker_url: str, names: dict[str, Any], probe: RawBroker) -> Iterator[
 
     with stack:
         yield start
+
+
+def task_context() -> otter.MessageContext:
+    """``otter.current_context()`` inside a task handler, where it is never None."""
+    context = otter.current_context()
+    assert context is not None, "called outside a handler"
+    return context
+
+
+@dataclass(frozen=True)
+class Doubler:
+    """A served task ``name`` that doubles its body; ``ids`` gets each run's task id; ``client`` sends to it."""
+
+    client: otter.Client
+    name: str
+    ids: queue.Queue[Any]
+
+
+@pytest.fixture
+def doubler(serve: Serve, names: dict[str, Any], queue_name: Callable[[str], str]) -> Doubler:
+    app = otter.Otter(**names)
+    name = queue_name("double")
+    ids: queue.Queue[Any] = queue.Queue()
+
+    @app.add_task(name)
+    def double(comm: Any, n: int) -> int:
+        ids.put(task_context().task_id)
+        return 2 * n
+
+    return Doubler(serve(app), name, ids)
+
+
+def add_recorder(
+    app: otter.Otter, name: str, *, fails: Callable[[otter.MessageContext], bool] = lambda context: False,
+    **options: Any,
+) -> queue.Queue[tuple[Any, Any, int]]:
+    """Serve the task ``name`` (with ``options``), recording ``(body, task id, attempt)`` of each run in the queue
+    returned; the runs ``fails(context)`` picks raise ``LookupError``."""
+    runs: queue.Queue[tuple[Any, Any, int]] = queue.Queue()
+
+    @app.add_task(name, **options)
+    def record(comm: Any, body: Any) -> None:
+        context = task_context()
+        runs.put((body, context.task_id, context.attempt))
+        if fails(context):
+            raise LookupError(f"cannot do {body}")
+
+    return runs

@@ -133,6 +133,17 @@ class PrivateRabbitMQ:
             self._watchdog.kill()
             self._watchdog.wait(10)
 
+    def shut_down(self) -> None:
+        """Stop the node cleanly (``rabbitmqctl stop``), keeping its data: ``restart()`` brings it back as an
+        operator's restart of the broker would."""
+        pid = self._pid()
+        assert pid is not None and alive(pid), f"{self.node} is not running"
+        self.ctl("stop", timeout=180)  # slow on a loaded machine
+        deadline = time.monotonic() + 30
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._forget_watchdog()
+
     def kill(self) -> None:
         """SIGKILL the node's Erlang VM (no clean shutdown: a crash or a lost machine). ``restart()`` brings it back
         with its data, so a cluster member rejoins its cluster."""
@@ -142,11 +153,14 @@ class PrivateRabbitMQ:
         deadline = time.monotonic() + 10
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if self._watchdog is not None:  # it watched that pid; restart() starts a new one
+        self._forget_watchdog()
+        self.pid_file.unlink(missing_ok=True)
+
+    def _forget_watchdog(self) -> None:
+        if self._watchdog is not None:  # it watched the node's pid; restart() starts a new one
             self._watchdog.kill()
             self._watchdog.wait(10)
             self._watchdog = None
-        self.pid_file.unlink(missing_ok=True)
 
     def restart(self, timeout: float = 60.0) -> Self:
         self.pid_file.unlink(missing_ok=True)

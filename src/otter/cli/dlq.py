@@ -50,7 +50,8 @@ def dlq() -> None:
 @click.option("--limit", "-n", type=click.IntRange(min=0), metavar="N", help="Show only the first (oldest) N.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def dlq_list(broker_url: str | None, limit: int | None, as_json: bool) -> None:
-    """Show the dead letters, oldest first: task queue, reason, error, attempts and the start of the body.
+    """Show the dead letters, oldest first: task queue, reason, error, attempts, the start of the body, where the
+    handler raised, and the task id (what `otter dlq replay --id` takes).
 
     Listing changes nothing: every dead letter stays in the queue, in its place.
     """
@@ -66,7 +67,7 @@ def dlq_list(broker_url: str | None, limit: int | None, as_json: bool) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        table = Table("#", "Queue / task", "Reason", "Error", "Attempts", "Body", "Raised at",
+        table = Table("#", "Queue / task", "Reason", "Error", "Attempts", "Body", "Raised at", "Task id",
                       title=f"dead letters in {queue!r}")
         for number, letter in enumerate(letters, 1):
             row = _describe_dead_letter(letter)
@@ -76,7 +77,7 @@ def dlq_list(broker_url: str | None, limit: int | None, as_json: bool) -> None:
             error = ": ".join(part for part in (row["error_type"], row["error_message"]) if part)
             attempts = "-" if row["attempts"] is None else str(row["attempts"])
             cells = (str(number), where, row["reason"] or "-", error or "-", attempts, row["body_preview"],
-                     row["error_location"] or "-")
+                     row["error_location"] or "-", row["task_id"] or "-")
             table.add_row(*map(escape, cells))
         console().print(table)
     noun = "dead letter" if count == 1 else "dead letters"
@@ -147,19 +148,24 @@ def dlq_show(number: int, broker_url: str | None, as_json: bool) -> None:
 )
 @BROKER_OPTION
 @click.option("--task", "task_name", metavar="NAME", help="Replay only the dead letters of this task (or task queue).")
+@click.option("--id", "task_ids", metavar="ID", multiple=True,
+              help="Replay only the dead letter of this task id (as `otter dlq list` shows it); repeatable.")
 @click.option("--limit", "-n", type=click.IntRange(min=0), metavar="N", help="Replay at most N, oldest first.")
-def dlq_replay(broker_url: str | None, task_name: str | None, limit: int | None) -> None:
+def dlq_replay(broker_url: str | None, task_name: str | None, task_ids: tuple[str, ...], limit: int | None) -> None:
     """Send dead letters back to the task queues they came from, to run again (after you fixed the cause).
 
-    Each goes back as a fresh task with its original body, so its attempts and retries start again. The dead
-    letters not chosen stay in the queue, in their order.
+    Each goes back as a fresh task with its original body and task id, so its attempts and retries start again.
+    The dead letters not chosen stay in the queue, in their order.
     """
     from ..dlq import replay
 
     url, config = _dlq_target(broker_url)
-    count = exit_on_error(lambda: replay(url, config, task=task_name, limit=limit))
+    ids = task_ids or None
+    count = exit_on_error(lambda: replay(url, config, task=task_name, limit=limit, ids=ids))
     noun = "dead letter" if count == 1 else "dead letters"
     of_task = f" of {task_name!r}" if task_name is not None else ""
+    if ids is not None:
+        of_task += f" with {'id' if len(ids) == 1 else 'ids'} {', '.join(ids)}"
     click.echo(f"replayed {count} {noun}{of_task} from {config['DEAD_LETTER_QUEUE']!r}")
 
 
@@ -193,7 +199,7 @@ def _dlq_target(broker_url: str | None) -> tuple[str, dict[str, Any]]:
 
 
 def _describe_dead_letter(letter: DeadLetter) -> dict[str, Any]:
-    fields = ("queue", "task", "reason", "error_type", "error_message", "error_location", "attempts",
+    fields = ("queue", "task", "task_id", "reason", "error_type", "error_message", "error_location", "attempts",
               "correlation_id", "size")
     return {**{name: getattr(letter, name) for name in fields}, "body_preview": letter.body_preview,
             "error_traceback": letter.error_traceback}

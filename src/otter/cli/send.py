@@ -64,10 +64,15 @@ def call(name: str, data: Any, broker_url: str | None, timeout: float | None) ->
     is_flag=True,
     help="Send to the default task queue (client.task(body)); then the only argument is the JSON body.",
 )
+@click.option("--delay", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Hold the task in the broker this long before it runs (rounded up to whole seconds).")
+@click.option("--id", "task_id", metavar="ID", help="The task's id (default: a new one, printed).")
 @click.option("--priority", type=click.IntRange(0, 255), default=None,
               help="The task's priority, 0-255 (client.task(..., priority=N)); it orders only queues declared for it.")
-def task(name: str | None, body: Any, broker_url: str | None, default_queue: bool, priority: int | None) -> None:
-    """Queue a task with JSON body (default null) on the task queue NAME; returns once the broker has it."""
+def task(name: str | None, body: Any, broker_url: str | None, default_queue: bool, delay: float | None,
+         task_id: str | None, priority: int | None) -> None:
+    """Queue a task with JSON body (default null) on the task queue NAME; returns once the broker has it, and
+    prints its id."""
     if default_queue:
         if body is not None:
             raise click.UsageError("with --default-queue give only the JSON body, not a NAME")
@@ -76,9 +81,10 @@ def task(name: str | None, body: Any, broker_url: str | None, default_queue: boo
     elif name is None:
         raise click.UsageError("give the task queue NAME, or --default-queue")
     with _client(broker_url, None) as client:
-        exit_on_error(lambda: client.task(body=body, priority=priority) if name is None
-                      else client.task(name, body, priority=priority))
-    click.echo(f"task queued on {name or 'the default queue'}")
+        sent = exit_on_error(lambda: client.task(name, body=body, task_id=task_id, delay=delay,
+                                                     priority=priority, wait=True))
+    later = f", to run in {delay:g} s" if delay else ""
+    click.echo(f"task {sent} queued on {name or 'the default queue'}{later}")
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

@@ -223,24 +223,37 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def publish_task(
         self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None,
-        priority: int | None = None,
+        message_id: str | None = None, delay: int = 0, reply: bool = False, priority: int | None = None,
     ) -> int | None:
         """Put a persistent task on the durable ``queue`` and return once the broker has it. When this send was the
         transport's first to ``queue``, return how many consumers the queue had (0: nobody runs it yet); else None.
-        ``priority`` (0-255) is the message's; the first send with one to a queue that ignores priorities logs a
-        warning saying so (``otter.limits.unheeded_priority``)."""
+
+        ``message_id`` is the task's id. ``delay`` (whole seconds, at most ``delays.MAX_DELAY``): the broker holds
+        the task that long before it reaches ``queue``. ``reply``: the task asks for its outcome, sent to this
+        transport's reply queue under ``correlation_id`` (see ``expect_reply``). ``priority`` (0-255) is the
+        message's; the first send with one to a queue that ignores priorities logs a warning saying so
+        (``otter.limits.unheeded_priority``)."""
 
     @abc.abstractmethod
     async def publish_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None = None) -> None: ...
 
+    @abc.abstractmethod
+    def expect_reply(self, correlation_id: str) -> asyncio.Future[Delivery]:
+        """A future of the reply to a task sent with ``reply=True`` and this ``correlation_id``; on the loop, before
+        the task is sent. It fails with ``BrokerUnavailable`` when the connection (and its reply queue) is lost."""
+
+    @abc.abstractmethod
+    def forget_reply(self, correlation_id: str) -> None:
+        """Stop waiting for that reply (the caller gave up); one arriving later is dropped."""
+
     def start_task(
         self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None, done: OnSent,
-        priority: int | None = None,
+        message_id: str | None = None, delay: int = 0, priority: int | None = None,
     ) -> None:
         """``publish_task`` begun now, on the loop, with ``done`` told how it ended: the pipelined sends of the sync
         ``Client``, which must not cost a task per message where the transport can do better (AMQP's fast path)."""
-        _begin(self.publish_task(queue, body, correlation_id=correlation_id, headers=headers, priority=priority),
-               done)
+        _begin(self.publish_task(queue, body, correlation_id=correlation_id, headers=headers, message_id=message_id,
+                                 delay=delay, priority=priority), done)
 
     def start_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None, done: OnSent) -> None:
         """``publish_broadcast`` begun now; see ``start_task``."""

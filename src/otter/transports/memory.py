@@ -54,6 +54,7 @@ class _Message:
     dies_at: float | None = None  # a task's queue TTL: dead-lettered after it
     returned: int = 0  # times given back to its queue unacked (a quorum queue's delivery count)
     priority: int = 0
+    message_id: str | None = None
 
 
 @dataclass(eq=False)
@@ -254,7 +255,8 @@ class MemoryBroker:
         headers = {**message.headers, "x-death": [death], "x-first-death-queue": queue.name,
                    "x-first-death-reason": reason, "x-first-death-exchange": ""}
         self.declare(target)
-        self.publish(target, _Message(message.body, message.content_type, headers, message.correlation_id))
+        self.publish(target, _Message(message.body, message.content_type, headers, message.correlation_id,
+                                      message.reply_to, message_id=message.message_id))
 
     def take(self, name: str, limit: int | None = None) -> list[_Message]:
         """Remove and return up to ``limit`` messages from the head of ``name``."""
@@ -368,6 +370,7 @@ class MemoryDelivery(Delivery):
             correlation_id=message.correlation_id,
             reply_to=message.reply_to,
             redelivered=message.redelivered,
+            message_id=message.message_id,
         )
         self._broker, self._queue, self._consumer, self._message = broker, queue, consumer, message
         self._settled = False
@@ -463,8 +466,9 @@ class MemoryTransport(Transport):
 
     async def publish_task(
         self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None,
-        priority: int | None = None,
+        message_id: str | None = None, delay: int = 0, reply: bool = False, priority: int | None = None,
     ) -> int | None:
+        """A delayed task waits in the broker (``publish_later``), whatever happens to the sender, as on RabbitMQ."""
         self._check()
         first = queue not in self._sent_to
         self._sent_to.add(queue)
@@ -473,9 +477,21 @@ class MemoryTransport(Transport):
             self._priority_checked.add(queue)
             if declared.priority_levels < 2:
                 log.warning("%s", unheeded_priority(queue, declared.argument("x-queue-type"), self.url))
-        message = _Message(body, protocol.CONTENT_TYPE, dict(headers or {}), correlation_id, priority=priority or 0)
-        self.broker.publish(queue, message)
+        message = _Message(body, protocol.CONTENT_TYPE, dict(headers or {}), correlation_id,
+                           self._reply_to if reply else None, message_id=message_id, priority=priority or 0)
+        if delay:
+            self.broker.publish_later(queue, message, delay)
+        else:
+            self.broker.publish(queue, message)
         return len(declared.consumers) if first else None
+
+    def expect_reply(self, correlation_id: str) -> asyncio.Future[Delivery]:
+        future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        return future
+
+    def forget_reply(self, correlation_id: str) -> None:
+        self._pending.pop(correlation_id, None)
 
     async def publish_broadcast(self, body: bytes, *, headers: Mapping[str, Any] | None = None) -> None:
         self._check()
@@ -491,14 +507,15 @@ class MemoryTransport(Transport):
         self.broker.publish(dlq, _Message(
             delivery.body, delivery.content_type,
             {**protocol.forwarded_headers(delivery.headers), **headers, protocol.QUEUE_HEADER: delivery.queue},
-            delivery.correlation_id,
+            delivery.correlation_id, message_id=protocol.task_id_of(delivery.message_id, delivery.correlation_id),
         ))
         await delivery.ack()
 
     async def retry_later(self, delivery: Delivery, delay: float, headers: Mapping[str, Any]) -> None:
         self._check()
         headers = {**protocol.forwarded_headers(delivery.headers), **headers}
-        copy = _Message(delivery.body, delivery.content_type, headers, delivery.correlation_id)
+        copy = _Message(delivery.body, delivery.content_type, headers, delivery.correlation_id, delivery.reply_to,
+                        message_id=protocol.task_id_of(delivery.message_id, delivery.correlation_id))
         self.broker.publish_later(delivery.queue, copy, max(0.0, delay))
         await delivery.ack()
 
@@ -524,7 +541,7 @@ class MemoryTransport(Transport):
                 name, headers = target
                 self.broker.declare(name)
                 self.broker.publish(name, _Message(message.body, message.content_type, dict(headers),
-                                                   message.correlation_id))
+                                                   message.correlation_id, message_id=message.message_id))
                 moved += 1
             queue.messages.extendleft(reversed(kept))
         return moved
@@ -632,5 +649,5 @@ class MemoryTransport(Transport):
 
 def _snapshot(message: _Message, queue: str) -> Snapshot:
     return Snapshot(message.body, queue=queue, content_type=message.content_type, headers=dict(message.headers),
-                    correlation_id=message.correlation_id, reply_to=message.reply_to)
+                    correlation_id=message.correlation_id, reply_to=message.reply_to, message_id=message.message_id)
 

@@ -25,6 +25,7 @@ from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 
 from ...config import redact_url
+from ...delays import DelayLevels
 from ...errors import BrokerRefused, BrokerUnavailable
 from ...limits import priority_levels, unheeded_priority
 from ...protocol import TASK_QUEUE_ARGUMENTS, TASK_QUEUE_TYPES
@@ -240,8 +241,8 @@ def _declaration(
 
 
 class Queues:
-    """Task queues, the dead-letter queue and retry delay queues, as a sender and ``otter dlq`` see them: declared
-    once per connection (and again after a return, or a reconnection: ``forget``).
+    """Task queues, the dead-letter queue, retry delay queues and the delay levels of delayed tasks, as a sender and
+    ``otter dlq`` see them: declared once per connection (and again after a return, or a reconnection: ``forget``).
 
     They are declared on channels that nothing restores: a durable queue needs no declaring again after a
     reconnection, and on a cluster a classic queue whose node is down cannot be declared through another node
@@ -254,6 +255,10 @@ class Queues:
         self.declared: set[str] = set()
         self.consumers: dict[str, int] = {}  # of a task queue, as its declaration found them (until taken)
         self.priorities_checked: set[str] = set()  # task queues sent a priority, whether they heed it or not
+        self.delay_levels = DelayLevels(topology.task_exchange)
+        self._levels_ready = 0  # delay levels 0 .. this - 1 are declared and bound on this connection
+        self._delivers_to: set[str] = set()  # task queues the delivery exchange is bound to
+        self._declaring_delays = asyncio.Lock()  # one declaration at a time: a burst of delayed sends waits for it
 
     def ready(self, queue: str, priority: int | None) -> bool:
         """Whether a send to ``queue`` needs no ``task_queue`` first."""
@@ -343,6 +348,47 @@ class Queues:
     def forget(self) -> None:
         """After a reconnection (perhaps to another broker): check each queue again before its next use."""
         self.declared.clear()
+        self._levels_ready = 0
+        self._delivers_to.clear()
+
+    def forget_queue(self, queue: str) -> None:
+        """``queue`` was deleted since it was declared (a return): declare it, and bind it for delays, again."""
+        self.declared.discard(queue)
+        self._delivers_to.discard(queue)
+
+    def delayed_to(self, queue: str, seconds: int) -> Callable[[], Awaitable[None]] | None:
+        """What to declare before a task for ``queue`` delayed ``seconds`` is sent (None: all of it is there): the
+        task queue, the delay levels the delay goes through, and the delivery exchange's binding to the queue.
+        Lazily: a service that never delays a task declares none of it, and short delays only the low levels."""
+        top = self.delay_levels.top(seconds)
+        if top < self._levels_ready and queue in self._delivers_to and queue in self.declared:
+            return None
+        return lambda: self._declare_delays(queue, top)
+
+    async def _declare_delays(self, queue: str, top: int) -> None:
+        async with self._declaring_delays:
+            if top < self._levels_ready and queue in self._delivers_to and queue in self.declared:
+                return  # declared by the send this one waited for
+            await self.task_queue(queue)
+            await self._declare_levels(queue, top)
+
+    async def _declare_levels(self, queue: str, top: int) -> None:
+        levels = self.delay_levels
+        with translated("declare the delay levels of delayed tasks"):
+            async with _scratch_channel(self._connection) as channel:
+                if top >= self._levels_ready:
+                    await channel.exchange_declare(levels.delivery, exchange_type="topic", durable=True)
+                    for n in range(self._levels_ready, top + 1):  # upwards: each binds to the level below it
+                        await channel.exchange_declare(levels.level(n), exchange_type="topic", durable=True)
+                        await channel.queue_declare(levels.level(n), durable=True,
+                                                    arguments=levels.queue_arguments(n))
+                        (level_queue, park), (below, pass_on) = levels.bindings(n)
+                        await channel.queue_bind(level_queue, levels.level(n), routing_key=park)
+                        await channel.exchange_bind(below, levels.level(n), routing_key=pass_on)
+                    self._levels_ready = top + 1
+                if queue not in self._delivers_to:
+                    await channel.queue_bind(queue, levels.delivery, routing_key=levels.delivery_key(queue))
+                    self._delivers_to.add(queue)
 
     async def dead_letter_queue(self) -> str:
         dlq = self._topology.dead_letter_queue

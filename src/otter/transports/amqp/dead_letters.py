@@ -1,5 +1,6 @@
 """Copies of tasks: dead letters, delayed retries and replays, each persistent and confirmed (through the one send
-path) before the original is acked, so a crash in between can duplicate a task but never lose it."""
+path) before the original is acked, so a crash in between can duplicate a task but never lose it. Every copy keeps
+the task's id (its ``message_id``); a retry also keeps the ``reply_to`` of a sender waiting for the final outcome."""
 
 from __future__ import annotations
 
@@ -31,8 +32,7 @@ class DeadLetters:
     async def dead_letter(self, delivery: Delivery, headers: Mapping[str, Any]) -> None:
         dlq = await self._queues.dead_letter_queue()
         copied = {**protocol.forwarded_headers(delivery.headers), **headers, protocol.QUEUE_HEADER: delivery.queue}
-        await self._copy("", dlq, delivery.body, self._fields(delivery.content_type, delivery.correlation_id, copied),
-                         "dead-letter a task")
+        await self._copy("", dlq, delivery.body, self._fields(delivery, copied), "dead-letter a task")
         await delivery.ack()
 
     async def retry_later(self, delivery: Delivery, delay: float, headers: Mapping[str, Any]) -> None:
@@ -47,9 +47,10 @@ class DeadLetters:
             target = protocol.retry_queue_name(delivery.queue, delay_ms)
             await self._queues.retry_queue(target, protocol.retry_queue_arguments(delivery.queue, delay_ms))
         copied = {**protocol.forwarded_headers(delivery.headers), **headers}
-        await self._copy("", target, delivery.body,
-                         self._fields(delivery.content_type, delivery.correlation_id, copied),
-                         f"schedule a retry on {target!r}")
+        fields = self._fields(delivery, copied)
+        if delivery.reply_to:  # the sender waiting for the outcome hears from the last attempt
+            fields["reply_to"] = delivery.reply_to
+        await self._copy("", target, delivery.body, fields, f"schedule a retry on {target!r}")
         await delivery.ack()
 
     async def peek(self, limit: int | None = None) -> list[Delivery]:
@@ -79,12 +80,13 @@ class DeadLetters:
                     message = await queue.get(no_ack=False, fail=False)
                 if message is None:
                     break
-                target = route(_snapshot(message, queue.name))
+                letter = _snapshot(message, queue.name)
+                target = route(letter)
                 if target is None:
                     continue
                 name, headers = target
                 await self._queues.task_queue(name)
-                fields = self._fields(message.content_type, message.correlation_id, dict(headers))
+                fields = self._fields(letter, dict(headers))
                 await self._copy(self._topology.task_exchange, name, message.body, fields,
                                  f"replay a dead letter to {name!r}")
                 with translated(f"replay a dead letter to {name!r}"):
@@ -99,10 +101,12 @@ class DeadLetters:
             purged = await queue.purge()
         return int(purged.message_count or 0)
 
-    def _fields(self, content_type: str | None, correlation_id: str | None, headers: dict[str, Any]) -> Fields:
+    def _fields(self, task: Delivery, headers: dict[str, Any]) -> Fields:
+        """A copy's properties: the task's own id, content type and correlation id, persistent, ``headers``."""
         return {
-            "mandatory": True, "message_id": self._next_message_id(), "content_type": content_type,
-            "correlation_id": correlation_id, "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
+            "mandatory": True, "message_id": protocol.task_id_of(task.message_id, task.correlation_id)
+            or self._next_message_id(), "content_type": task.content_type, "correlation_id": task.correlation_id,
+            "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
         }
 
     async def _copy(self, exchange: str, routing_key: str, body: bytes, fields: Fields, action: str) -> None:
@@ -114,4 +118,4 @@ class DeadLetters:
 
 def _snapshot(message: AbstractIncomingMessage, queue: str) -> Snapshot:
     return Snapshot(message.body, queue=queue, content_type=message.content_type, headers=dict(message.headers),
-                    correlation_id=message.correlation_id, reply_to=message.reply_to)
+                    correlation_id=message.correlation_id, reply_to=message.reply_to, message_id=message.message_id)

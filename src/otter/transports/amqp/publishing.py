@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractChannel
 from ...errors import BrokerUnavailable, ConfigurationError, OtterError
 from .errors import REFUSALS, describe, translated
 
-__all__ = ["Fields", "Outlet", "Sender"]
+__all__ = ["Fields", "Outlet", "Prepare", "Sender"]
 
 log = logging.getLogger("otter.amqp")
 

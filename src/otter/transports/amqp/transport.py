@@ -43,7 +43,7 @@ from .connection import Link, Queues, broker_of, connect, fails_over, open_link
 from .dead_letters import DeadLetters
 from .errors import describe, queue_mismatch, translated
 from .pipelined import Pipelined
-from .publishing import Outlet, Sender
+from .publishing import Outlet, Prepare, Sender
 from .rpc import Calls
 
 __all__ = ["AmqpTransport"]
@@ -166,23 +166,35 @@ class AmqpTransport(Transport):
 
     async def publish_task(
         self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None = None,
-        priority: int | None = None,
+        message_id: str | None = None, delay: int = 0, reply: bool = False, priority: int | None = None,
     ) -> int | None:
         assert self._link is not None and self._queues is not None, "call connect() first"
         # Through the default exchange, straight to the queue: the same queue the task exchange routes ``queue``
         # to (kiwipy binds each task queue by its own name, and so does ``Queues.task_queue``), at ~10% less
-        # broker CPU per task than a topic exchange lookup.
+        # broker CPU per task than a topic exchange lookup. A delayed task enters the delay levels instead.
         queues = self._queues
-        fields = self._task_fields(correlation_id, headers, priority)
+        fields = self._task_fields(correlation_id, headers, priority, message_id)
+        if reply:
+            fields["reply_to"] = self._calls.reply_to
+        if delay:
+            exchange, routing_key = queues.delay_levels.route(delay, queue)
+
+            def prepare() -> Prepare | None:
+                return queues.delayed_to(queue, delay)
+        else:
+            exchange, routing_key = "", queue
+
+            def prepare() -> Prepare | None:
+                return None if queues.ready(queue, priority) else lambda: queues.task_queue(queue, priority)
         watcher = self.watcher
         started = time.perf_counter() if watcher is not None else 0.0
         try:
             await self._sender.send_until_confirmed(
-                self._link.confirmed, "", queue, body, fields, action=f"send the task to {queue!r}",
-                prepare=lambda: None if queues.ready(queue, priority) else lambda: queues.task_queue(queue, priority),
+                self._link.confirmed, exchange, routing_key, body, fields, action=f"send the task to {queue!r}",
+                prepare=prepare,
             )
         except aiormq.exceptions.PublishError as exc:
-            queues.declared.discard(queue)  # deleted since it was declared: declare it on the next send
+            queues.forget_queue(queue)  # deleted since it was declared: declare it on the next send
             raise Unroutable(f"the broker could not route the task to queue {queue!r}: {exc}") from None
         if watcher is not None:
             watcher.published("task", time.perf_counter() - started)
@@ -192,21 +204,34 @@ class AmqpTransport(Transport):
         self._sent_to.add(queue)
         return consumers
 
+    def expect_reply(self, correlation_id: str) -> asyncio.Future[Delivery]:
+        future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        self._calls.pending[correlation_id] = future
+        return future
+
+    def forget_reply(self, correlation_id: str) -> None:
+        self._calls.pending.pop(correlation_id, None)
+
     def start_task(
         self, queue: str, body: bytes, *, correlation_id: str, headers: Mapping[str, Any] | None, done: OnSent,
-        priority: int | None = None,
+        message_id: str | None = None, delay: int = 0, priority: int | None = None,
     ) -> None:
         """Pipelined (``pipelined``): queued without a task, settled from its confirm, in order. A return is
-        ``Unroutable``; any other failure sends it again the way ``publish_task`` does, until ``PUBLISH_TIMEOUT``."""
+        ``Unroutable``; any other failure sends it again the way ``publish_task`` does, until ``PUBLISH_TIMEOUT``.
+        A delayed task goes the way of ``publish_task``: it keeps no order with the others anyway."""
         assert self._queues is not None, "call connect() first"
         pipelined = self._pipelined
 
         def fallback() -> None:
             Transport.start_task(self, queue, body, correlation_id=correlation_id, headers=headers, done=done,
-                                 priority=priority)
+                                 message_id=message_id, delay=delay, priority=priority)
 
+        if delay:
+            fallback()
+            return
         if pipelined.after(queue, lambda: self.start_task(queue, body, correlation_id=correlation_id,
-                                                          headers=headers, done=done, priority=priority)):
+                                                          headers=headers, done=done, message_id=message_id,
+                                                          priority=priority)):
             return
         if self._sender.closing:
             fallback()
@@ -217,22 +242,24 @@ class AmqpTransport(Transport):
                     release()
 
                 Transport.start_task(self, queue, body, correlation_id=correlation_id, headers=headers, done=ended,
-                                     priority=priority)
+                                     message_id=message_id, priority=priority)
 
             pipelined.follow(queue, first)
         else:
-            fields = self._task_fields(correlation_id, headers, priority)
+            fields = self._task_fields(correlation_id, headers, priority, message_id)
             watched = self._watched("task", done)  # the other ways end in publish_task, which tells the watcher
             pipelined.send("", queue, body, fields, lambda confirm: confirm.add_done_callback(
                 lambda ended: self._task_confirmed(ended, queue, watched, fallback)), fallback)
 
     def _task_fields(
-        self, correlation_id: str, headers: Mapping[str, Any] | None, priority: int | None
+        self, correlation_id: str, headers: Mapping[str, Any] | None, priority: int | None, message_id: str | None
     ) -> dict[str, Any]:
-        """A task's publish: persistent, mandatory, and its ``priority`` when it has one."""
+        """A task's publish: persistent, mandatory, its id (``message_id``, else a new one), and its ``priority``
+        when it has one."""
         fields = {
-            "mandatory": True, "message_id": self._next_message_id(), "content_type": protocol.CONTENT_TYPE,
-            "correlation_id": correlation_id, "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
+            "mandatory": True, "message_id": message_id or self._next_message_id(),
+            "content_type": protocol.CONTENT_TYPE, "correlation_id": correlation_id,
+            "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
         }
         if priority is not None:
             fields["priority"] = priority
@@ -258,7 +285,7 @@ class AmqpTransport(Transport):
             done(None, None)
         elif isinstance(exc, aiormq.exceptions.PublishError):
             assert self._queues is not None
-            self._queues.declared.discard(queue)  # deleted since it was declared: declare it on the next send
+            self._queues.forget_queue(queue)  # deleted since it was declared: declare it on the next send
             done(None, Unroutable(f"the broker could not route the task to queue {queue!r}: {exc}"))
         else:
             fallback()
