@@ -138,10 +138,17 @@ def test_a_wrong_option_in_the_docs_is_caught() -> None:
         parse(("dispatch", "example.hash"))
 
 
+_HEX_ID = re.compile(r"\b[0-9a-f]{32}\b")
+
+
 def matches(expected: str, actual: str) -> bool:
-    """``expected`` with each ``...`` standing for any text (also across lines), trailing spaces ignored."""
-    pattern = ".*?".join(re.escape(part) for part in _normal(expected).split("..."))
-    return re.fullmatch(pattern, _normal(actual), re.DOTALL) is not None
+    """``expected`` with each ``...`` standing for any text (also across lines), and each id of 32 hex digits (a
+    task's, a correlation id) for any such id; trailing spaces ignored."""
+    parts = []
+    for part in _normal(expected).split("..."):
+        pieces = [re.escape(piece) for piece in _HEX_ID.split(part)]
+        parts.append("[0-9a-f]{32}".join(pieces))
+    return re.fullmatch(".*?".join(parts), _normal(actual), re.DOTALL) is not None
 
 
 def _normal(text: str) -> str:
@@ -151,6 +158,8 @@ def _normal(text: str) -> str:
 def test_matches_takes_ellipses_and_nothing_else() -> None:
     assert matches('{\n  "result": "914c..."\n}', '{\n  "result": "914cb6"\n}')
     assert not matches('{\n  "result": "914c"\n}', '{\n  "result": "914cb6"\n}')
+    assert matches("task 3f9c2a0e5b7d41c8a6e1000000000000 queued", "task 95bbf4c1e7554b4293ed000000000000 queued")
+    assert not matches("task 3f9c2a0e5b7d41c8a6e1000000000000 queued", "task nightly-5 queued")
 
 
 def _load(target: str, monkeypatch: pytest.MonkeyPatch) -> Any:
