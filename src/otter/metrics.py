@@ -5,9 +5,9 @@ worker and the transport tell it about each message, publish and connection chan
 is not attached.
 
 On the hot path it only adds to plain numbers (it is an ``otter.stats.Tally``, whose routes the worker updates
-directly: 1.6-1.7 µs a message with the handler's timing; prometheus-client's own metric objects, with a lock per update, cost five times that, and its
-multiprocess mode writes a memory-mapped file on every update), and turns them into Prometheus families when
-scraped (``collect``).
+directly: 1.6-1.7 µs a message with the handler's timing; prometheus-client's own metric objects take a lock per
+update, and its multiprocess mode writes a memory-mapped file on every update), and turns them into Prometheus
+families when scraped (``collect``).
 With ``--workers N`` each worker writes those numbers to a file of its own in the supervisor's directory every
 ``SNAPSHOT_INTERVAL`` and when it stops, and the supervisor serves their sum on one endpoint (``PodCollector``):
 counters and histograms of every worker that ever ran (a replaced worker's counts stay), gauges (in flight,
