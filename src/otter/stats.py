@@ -79,7 +79,8 @@ class Histogram:
 
 
 class RouteTally:
-    """One route's numbers; ``change`` is what the worker calls as a handler starts (+1) and ends (-1)."""
+    """One route's numbers: the worker adds to ``running`` as a handler starts and takes away as it ends, and
+    ``record``s each message it finished."""
 
     __slots__ = ("duration", "errors", "outcomes", "running")
 
@@ -88,9 +89,6 @@ class RouteTally:
         self.outcomes: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.duration = Histogram(LATENCY_BOUNDS)
-
-    def change(self, by: int) -> None:
-        self.running += by
 
     def record(self, seconds: float, outcome: str, error: BaseException | None) -> None:
         """One message finished: ``outcome`` from ``outcome_label``, ``error`` what its handler raised."""
@@ -127,10 +125,6 @@ class Tally:
         to build per message)."""
         route = self.routes.get((event.kind, event.name)) or self.route(event.kind, event.name)
         route.record(event.seconds, outcome_of(event), event.error)
-
-    def in_flight(self, kind: str, name: str) -> Callable[[int], None]:
-        """What the worker calls with +1 when a handler of the route starts and -1 when it ends."""
-        return (self.routes.get((kind, name)) or self.route(kind, name)).change
 
     def route(self, kind: str, name: str) -> RouteTally:
         """The route's numbers, made when first needed."""
