@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import otter
+from helpers_process import wait_until
 from helpers_tasks import Backlog
 from otter import dlq
 from otter.testing import ServedApp
@@ -116,10 +117,7 @@ def test_a_rate_limited_task_starts_no_faster_than_its_limit_and_does_not_spin(
     for n in range(11):
         client.task(work, n)
     client.flush()
-    deadline = time.monotonic() + 15
-    while len(starts) < 11 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(starts) == 11
+    wait_until(lambda: len(starts) == 11, timeout=15, what="all 11 tasks to start")
     took = starts[-1] - starts[0]
     # The k-th start comes at least k intervals of 0.1 s after the first (less 0.1 s: the first may itself have
     # started late on a loaded machine); a burst would break it at once. Never hours either.
@@ -208,9 +206,8 @@ def test_a_plain_handler_past_its_time_limit_fails_at_the_limit_and_keeps_its_sl
         assert ran.get(timeout=10)[0] == stuck
         name, when = ran.get(timeout=10)
         assert name == after and when >= released
-        deadline = time.monotonic() + 5
-        while not any("past its time limit" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: any("past its time limit" in r.getMessage() for r in caplog.records), timeout=5,
+                   what="the line about the overrunning thread")
     [line] = [r.getMessage() for r in caplog.records if "past its time limit" in r.getMessage()]
     assert f"task {stuck}" in line and "returned" in line and "slot is free again" in line
 
@@ -247,10 +244,8 @@ def test_deliveries_waiting_for_their_rate_limit_go_back_at_once_when_the_worker
             for n in range(3):
                 client.task(work, n)
         assert ran.get(timeout=10) == 0  # the first starts at once; the second waits a minute, unacked (prefetch 1)
-        deadline = time.monotonic() + 10
-        while probe.depth(work) != 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert probe.depth(work) == 1  # only one delivery waits in the worker: the rest stay in the broker
+        # only one delivery waits in the worker: the rest stay in the broker
+        wait_until(lambda: probe.depth(work) == 1, timeout=10, what="one task left in its queue")
     finally:
         stopping = time.monotonic()
         served.stop()
