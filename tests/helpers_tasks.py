@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import otter
+from helpers_process import wait_until
 
 
 class Backlog:
@@ -33,8 +33,6 @@ class Backlog:
         self._go_on.set()
 
     def wait(self, count: int, timeout: float = 20.0) -> list[Any]:
-        """The order, once ``count`` tasks ran (or the timeout passed)."""
-        deadline = time.monotonic() + timeout
-        while len(self.order) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
+        """The order, once ``count`` tasks ran (``AssertionError`` if they did not within ``timeout``)."""
+        wait_until(lambda: len(self.order) >= count, timeout, f"{count} tasks to run")
         return self.order
