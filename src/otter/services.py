@@ -24,9 +24,9 @@ from .codec import JsonCodec
 from .config import resolve
 from .errors import ConfigurationError, MessageError
 from .protocol import CONTROL_VERSION
-from .transports import Delivery, open_transport
+from .transports import Delivery, Transport, open_transport
 
-__all__ = ["Instance", "RouteStats", "adiscover", "discover"]
+__all__ = ["Discovery", "Instance", "RouteStats", "adiscover", "discover"]
 
 log = logging.getLogger("otter.services")
 
@@ -101,30 +101,69 @@ def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+class Discovery:
+    """Discovery rounds on one open connection, for a caller that asks again and again (the dashboard asks every
+    second): connecting once per round would cost the broker a connection, and the caller a handshake, each time.
+
+    >>> async with Discovery("amqp://guest:guest@127.0.0.1/") as discovery:
+    ...     instances = await discovery.round(timeout=1.0)
+
+    ``url`` and ``config`` as for ``AsyncClient``. The connection recovers by itself after a broker outage, as a
+    client's does; ``round`` raises ``BrokerUnavailable`` while it cannot."""
+
+    def __init__(self, url: str | None = None, **config: Any) -> None:
+        self._settings = resolve({"BROKER_URL": url, **{key.upper(): value for key, value in config.items()}})
+        self._codec = JsonCodec.from_config(self._settings)
+        self._transport: Transport | None = None
+
+    async def connect(self) -> Discovery:
+        """Open the connection (``round`` does it when needed); raises ``BrokerUnavailable`` when it cannot."""
+        if self._transport is None:
+            transport = open_transport(self._settings["BROKER_URL"], self._settings)
+            await transport.connect()
+            self._transport = transport
+        return self
+
+    async def close(self) -> None:
+        """Close the connection; a later ``round`` opens a new one."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.close()
+
+    async def __aenter__(self) -> Discovery:
+        return await self.connect()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def round(self, timeout: float = 1.0, *, expected: int | None = None) -> list[Instance]:
+        """The instances that answered within ``timeout`` seconds (at once when ``expected`` have), sorted by
+        service, host and pid."""
+        if timeout <= 0:
+            raise ConfigurationError(f"timeout must be more than 0 seconds, got {timeout!r}")
+        await self.connect()
+        assert self._transport is not None
+        request = self._codec.encode({"otter_control": CONTROL_VERSION, "command": "status"}, what="control request")
+        replies = await self._transport.survey(request, correlation_id=uuid.uuid4().hex, timeout=timeout,
+                                               expected=expected)
+        instances = {}
+        for reply in replies:
+            instance = _read(reply, self._codec)
+            if instance is not None:
+                instances[instance.instance_id] = instance
+        return sorted(instances.values(), key=lambda i: (i.service, i.host, i.pid, i.instance_id))
+
+
 async def adiscover(
     url: str | None = None, timeout: float = 1.0, *, expected: int | None = None, **config: Any
 ) -> list[Instance]:
-    """The instances that answered within ``timeout`` seconds (at once when ``expected`` have), sorted by
-    service, host and pid. ``url`` and ``config`` as for ``AsyncClient``; raises ``BrokerUnavailable`` when the
-    broker cannot be reached."""
+    """One discovery round on a connection of its own: the instances that answered within ``timeout`` seconds (at
+    once when ``expected`` have), sorted by service, host and pid. ``url`` and ``config`` as for ``AsyncClient``;
+    raises ``BrokerUnavailable`` when the broker cannot be reached. For repeated rounds, keep a ``Discovery``."""
     if timeout <= 0:
         raise ConfigurationError(f"timeout must be more than 0 seconds, got {timeout!r}")
-    settings = resolve({"BROKER_URL": url, **{key.upper(): value for key, value in config.items()}})
-    codec = JsonCodec.from_config(settings)
-    transport = open_transport(settings["BROKER_URL"], settings)
-    await transport.connect()
-    try:
-        request = codec.encode({"otter_control": CONTROL_VERSION, "command": "status"}, what="control request")
-        replies = await transport.survey(request, correlation_id=uuid.uuid4().hex, timeout=timeout,
-                                         expected=expected)
-    finally:
-        await transport.close()
-    instances = {}
-    for reply in replies:
-        instance = _read(reply, codec)
-        if instance is not None:
-            instances[instance.instance_id] = instance
-    return sorted(instances.values(), key=lambda i: (i.service, i.host, i.pid, i.instance_id))
+    async with Discovery(url, **config) as discovery:
+        return await discovery.round(timeout, expected=expected)
 
 
 def discover(

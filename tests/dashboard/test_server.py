@@ -5,6 +5,7 @@ end to end. The page as a browser shows it is in ``test_browser.py``."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -184,3 +185,30 @@ def test_a_port_in_use_exits_1_and_no_broker_exits_2(service_env: Any) -> None:
     no_broker = subprocess.run([sys.executable, "-m", "otter", "dashboard"], env=app_env(), cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=30)
     assert no_broker.returncode == 2 and "no broker given" in no_broker.stderr
+
+
+def _connections_named(name: str) -> int:
+    """How many connections the shared broker has whose ``connection_name`` is ``name``."""
+    listed = subprocess.run(["rabbitmqctl", "list_connections", "client_properties", "--quiet", "--formatter", "json"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    return sum(1 for row in json.loads(listed.stdout)
+               if any(key == "connection_name" and value == name for key, _type, value in row["client_properties"]))
+
+
+def test_discovery_rounds_share_one_broker_connection(service: Service) -> None:
+    """Each refresh runs a discovery round; the rounds reuse one connection rather than opening one a second."""
+    if shutil.which("rabbitmqctl") is None or "127.0.0.1" not in service.env["OTTER_BROKER_URL"]:
+        pytest.skip("counts connections with rabbitmqctl on the shared broker of this machine")
+    name = f"dash-rounds-{uuid.uuid4().hex[:8]}"
+    env = {**service.env, "OTTER_BROKER_URL": f"{service.env['OTTER_BROKER_URL'].split('?')[0]}?name={name}"}
+    with DashboardProcess(env=env) as dashboard:
+        rounds: set[float] = set()
+
+        def three_rounds() -> bool:
+            answer = json.loads(http(f"{dashboard.url}/api/services").text)
+            assert answer["error"] is None, answer["error"]
+            rounds.add(answer["taken_at"])
+            return len(rounds) >= 3
+
+        wait_until(three_rounds, timeout=30, what="three discovery rounds", interval=0.2)
+        assert _connections_named(name) == 1

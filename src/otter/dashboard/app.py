@@ -74,10 +74,15 @@ class Dashboard:
                 self._client = client
             return self._client
 
+    async def close_client(self) -> None:
+        """Drop the RPC form's client, so the next call connects again."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        await self.monitor.close()
+        await self.close_client()
 
 
 class RequireToken:

@@ -2,7 +2,7 @@
 
 Pages ask ``current()``; the first ask after ``interval`` seconds runs a discovery round, and the others (every
 page open at that moment) get its result, so ten open tabs cost the services one round a second, and none
-costs nothing.
+costs nothing. The rounds share one broker connection, kept open while the dashboard runs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import OtterError
 from ..logs import redact
-from .fleet import discover_replicas
+from .fleet import Fleet
 from .rates import RateTracker, ServiceRow
 
 __all__ = ["Monitor", "Overview"]
@@ -33,6 +33,7 @@ class Overview:
 class Monitor:
     def __init__(self, url: str, config: Mapping[str, Any], *, interval: float, timeout: float) -> None:
         self.url, self.config = url, config
+        self._fleet = Fleet(url, config)
         self.interval, self.timeout = interval, timeout
         self._tracker = RateTracker()
         self._lock = asyncio.Lock()
@@ -48,9 +49,13 @@ class Monitor:
 
     async def _round(self) -> Overview:
         try:
-            replicas = await discover_replicas(self.url, self.config, self.timeout)
+            replicas = await self._fleet.replicas(self.timeout)
         except (OtterError, OSError) as exc:
             self._taken = time.monotonic()
             return Overview((), time.time(), redact(f"{type(exc).__name__}: {exc}"))
         self._taken = time.monotonic()
         return Overview(self._tracker.update(replicas, self._taken), time.time())
+
+    async def close(self) -> None:
+        """Close the discovery connection (the dashboard is stopping)."""
+        await self._fleet.close()

@@ -171,7 +171,7 @@ async def _call(dashboard: Dashboard, name: str, body: str) -> RpcOutcome:
                           details=details)
     except OtterError as exc:
         if isinstance(exc, BrokerUnavailable):
-            await dashboard.close()  # connect again on the next call
+            await dashboard.close_client()  # connect again on the next call
         return RpcOutcome(name, body, error_type=type(exc).__name__, error_message=redact(str(exc)))
     return RpcOutcome(name, body, reply=_json(reply))
 
