@@ -89,8 +89,10 @@ class RawBroker(abc.ABC):
         asks for no reply, a string other than "" for one somewhere else."""
 
     @abc.abstractmethod
-    def task(self, queue: str, body: bytes, *, hostile: bool = False, **properties: Any) -> str:
-        """Send a raw task to ``queue``; its correlation id."""
+    def task(self, queue: str, body: bytes, *, hostile: bool = False, wants_reply: bool = False,
+             **properties: Any) -> str:
+        """Send a raw task to ``queue``; its correlation id. ``wants_reply``: with our ``reply_to``, as a sender
+        waiting for the task's outcome sends it (wait for it with ``reply``)."""
 
     @abc.abstractmethod
     def broadcast(self, body: bytes, *, hostile: bool = False, **properties: Any) -> None:
@@ -196,9 +198,13 @@ class MemoryRawBroker(RawBroker):
         self.broker.publish_raw(queue, body, reply_to=self.reply_to if reply_to == "" else reply_to, **properties)
         return str(properties["correlation_id"])
 
-    def task(self, queue: str, body: bytes, *, hostile: bool = False, **properties: Any) -> str:
+    def task(self, queue: str, body: bytes, *, hostile: bool = False, wants_reply: bool = False,
+             **properties: Any) -> str:
         self._refuse_hostile(hostile)
         properties.setdefault("correlation_id", uuid.uuid4().hex)
+        if wants_reply:
+            self.broker.reply_targets.setdefault(self.reply_to, (self._event_loop(), self._on_reply))
+            properties["reply_to"] = self.reply_to
         self.broker.declare(queue)
         self.broker.publish_raw(queue, body, **properties)
         return str(properties["correlation_id"])
@@ -274,8 +280,11 @@ class AmqpRawBroker(RawBroker):
         self._send(self.names["MESSAGE_EXCHANGE"], protocol.rpc_routing_key(name), body, hostile, properties)
         return properties["correlation_id"]  # a string, unless a hostile client sends raw_text
 
-    def task(self, queue: str, body: bytes, *, hostile: bool = False, **properties: Any) -> str:
+    def task(self, queue: str, body: bytes, *, hostile: bool = False, wants_reply: bool = False,
+             **properties: Any) -> str:
         properties.setdefault("correlation_id", uuid.uuid4().hex)
+        if wants_reply:
+            properties["reply_to"] = self.reply_to
         self._send(self.names["TASK_EXCHANGE"], queue, body, hostile, properties)
         return properties["correlation_id"]  # a string, unless a hostile client sends raw_text
 

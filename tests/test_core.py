@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -172,7 +172,12 @@ def test_a_readable_task_runs(message: Message, attempts: int, wants_reply: bool
 )
 def test_an_unreadable_task_is_dead_lettered_at_once_with_the_reason(message: Message, why: str) -> None:
     decision = task_rules(max_retries=5).receive(message, NOW)
-    assert isinstance(decision, DeadLetter) and decision.reply is None
+    assert isinstance(decision, DeadLetter)
+    # its sender gave a reply_to and may be waiting (the unreadable body would say): it hears the error
+    assert decision.reply is not None and reply_of(decision.reply)["error"]["type"] in ("MessageError",
+                                                                                        "MessageTooLarge")
+    silent = task_rules(max_retries=5).receive(replace(message, reply_to=None), NOW)
+    assert isinstance(silent, DeadLetter) and silent.reply is None
     assert decision.headers is not None
     assert decision.headers[protocol.REASON_HEADER] == "bad-message"
     assert decision.headers[protocol.TASK_HEADER] == "svc.job"

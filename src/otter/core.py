@@ -194,7 +194,8 @@ class RpcRules:
 
 class TaskRules:
     """At-least-once tasks: settled only when their handler returns. A failed task runs again per its retry policy,
-    then goes to the dead-letter queue with the reason; a task that cannot be read goes there at once."""
+    then goes to the dead-letter queue with the reason; a task that cannot be read goes there at once (and its sender,
+    if it gave a ``reply_to``, gets the ``MessageError``)."""
 
     settle_on_receipt: ClassVar[bool] = False
 
@@ -210,7 +211,10 @@ class TaskRules:
             note = Note(logging.WARNING,
                         f"task {self.name} {message.correlation_id}: bad message, dead-lettered: {exc}")
             headers = protocol.dead_letter_headers("bad-message", exc, self.name, attempts)
-            return DeadLetter("bad message", (note,), headers)
+            # Whether the sender waits for the outcome is in the unreadable body; one who gave a reply_to may be,
+            # so it hears why now instead of waiting out its timeout (a sender not waiting ignores the reply).
+            reply = encode_error(self.codec, exc, debug=False) if message.reply_to else None
+            return DeadLetter("bad message", (note,), headers, reply)
         return Run((task,), attempts=attempts, wants_reply=not no_reply and bool(message.reply_to))
 
     def succeeded(self, message: Received, run: Run, result: Any) -> Ack:

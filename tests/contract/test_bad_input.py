@@ -375,6 +375,19 @@ def test_an_unreadable_task_is_dead_lettered_with_the_reason(
     service.still_serves()
 
 
+def test_an_unreadable_task_whose_sender_waits_gets_the_error_and_is_dead_lettered(
+    service: Service, log: pytest.LogCaptureFixture
+) -> None:
+    """The body says whether the sender waits (``no_reply``), and it cannot be read: a sender who gave a
+    ``reply_to`` hears why at once rather than waiting out its deadline, and the task is dead-lettered as any."""
+    correlation_id = service.raw.task(service.task, b"[1, fals", content_type=JSON, wants_reply=True)
+    reply = orjson.loads(service.raw.reply(correlation_id))
+    assert reply["error"]["type"] == "MessageError" and "not valid JSON" in reply["error"]["message"]
+    letter = service.dead_letter(correlation_id)
+    assert (letter.reason, letter.error_type) == ("bad-message", "MessageError")
+    service.still_serves()
+
+
 def test_a_dead_letter_keeps_the_senders_own_headers_of_every_type(service: Service) -> None:
     headers = {
         "trace": {"span": "abc", "hops": [1, "two", 3.5]},
