@@ -44,6 +44,28 @@ def test_a_high_priority_task_overtakes_a_backlog_of_a_thousand(queue_name: Queu
     assert "high" in order[:3], order[:5]
 
 
+def test_a_retried_task_keeps_its_priority(queue_name: QueueName, serve: Serve) -> None:
+    """The high task fails once: its retry copy, back in the queue after 0.2 s, still overtakes the low tasks left
+    (without its priority it would run after the last of them)."""
+    work, backlog = queue_name("retried-priority"), Backlog()
+    runs: list[Any] = []
+
+    def handle(comm: Any, body: Any) -> None:
+        runs.append(body)
+        if body == "high" and runs.count("high") == 1:
+            raise RuntimeError("the first run fails")
+        backlog.handle(comm, body)
+        if body != "low-0":
+            time.sleep(0.005)  # 300 lows take at least 1.5 s: the retry comes back long before the last
+
+    app = otter.Otter()
+    app.add_task(work, max_priority=10, max_retries=1, backoff=0.2, jitter=False)(handle)
+    backlog.send(serve(app, CONCURRENCY=1, PREFETCH_MULTIPLIER=1), work, low=300)
+    wait_until(lambda: runs.count("high") == 2, 30, "the retried high task to run")
+    assert "high" in runs[:3], runs[:5]  # the first run overtook the backlog
+    assert "low-300" not in runs, "the retry ran after every low task: it lost its priority"
+
+
 def test_a_sender_is_told_once_that_a_queue_ignores_priorities(
     broker_url: str, names: dict[str, Any], queue_name: QueueName, serve: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:

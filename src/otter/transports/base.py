@@ -86,8 +86,8 @@ class Delivery(abc.ABC):
     """One received message. Exactly one of ``ack``/``requeue``/``dead_letter`` settles it (no-ops for RPC and
     broadcasts, which are settled on receipt)."""
 
-    __slots__ = ("body", "content_type", "correlation_id", "headers", "message_id", "queue", "redelivered",
-                 "reply_to")
+    __slots__ = ("body", "content_type", "correlation_id", "headers", "message_id", "priority", "queue",
+                 "redelivered", "reply_to")
 
     def __init__(
         self,
@@ -100,6 +100,7 @@ class Delivery(abc.ABC):
         reply_to: str | None = None,
         redelivered: bool = False,
         message_id: str | None = None,
+        priority: int | None = None,
     ) -> None:
         self.body = body
         self.queue = queue
@@ -109,6 +110,7 @@ class Delivery(abc.ABC):
         self.reply_to = reply_to
         self.redelivered = redelivered
         self.message_id = message_id
+        self.priority = priority  # a task's, which its retry and dead-letter copies keep
 
     @property
     def orphaned(self) -> bool:

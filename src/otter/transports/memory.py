@@ -371,6 +371,7 @@ class MemoryDelivery(Delivery):
             reply_to=message.reply_to,
             redelivered=message.redelivered,
             message_id=message.message_id,
+            priority=message.priority,
         )
         self._broker, self._queue, self._consumer, self._message = broker, queue, consumer, message
         self._settled = False
@@ -508,6 +509,7 @@ class MemoryTransport(Transport):
             delivery.body, delivery.content_type,
             {**protocol.forwarded_headers(delivery.headers), **headers, protocol.QUEUE_HEADER: delivery.queue},
             delivery.correlation_id, message_id=protocol.task_id_of(delivery.message_id, delivery.correlation_id),
+            priority=delivery.priority or 0,
         ))
         await delivery.ack()
 
@@ -515,7 +517,8 @@ class MemoryTransport(Transport):
         self._check()
         headers = {**protocol.forwarded_headers(delivery.headers), **headers}
         copy = _Message(delivery.body, delivery.content_type, headers, delivery.correlation_id, delivery.reply_to,
-                        message_id=protocol.task_id_of(delivery.message_id, delivery.correlation_id))
+                        message_id=protocol.task_id_of(delivery.message_id, delivery.correlation_id),
+                        priority=delivery.priority or 0)
         self.broker.publish_later(delivery.queue, copy, max(0.0, delay))
         await delivery.ack()
 
@@ -541,7 +544,8 @@ class MemoryTransport(Transport):
                 name, headers = target
                 self.broker.declare(name)
                 self.broker.publish(name, _Message(message.body, message.content_type, dict(headers),
-                                                   message.correlation_id, message_id=message.message_id))
+                                                   message.correlation_id, message_id=message.message_id,
+                                                   priority=message.priority))
                 moved += 1
             queue.messages.extendleft(reversed(kept))
         return moved
@@ -649,5 +653,6 @@ class MemoryTransport(Transport):
 
 def _snapshot(message: _Message, queue: str) -> Snapshot:
     return Snapshot(message.body, queue=queue, content_type=message.content_type, headers=dict(message.headers),
-                    correlation_id=message.correlation_id, reply_to=message.reply_to, message_id=message.message_id)
+                    correlation_id=message.correlation_id, reply_to=message.reply_to, message_id=message.message_id,
+                    priority=message.priority or None)
 

@@ -102,12 +102,16 @@ class DeadLetters:
         return int(purged.message_count or 0)
 
     def _fields(self, task: Delivery, headers: dict[str, Any]) -> Fields:
-        """A copy's properties: the task's own id, content type and correlation id, persistent, ``headers``."""
-        return {
+        """A copy's properties: the task's own id, content type, correlation id and priority, persistent,
+        ``headers``."""
+        fields: Fields = {
             "mandatory": True, "message_id": protocol.task_id_of(task.message_id, task.correlation_id)
             or self._next_message_id(), "content_type": task.content_type, "correlation_id": task.correlation_id,
             "delivery_mode": DeliveryMode.PERSISTENT.value, "headers": headers,
         }
+        if task.priority:
+            fields["priority"] = task.priority
+        return fields
 
     async def _copy(self, exchange: str, routing_key: str, body: bytes, fields: Fields, action: str) -> None:
         """Publish once, persistent and mandatory, and wait for the confirm; a return raises ``Unroutable``."""
@@ -118,4 +122,5 @@ class DeadLetters:
 
 def _snapshot(message: AbstractIncomingMessage, queue: str) -> Snapshot:
     return Snapshot(message.body, queue=queue, content_type=message.content_type, headers=dict(message.headers),
-                    correlation_id=message.correlation_id, reply_to=message.reply_to, message_id=message.message_id)
+                    correlation_id=message.correlation_id, reply_to=message.reply_to, message_id=message.message_id,
+                    priority=message.priority)

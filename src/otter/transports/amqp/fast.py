@@ -107,6 +107,7 @@ class AmqpDelivery(Delivery):
             reply_to=properties.reply_to,
             redelivered=bool(getattr(message.delivery, "redelivered", False)),
             message_id=properties.message_id,
+            priority=properties.priority,
         )
         self._channel = message.channel
         self._tag: int = getattr(message.delivery, "delivery_tag", 0) or 0

@@ -71,6 +71,7 @@ class PublicDelivery(Delivery):
             reply_to=message.reply_to,
             redelivered=bool(message.redelivered),
             message_id=message.message_id,
+            priority=message.priority,
         )
         self._message = message
 
