@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from otter.dashboard.security import COOKIE, Guard, check_bind, is_loopback, same_origin
+from otter.dashboard.security import COOKIE, Guard, Throttle, check_bind, is_loopback, same_origin
 from otter.errors import ConfigurationError
 
 ORIGIN = "http://127.0.0.1:8089"
@@ -59,3 +59,31 @@ def test_same_origin_reads_origin_then_referer() -> None:
     assert same_origin({"referer": f"{ORIGIN}/dlq/replay"}, ORIGIN)
     assert not same_origin({"origin": "null"}, ORIGIN)
     assert not same_origin({"origin": "http://127.0.0.1:9999"}, ORIGIN)
+
+
+def test_the_throttle_refuses_an_address_after_its_limit_of_wrong_tokens_until_the_window_passes() -> None:
+    now = [1000.0]
+    throttle = Throttle(limit=3, window=60.0, clock=lambda: now[0])
+    for _ in range(3):
+        assert throttle.retry_after("10.0.0.1") == 0
+        throttle.failed("10.0.0.1")
+    assert throttle.retry_after("10.0.0.1") == 60.0  # refused, for as long as the oldest failure is recent
+    assert throttle.retry_after("10.0.0.2") == 0  # another address is not
+    now[0] += 59.5
+    assert throttle.retry_after("10.0.0.1") == 0.5
+    now[0] += 0.5
+    assert throttle.retry_after("10.0.0.1") == 0  # the first failure left the window
+
+
+def test_a_right_token_clears_the_count_and_old_addresses_are_forgotten() -> None:
+    now = [0.0]
+    throttle = Throttle(limit=2, window=10.0, clock=lambda: now[0])
+    throttle.failed("a")
+    throttle.succeeded("a")
+    throttle.failed("a")
+    assert throttle.retry_after("a") == 0  # one failure since the right token
+    for n in range(100):
+        throttle.failed(f"scanner-{n}")
+    now[0] += 11
+    throttle.retry_after("a")
+    assert throttle._failures.keys() <= {"a"}  # nothing kept for addresses with no recent failure

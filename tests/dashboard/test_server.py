@@ -49,6 +49,22 @@ def test_a_token_guards_every_page_and_endpoint(service_env: Any) -> None:
         assert http(f"{url}/", headers={**HTML, "Cookie": pair[:-1]}).status == 303
 
 
+def test_wrong_tokens_are_throttled_per_address(service_env: Any) -> None:
+    """Ten wrong tokens (bearer or the login form) from one address within a minute: it is refused with 429 and a
+    Retry-After, even with the right token, instead of guessing on at the server's speed."""
+    env, _ = service_env
+    token = f"t-{uuid.uuid4().hex}"
+    with DashboardProcess(env={**env, "OTTER_DASHBOARD_TOKEN": token}) as dashboard:
+        url = dashboard.url
+        for n in range(5):
+            assert http(f"{url}/api/services", headers={"Authorization": f"Bearer guess-{n}"}).status == 401
+            assert http(f"{url}/login", form={"token": f"guess-{n}"}).status == 401
+        refused = http(f"{url}/api/services", headers={"Authorization": f"Bearer {token}"})
+        assert refused.status == 429 and 0 < int(refused.headers["Retry-After"]) <= 60
+        login = http(f"{url}/login", form={"token": token})
+        assert login.status == 429 and "too many wrong tokens" in login.text
+
+
 def test_a_post_needs_the_pages_csrf_value_and_its_own_origin(service_env: Any) -> None:
     env, _ = service_env
     with DashboardProcess(env=env) as dashboard:

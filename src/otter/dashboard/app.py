@@ -28,7 +28,8 @@ from ..client import AsyncClient
 from ..config import redact_url
 from . import views
 from .monitor import Monitor
-from .security import Guard, is_loopback, loopback_hosts
+from .security import Guard, Throttle, is_loopback, loopback_hosts
+from .views import client_address, too_many_tries
 
 __all__ = ["Dashboard", "DashboardSettings", "create_app"]
 
@@ -56,6 +57,7 @@ class Dashboard:
         self.settings = settings
         self.shown_url = redact_url(settings.url) or ""
         self.guard = Guard(settings.token)
+        self.throttle = Throttle()  # wrong tokens, per client address
         self.monitor = Monitor(settings.url, settings.config, interval=settings.interval,
                                timeout=settings.discovery_timeout)
         environment = Environment(loader=PackageLoader("otter.dashboard", "templates"),
@@ -86,20 +88,30 @@ class Dashboard:
 
 
 class RequireToken:
-    """Every path but the login page needs the token: pages redirect to the login form, the rest answer 401."""
+    """Every path but the login page needs the token: pages redirect to the login form, the rest answer 401. A
+    wrong bearer token counts against the caller's address in ``throttle``, which answers 429 once it has too many."""
 
-    def __init__(self, app: ASGIApp, guard: Guard) -> None:
-        self.app, self.guard = app, guard
+    def __init__(self, app: ASGIApp, guard: Guard, throttle: Throttle) -> None:
+        self.app, self.guard, self.throttle = app, guard, throttle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.guard.token is None or scope["path"] == "/login":
             await self.app(scope, receive, send)
             return
         request = Request(scope)
+        response: Response
+        address = client_address(request)
+        if "authorization" in request.headers:
+            if wait := self.throttle.retry_after(address):
+                await too_many_tries(wait)(scope, receive, send)
+                return
+            if self.guard.bearer(request.headers):
+                self.throttle.succeeded(address)
+            else:
+                self.throttle.failed(address)
         if self.guard.allowed(request.headers, request.cookies):
             await self.app(scope, receive, send)
             return
-        response: Response
         if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
             response = RedirectResponse("/login", status_code=303)
         else:
@@ -126,7 +138,7 @@ def create_app(settings: DashboardSettings) -> Starlette:
     app = Starlette(
         routes=views.routes(STATIC),
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts),
-                    Middleware(RequireToken, guard=dashboard.guard)],
+                    Middleware(RequireToken, guard=dashboard.guard, throttle=dashboard.throttle)],
         lifespan=lifespan,
     )
     app.state.dashboard = dashboard

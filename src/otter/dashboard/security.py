@@ -4,7 +4,8 @@ The dashboard can replay and purge dead letters and call any RPC, so it is as po
 it holds. It binds 127.0.0.1 by default; a token (``--token``, or ``OTTER_DASHBOARD_TOKEN``) protects every page and
 endpoint, given as ``Authorization: Bearer <token>`` or through the login form, which sets a cookie holding a digest
 of the token (never the token). A POST from a browser must also carry the page's CSRF value and, when the browser
-names its origin, come from the dashboard's own.
+names its origin, come from the dashboard's own. Wrong tokens are throttled per client address (``Throttle``), so
+the token cannot be guessed at the speed of the server.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
 
-__all__ = ["COOKIE", "CSRF_FIELD", "TOKEN_ENV", "Guard", "check_bind", "is_loopback", "loopback_hosts"]
+__all__ = ["COOKIE", "CSRF_FIELD", "TOKEN_ENV", "Guard", "Throttle", "check_bind", "is_loopback", "loopback_hosts"]
 
 TOKEN_ENV = "OTTER_DASHBOARD_TOKEN"
 COOKIE = "otter_dashboard"
@@ -100,3 +102,35 @@ def same_origin(headers: Mapping[str, str], own_origin: str) -> bool:
         parts = urlsplit(headers["referer"])
         origin = f"{parts.scheme}://{parts.netloc}"
     return origin is None or origin == own_origin
+
+
+class Throttle:
+    """Wrong tokens per client address: after ``limit`` failures within ``window`` seconds, that address is refused
+    (HTTP 429) until the oldest of them is ``window`` seconds old, without its token being checked. A right token
+    clears the address's count. Addresses are forgotten once their failures are old, so memory stays bounded by
+    the addresses that failed in the last ``window``."""
+
+    def __init__(self, limit: int = 10, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window, self._clock = limit, window, clock
+        self._failures: dict[str, list[float]] = {}
+
+    def retry_after(self, address: str) -> float:
+        """Seconds until ``address`` may try a token again; 0 when it may now."""
+        recent = self._recent(address)
+        if len(recent) < self.limit:
+            return 0.0
+        return max(0.0, recent[0] + self.window - self._clock())
+
+    def failed(self, address: str) -> None:
+        self._recent(address).append(self._clock())
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)
+
+    def _recent(self, address: str) -> list[float]:
+        now = self._clock()
+        for old in [key for key, times in self._failures.items() if not times or times[-1] <= now - self.window]:
+            del self._failures[old]  # nothing recent: forget the address
+        times = self._failures.setdefault(address, [])
+        times[:] = [at for at in times if at > now - self.window]
+        return times

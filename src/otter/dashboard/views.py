@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -187,8 +188,14 @@ async def login(request: Request) -> Response:
     given = form.get("token")
     if not same_origin(request.headers, _own_origin(request)):
         raise HTTPException(403, "a login from another site")
+    address = client_address(request)
+    if wait := dashboard.throttle.retry_after(address):
+        return _render(request, "login.html", error=f"too many wrong tokens from your address: try again in "
+                       f"{math.ceil(wait)} s", status_code=429, headers={"Retry-After": str(math.ceil(wait))})
     if not dashboard.guard.token_matches(given if isinstance(given, str) else None):
+        dashboard.throttle.failed(address)
         return _render(request, "login.html", error="that is not the token", status_code=401)
+    dashboard.throttle.succeeded(address)
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(COOKIE, dashboard.guard.cookie_value, httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")
@@ -203,6 +210,18 @@ async def logout(request: Request) -> Response:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
+def client_address(request: Request) -> str:
+    """Whom wrong tokens are counted against: the peer's address (behind a proxy, the proxy's, so its clients
+    share one count: throttled together rather than not at all)."""
+    return request.client.host if request.client else "unknown"
+
+
+def too_many_tries(wait: float) -> Response:
+    seconds = str(math.ceil(wait))
+    return PlainTextResponse(f"too many wrong tokens from your address: try again in {seconds} s\n", status_code=429,
+                             headers={"Retry-After": seconds})
+
+
 def _dashboard(request: Request) -> Dashboard:
     dashboard: Dashboard = request.app.state.dashboard
     return dashboard
@@ -244,13 +263,15 @@ def _confirm(request: Request, *, action: str, fields: dict[str, str], letters: 
                    question=question, dlq_error=error)
 
 
-def _render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
+def _render(request: Request, template: str, status_code: int = 200, headers: dict[str, str] | None = None,
+            **context: Any) -> Response:
     dashboard = _dashboard(request)
     context.update(broker=dashboard.shown_url, csrf=dashboard.guard.csrf, csrf_field=CSRF_FIELD,
                    protected=dashboard.guard.token is not None,
                    dead_letter_queue=dashboard.settings.config["DEAD_LETTER_QUEUE"],
                    interval=dashboard.settings.interval)
-    response: Response = dashboard.templates.TemplateResponse(request, template, context, status_code=status_code)
+    response: Response = dashboard.templates.TemplateResponse(request, template, context, status_code=status_code,
+                                                              headers=headers)
     return response
 
 
