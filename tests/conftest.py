@@ -45,9 +45,7 @@ def _leave_nothing_behind() -> Iterator[None]:
     from rawbroker import RawBroker
 
     with RawBroker.open(AMQP_URL) as raw:
-        for issued in _ISSUED:
-            raw.names = issued
-            raw.delete()
+        raw.delete_issued(_ISSUED)
 
 
 @pytest.fixture(params=["memory", "amqp"])

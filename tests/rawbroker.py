@@ -145,6 +145,16 @@ class RawBroker(abc.ABC):
         """Delete ``queues``, the test's default task queue and dead-letter queue, and its exchanges; what is
         already gone is fine."""
 
+    def delete_issued(self, issued: list[Mapping[str, Any]]) -> None:
+        """``delete`` for the names of many tests at once (the session's tidying up)."""
+        kept = self.names
+        try:
+            for names in issued:
+                self.names = dict(names)
+                self.delete()
+        finally:
+            self.names = kept
+
     def delete_queue(self, queue: str) -> bool:
         """Delete ``queue`` alone, as an operator would, under its consumers; True if it existed. RabbitMQ only:
         the broker then cancels the consumers (``basic.cancel``)."""
@@ -410,23 +420,33 @@ class AmqpRawBroker(RawBroker):
         the 21 of the delay levels made this the bulk of every test's teardown and 10-25 s at the end of each xdist
         worker's session: so the delay levels only when the test declared them (their delivery exchange, declared
         first, exists), and the deletes spread over a few channels at once."""
-        names = self.names
-        doomed = [*dict.fromkeys([*queues, *(names[key] for key in ("DEFAULT_TASK_QUEUE", "DEAD_LETTER_QUEUE")
-                                             if key in names)])]
-        exchanges = [names[key] for key in ("MESSAGE_EXCHANGE", "TASK_EXCHANGE", "CONTROL_EXCHANGE") if key in names]
-        levels = DelayLevels(names["TASK_EXCHANGE"]) if "TASK_EXCHANGE" in names else None
+        self._run(self._delete_names([(self.names, queues)]))
 
-        async def delete() -> None:
-            connection = await self._connected()
-            if levels is not None and await _exchange_exists(connection, levels.delivery):
-                delay_exchanges, delay_queues = levels.names()
-                doomed.extend(delay_queues)
-                exchanges.extend(delay_exchanges)
-            work = [*(("queue", queue) for queue in doomed), *(("exchange", exchange) for exchange in exchanges)]
-            width = min(DELETING_CHANNELS, len(work))
-            await asyncio.gather(*(_delete_each(connection, work[start::width]) for start in range(width)))
+    def delete_issued(self, issued: list[Mapping[str, Any]]) -> None:
+        self._run(self._delete_names([(names, ()) for names in issued]), timeout=300)
 
-        self._run(delete())
+    async def _delete_names(self, sets: list[tuple[Mapping[str, Any], tuple[str, ...]]]) -> None:
+        connection = await self._connected()
+        checking = asyncio.Semaphore(DELETING_CHANNELS)
+
+        async def doomed(names: Mapping[str, Any], queues: tuple[str, ...]) -> list[tuple[str, str]]:
+            found = [*dict.fromkeys([*queues, *(names[key] for key in ("DEFAULT_TASK_QUEUE", "DEAD_LETTER_QUEUE")
+                                                if key in names)])]
+            exchanges = [names[key] for key in ("MESSAGE_EXCHANGE", "TASK_EXCHANGE", "CONTROL_EXCHANGE")
+                         if key in names]
+            if "TASK_EXCHANGE" in names:
+                levels = DelayLevels(names["TASK_EXCHANGE"])
+                async with checking:
+                    delayed = await _exchange_exists(connection, levels.delivery)
+                if delayed:
+                    delay_exchanges, delay_queues = levels.names()
+                    found += delay_queues
+                    exchanges += delay_exchanges
+            return [*(("queue", queue) for queue in found), *(("exchange", exchange) for exchange in exchanges)]
+
+        work = [item for items in await asyncio.gather(*(doomed(*each) for each in sets)) for item in items]
+        width = min(DELETING_CHANNELS, len(work))
+        await asyncio.gather(*(_delete_each(connection, work[start::width]) for start in range(width)))
 
     def delete_queue(self, queue: str) -> bool:
         async def delete() -> bool:
