@@ -419,7 +419,10 @@ class AmqpRawBroker(RawBroker):
         """Deleting an exchange costs the broker 1-7 ms (a Mnesia transaction), even one that does not exist, and
         the 21 of the delay levels made this the bulk of every test's teardown and 10-25 s at the end of each xdist
         worker's session: so the delay levels only when the test declared them (their delivery exchange, declared
-        first, exists), and the deletes spread over a few channels at once."""
+        first, exists). Each test's names are deleted one after another on one channel: RabbitMQ 3.10 crashes the
+        channel, and closes the connection, when two channels delete exchanges bound to each other at once (the
+        delay levels are; ``rabbit_exchange:callback(undefined, remove_bindings, ...)``). ``delete_issued`` spreads
+        many tests' names over a few channels."""
         self._run(self._delete_names([(self.names, queues)]))
 
     def delete_issued(self, issued: list[Mapping[str, Any]]) -> None:
@@ -444,9 +447,10 @@ class AmqpRawBroker(RawBroker):
                     exchanges += delay_exchanges
             return [*(("queue", queue) for queue in found), *(("exchange", exchange) for exchange in exchanges)]
 
-        work = [item for items in await asyncio.gather(*(doomed(*each) for each in sets)) for item in items]
-        width = min(DELETING_CHANNELS, len(work))
-        await asyncio.gather(*(_delete_each(connection, work[start::width]) for start in range(width)))
+        groups = await asyncio.gather(*(doomed(*each) for each in sets))  # one test's names: one channel
+        width = min(DELETING_CHANNELS, len(groups))
+        lanes = [[item for group in groups[start::width] for item in group] for start in range(width)]
+        await asyncio.gather(*(_delete_each(connection, lane) for lane in lanes))
 
     def delete_queue(self, queue: str) -> bool:
         async def delete() -> bool:
