@@ -178,6 +178,20 @@ class PrivateRabbitMQ:
         self.stop_app()
         self.start_app()
 
+    def serving(self) -> bool:
+        """Whether the broker application runs: its AMQP listener opens at the end of its boot and closes first
+        when it stops (cheaper to ask than ``rabbitmqctl await_startup``, which boots an Erlang VM of its own)."""
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def ensure_serving(self) -> None:
+        """Start the broker application again if a test left it stopped."""
+        if not self.serving():
+            self.start_app()
+
     # -- inspection ---------------------------------------------------------------------------------------------
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
         done = subprocess.run(
