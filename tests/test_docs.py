@@ -84,7 +84,8 @@ def seed_app_served(request: pytest.FixtureRequest) -> Iterator[None]:
 
     with machine_wide_lock("seed-default-names"):  # kiwipy's fixed names: shared with tests/test_examples.py
         with RawBroker.open(SEED_URL) as raw:
-            raw.purge(DEFAULTS["DEFAULT_TASK_QUEUE"])
+            for queue in (DEFAULTS["DEFAULT_TASK_QUEUE"], "example.task"):  # the seed's queues (tests/test_examples.py)
+                raw.purge(queue)
         with ServedApp(load_seed_app(), SEED_URL):
             yield
 

@@ -19,8 +19,9 @@ from typing import Any
 import click
 import pytest
 
-from helpers_process import REPO_ROOT, app_env
+from helpers_process import REPO_ROOT, app_env, machine_wide_lock
 from otter.cli import cli
+from rawbroker import RawBroker
 from test_docs import PAGES
 
 _SHELL_BLOCK = re.compile(
@@ -182,9 +183,16 @@ def test_the_console_blocks_marked_to_run_print_what_the_page_shows(
     from otter.testing import ServedApp
 
     environ = app_env({"OTTER_BROKER_URL": amqp_url, **{f"OTTER_{key}": str(value) for key, value in names.items()}})
+    apps = [_load(target, monkeypatch) for target in block.run_with]
+    # Task queues are named by the app, not by ``names``: the examples' example.task is the seed's own queue, which
+    # tests/test_examples.py serves too (it once ran this block's `otter task example.task 5` in the seed app).
+    task_queues = [route.name for app in apps for route in app.routes if route.kind == "task"]
     with ExitStack() as served:
-        for target in block.run_with:
-            served.enter_context(ServedApp(_load(target, monkeypatch), amqp_url, **names))
+        served.enter_context(machine_wide_lock("seed-default-names"))
+        raw = served.enter_context(RawBroker.open(amqp_url, names))
+        served.callback(raw.delete, *task_queues)  # and the delay levels: no `--delay 60` task lands a minute later
+        for app in apps:
+            served.enter_context(ServedApp(app, amqp_url, **names))
         for command in block.commands:
             ran = subprocess.run([sys.executable, "-m", "otter", *command.words], cwd=REPO_ROOT,
                                  env={**environ, **command.environ}, capture_output=True, text=True, timeout=30)

@@ -140,9 +140,11 @@ def test_a_nested_call_never_outlives_its_caller_s_deadline(broker_url: str) -> 
         except DeadlineExceeded as exc:
             outcome["late"] = exc
 
+    seen = threading.Event()  # both outcomes are in: the slow handler may end (closing the client waits for it)
+
     @app.add_rpc(f"{prefix}.slow")
     async def slow(comm: Any, data: Any) -> None:
-        await asyncio.sleep(10)
+        await asyncio.to_thread(seen.wait, 10)  # well past the caller's 1 s deadline
 
     with app.test_client(broker_url, **names) as client:
         # The nested call ends at the caller's deadline: the reply and the caller's own timeout race; either is right.
@@ -152,6 +154,7 @@ def test_a_nested_call_never_outlives_its_caller_s_deadline(broker_url: str) -> 
         while "late" not in outcome:
             assert time.monotonic() < deadline, outcome
             time.sleep(0.01)
+        seen.set()
     assert outcome["after"] < 2.0, outcome  # the caller's 1 s, not the nested call's own 30 s
     assert "has passed" in str(outcome["late"])
 

@@ -13,9 +13,10 @@ features RabbitMQ 4.3 denies by default and more (``DENIED_FEATURES``); ``consum
 ``Rabbitmq4Cluster`` is three such nodes with one Erlang cookie, joined with ``rabbitmqctl join_cluster``; one node
 can be SIGKILLed and restarted; ``url`` is the ``;``-separated list of the three.
 
-Fixtures (session-scoped, so one per pytest-xdist worker, started on first use): ``rabbitmq4_node``,
-``rabbitmq4_url`` and ``rabbitmq4_cluster``. When no root can be built here (not root, no debootstrap and apt-get
-fails, no network) they skip, or fail when ``OTTER_TEST_REQUIRE_RABBITMQ_SERVER=1``.
+Fixtures (session-scoped, started on first use): ``rabbitmq4_node`` and ``rabbitmq4_url``, one node for the whole
+run even under pytest-xdist (``brokers.shared_node``), and ``rabbitmq4_cluster``, one per worker. When no root can be
+built here (not root, no debootstrap and apt-get fails, no network) they skip, or fail when
+``OTTER_TEST_REQUIRE_RABBITMQ_SERVER=1``.
 
 By hand: ``PYTHONPATH=tests .venv/bin/python -m brokers.rabbitmq4 build`` builds the root now, with progress;
 ``... node`` or ``... cluster`` starts one, prints its URL and stops it on Enter.
@@ -274,6 +275,7 @@ class Rabbitmq4Node(PrivateRabbitMQ):
         ports: tuple[int, int] | None = None,
         consumer_timeout: float | None = None,
         extra_config: str = "",
+        attach: bool = False,
     ) -> None:
         # PrivateRabbitMQ.__init__ is not called: it makes TLS certificates and a TLS listener this node has not.
         self.root = root
@@ -281,7 +283,8 @@ class Rabbitmq4Node(PrivateRabbitMQ):
         self.node = f"{node_id}@localhost"
         self.inner = NODES_DIR / node_id
         self.base = root / self.inner.relative_to("/")
-        _remove_stale_node_dirs(self.base.parent)
+        if not attach:
+            _remove_stale_node_dirs(self.base.parent)
         self.port, self.dist_port = ports or tuple(_free_ports(2))
         self.tls_port = None  # type: ignore[assignment]
         self.certs = None  # type: ignore[assignment]
@@ -291,9 +294,14 @@ class Rabbitmq4Node(PrivateRabbitMQ):
         self.consumer_timeout = consumer_timeout
         self.extra_config = extra_config
         self.pid_file = self.base / "node.pid"
-        self.base.mkdir(parents=True, exist_ok=True)
-        self._env = self._environment()
         self._watchdog: subprocess.Popen[bytes] | None = None
+        self.watched_pid = os.getpid()
+        if attach:  # a running node's files are in place, and its other users read its cookie
+            self._env = self._environment()
+            return
+        self.base.mkdir(parents=True, exist_ok=True)
+        self._write_files()
+        self._env = self._environment()
 
     def __repr__(self) -> str:
         return f"<Rabbitmq4Node {self.node} amqp:{self.port}>"
@@ -368,8 +376,8 @@ class Rabbitmq4Node(PrivateRabbitMQ):
         return ["unshare", "--mount", "--propagation", "private", f"--mount-proc={self.root / 'proc'}",
                 "chroot", str(self.root), str(SCRIPTS_DIR / script)]
 
-    def _environment(self) -> dict[str, str]:
-        inner = self.inner
+    def _write_files(self) -> None:
+        """The node's cookie, env file, plugins and config, in its folder."""
         home = self.base / "home"
         home.mkdir(parents=True, exist_ok=True)
         cookie = home / ".erlang.cookie"
@@ -390,6 +398,9 @@ class Rabbitmq4Node(PrivateRabbitMQ):
         (self.base / "advanced.config").write_text(advanced_config(self.consumer_timeout))
         (self.base / "rabbitmq.conf").write_text(
             "\n".join(lines) + "\n" + consumer_timeout_line(self.consumer_timeout) + self.extra_config)
+
+    def _environment(self) -> dict[str, str]:
+        inner = self.inner
         env = {key: value for key, value in os.environ.items() if not key.startswith(("RABBITMQ_", "ERL_"))}
         env.update(
             PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -540,8 +551,16 @@ def root_or_skip() -> Path:
 
 @pytest.fixture(scope="session", name="rabbitmq4_node")
 def rabbitmq4_node_fixture() -> Iterator[Rabbitmq4Node]:
-    """This session's RabbitMQ 4 node with the deprecated features denied, started on first use."""
-    node = Rabbitmq4Node(root_or_skip())
+    """The run's RabbitMQ 4 node with the deprecated features denied, started on first use; under pytest-xdist one
+    node serves every worker (``brokers.shared_node``)."""
+    from brokers.shared_node import RUN_ENV, shared_node
+
+    root = root_or_skip()
+    if os.environ.get(RUN_ENV):
+        with shared_node(root, os.environ[RUN_ENV]) as shared:
+            yield shared
+        return
+    node = Rabbitmq4Node(root)
     try:
         node.start()
     except BaseException:

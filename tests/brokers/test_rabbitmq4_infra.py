@@ -11,14 +11,14 @@ import asyncio
 import os
 import subprocess
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiormq
 import pytest
 from aiormq.connection import EXCEPTION_MAPPING
 
-from brokers.rabbitmq4 import DENIED_FEATURES, Rabbitmq4Cluster, Rabbitmq4Node
+from brokers.rabbitmq4 import DENIED_FEATURES, Rabbitmq4Cluster, Rabbitmq4Node, root_or_skip
 
 pytestmark = pytest.mark.rabbitmq4
 # The cluster and the full deprecated-feature check take a minute of a worker: run by hand until a feature needs them.
@@ -60,9 +60,21 @@ def test_node_refuses_a_transient_non_exclusive_queue(rabbitmq4_node: Rabbitmq4N
     assert error is None and ok is not None
 
 
+@pytest.fixture
+def own_rabbitmq4_node() -> Iterator[Rabbitmq4Node]:
+    """A node of the test's own, for a test that stops the broker application (the session's node is shared by every
+    worker of the run)."""
+    node = Rabbitmq4Node(root_or_skip())
+    try:
+        yield node.start()
+    finally:
+        node.stop()
+
+
 @opt_in
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_node_denies_every_deprecated_feature(rabbitmq4_node: Rabbitmq4Node) -> None:
+def test_node_denies_every_deprecated_feature(own_rabbitmq4_node: Rabbitmq4Node) -> None:
+    rabbitmq4_node = own_rabbitmq4_node
     url, tag = rabbitmq4_node.url, uuid.uuid4().hex[:8]
     assert rabbitmq4_node.permitted(DENIED_FEATURES) == dict.fromkeys(DENIED_FEATURES, False)
 

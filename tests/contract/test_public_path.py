@@ -3,11 +3,15 @@ finds an aiormq it was not written for. Real broker, real behaviour; only the ve
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from otter.transports.amqp import fence
+import otter
+from otter.testing import ServedApp
+from otter.transports.amqp import fence, public
 
 from . import test_bad_input, test_broadcasts, test_rpc, test_tasks
 
@@ -46,3 +50,14 @@ test_tasks_run_once = test_tasks.test_named_task_runs_once_with_its_body
 test_dead_letters = test_tasks.test_failing_task_is_dead_lettered_with_the_reason
 test_bad_tasks = test_bad_input.test_bad_task_bytes_are_dead_lettered
 test_broadcast_metadata = test_broadcasts.test_broadcast_reaches_handler_with_metadata
+
+
+def test_a_worker_stops_without_waiting_for_a_closed_channel(broker_url: str, names: dict[str, Any]) -> None:
+    """The status responder cancels its consumer after the worker closed its connection; on this path that cancel
+    waited ``CANCEL_TIMEOUT`` for the closed channel to come back, on every stop."""
+    app = otter.Otter(**names)
+    app.add_rpc(f"{names['RPC_QUEUE_PREFIX']}echo")(lambda comm, data: data)
+    served = ServedApp(app, broker_url, **names).start()
+    started = time.monotonic()
+    served.stop()
+    assert time.monotonic() - started < public.CANCEL_TIMEOUT

@@ -55,12 +55,13 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Privat
 
 
 @pytest.fixture
-def nodes(two_nodes: tuple[PrivateRabbitMQ, PrivateRabbitMQ]) -> Iterator[tuple[PrivateRabbitMQ, PrivateRabbitMQ]]:
-    """A and B, both running when the test starts; A started again afterwards if the test killed it."""
-    yield two_nodes
+def nodes(two_nodes: tuple[PrivateRabbitMQ, PrivateRabbitMQ]) -> tuple[PrivateRabbitMQ, PrivateRabbitMQ]:
+    """A and B, both running when the test starts: A is started again here if an earlier test killed it (not after
+    the test that did, which would boot it just to stop it when that test was the module's last)."""
     a = two_nodes[0]
     if a._pid() is None:
         a.restart()
+    return two_nodes
 
 
 @pytest.fixture

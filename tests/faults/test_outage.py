@@ -29,10 +29,7 @@ pytestmark = [pytest.mark.faults, LEAKED_SOCKET_FILTER]
 def broker(private_broker: PrivateRabbitMQ) -> Iterator[PrivateRabbitMQ]:
     """The private node, running again after the test whatever the test did to it."""
     yield private_broker
-    try:
-        private_broker.ctl("await_startup", "--timeout", "1")
-    except Exception:
-        private_broker.start_app()
+    private_broker.ensure_serving()
 
 
 @pytest.fixture

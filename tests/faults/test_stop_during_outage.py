@@ -21,10 +21,7 @@ pytestmark = [pytest.mark.faults, LEAKED_SOCKET_FILTER]
 @pytest.fixture
 def outage_rig(rig: FaultRig, private_broker: PrivateRabbitMQ) -> Iterator[FaultRig]:
     yield rig
-    try:
-        private_broker.ctl("await_startup", "--timeout", "1")
-    except Exception:
-        private_broker.start_app()
+    private_broker.ensure_serving()
 
 
 def test_sigterm_during_an_outage_exits_0_within_the_grace_period(outage_rig: FaultRig) -> None:

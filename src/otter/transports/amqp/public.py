@@ -125,10 +125,16 @@ class PublicSubscription(Subscription):
             raise
 
     async def cancel(self) -> None:
+        """Stop the consumer. A closed channel has none left to cancel (the broker dropped it with the channel):
+        during an outage, or after a stopping worker closed its connection, as it does before the status responder
+        cancels its consumer. Waiting for that channel to come back held every stop on this path for
+        ``CANCEL_TIMEOUT``."""
         self._comeback.stop()
         if self._tag is not None:
             tag, self._tag = self._tag, None
             cancels.forget(tag)
+            if self._queue.channel.is_closed:
+                return
             try:  # bounded: during an outage the channel may not come back before the worker must be gone
                 await asyncio.wait_for(self._queue.cancel(tag), CANCEL_TIMEOUT)
             except Exception:  # the channel is gone: nothing left to cancel
