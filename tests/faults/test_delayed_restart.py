@@ -1,8 +1,7 @@
 """Delayed tasks wait in the broker, so they outlive it: a broker restarted with delayed tasks pending still delivers
 every one, those due while it was down once it is back, the others on time.
 
-The node is stopped as an operator stops it (``rabbitmqctl stop``). After ``kill -9`` instead, RabbitMQ 3.10.8 lost
-(or held for more than six minutes) one of the two tasks in two of four runs: see docs/protocol.md, "Delayed tasks".
+The node is stopped as an operator stops it (``rabbitmqctl stop``); ``test_delayed_crash.py`` kills it instead.
 """
 
 from __future__ import annotations
