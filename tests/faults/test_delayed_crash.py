@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from brokers.rabbitmq4 import Rabbitmq4Node, opted_in, root_or_skip
-from otter import Client, Otter
+from otter import Client, Otter, Undelivered
 from otter.delays import DelayLevels
 from otter.testing import ServedApp
 from otter.transports.amqp.connection import NEW_QUORUM_QUEUE_SETTLE
@@ -107,6 +107,43 @@ def test_confirmed_delayed_tasks_survive_kill_9_of_the_broker(
             assert killed - confirmed < DELAYS["due while down"]  # killed before the second task was due
             assert all(ran[body] - sent >= delay for body, delay in DELAYS.items())  # never early
             assert done.empty()  # each ran once
+        finally:
+            raw.delete(work)
+
+
+@pytest.mark.timeout(180)
+def test_a_crash_right_after_creating_delay_levels_fails_the_send_or_keeps_the_task(
+    private_broker: PrivateRabbitMQ, names: dict[str, Any]
+) -> None:
+    """Killed a second after the send, which is confirmed by then but into a level RabbitMQ has not written down
+    yet, the broker may come back without that level's messages: then the send, sent again, is not confirmed and
+    the sender is told so. Either the sender hears of a failure or the task runs; never a silent loss."""
+    node = private_broker
+    url = node.url
+    work = f"delayed-crash-{uuid.uuid4().hex[:8]}.run"
+    ran: queue.Queue[str] = queue.Queue()
+    app = Otter(**names)
+    app.add_task(work)(lambda comm, body: ran.put(body))
+    delay = DELAYS["due after"]
+    with RawBroker.open(url, names) as raw:
+        try:
+            with ServedApp(app, url, **names, SHUTDOWN_GRACE=5.0), Client(url, **names, PUBLISH_TIMEOUT=5.0) as client:
+                sent = time.monotonic()
+                client.task(work, "in the newest level", delay=delay)
+                time.sleep(1.0)  # the scenario itself: confirmed by now (on an idle machine), and not yet safe
+                node.kill()
+                time.sleep(DOWN_FOR)
+                node.restart()
+                try:
+                    client.flush()
+                except Undelivered as failed:
+                    assert "BrokerUnavailable" in str(failed)
+                    print(f"\nthe send failed after the crash ({failed})")
+                    assert ran.empty()
+                else:
+                    assert ran.get(timeout=delay + 30) == "in the newest level"
+                    assert time.monotonic() - sent >= delay
+                    print("\nthe send was kept through the crash, and the task ran")
         finally:
             raw.delete(work)
 
