@@ -40,6 +40,12 @@ __all__ = ["CONNECTION_NAME", "Link", "Queues", "broker_of", "connect", "fails_o
 
 log = logging.getLogger("otter.amqp")
 
+# RabbitMQ (3.10 to 4.0.5 at least, through Ra) records a new quorum queue's member in a DETS table it writes to disk
+# up to ~3 s later; a node killed before then restarts the queue as a new, empty member that never elects a leader,
+# and the messages it had confirmed are gone (docs/protocol.md, "Delayed tasks"). So a delayed send into delay levels
+# created less than this many seconds ago counts as done only once the broker has outlived that.
+NEW_QUORUM_QUEUE_SETTLE = 5.0
+
 
 
 
@@ -259,6 +265,7 @@ class Queues:
         self._levels_ready = 0  # delay levels 0 .. this - 1 are declared and bound on this connection
         self._delivers_to: set[str] = set()  # task queues the delivery exchange is bound to
         self._declaring_delays = asyncio.Lock()  # one declaration at a time: a burst of delayed sends waits for it
+        self._levels_settle_at = 0.0  # loop time from which the delay levels this side created are on disk
 
     def ready(self, queue: str, priority: int | None) -> bool:
         """Whether a send to ``queue`` needs no ``task_queue`` first."""
@@ -361,20 +368,44 @@ class Queues:
         task queue, the delay levels the delay goes through, and the delivery exchange's binding to the queue.
         Lazily: a service that never delays a task declares none of it, and short delays only the low levels."""
         top = self.delay_levels.top(seconds)
-        if top < self._levels_ready and queue in self._delivers_to and queue in self.declared:
+        if self._delays_ready(queue, top):
             return None
         return lambda: self._declare_delays(queue, top)
 
+    def _delays_ready(self, queue: str, top: int) -> bool:
+        return top < self._levels_ready and queue in self._delivers_to and queue in self.declared
+
     async def _declare_delays(self, queue: str, top: int) -> None:
         async with self._declaring_delays:
-            if top < self._levels_ready and queue in self._delivers_to and queue in self.declared:
+            if self._delays_ready(queue, top):
                 return  # declared by the send this one waited for
             await self.task_queue(queue)
             await self._declare_levels(queue, top)
 
+    async def kept_by_new_levels(self) -> bool:
+        """Whether a delayed task the broker has just confirmed is safe from a crash: at once when its delay levels
+        are older than ``NEW_QUORUM_QUEUE_SETTLE``; else once that has passed, if the connection it was confirmed on
+        still answers then (the broker outlived the window). False: send it again."""
+        loop = asyncio.get_running_loop()
+        wait = self._levels_settle_at - loop.time()
+        if wait <= 0:
+            return True
+        confirmed_on = self._connection.transport
+        await asyncio.sleep(wait)
+        if confirmed_on is None or self._connection.transport is not confirmed_on:
+            return False
+        try:  # a round trip on the same connection, bounded: a broker's machine that died may never answer
+            channel = await asyncio.wait_for(confirmed_on.connection.channel(), NEW_QUORUM_QUEUE_SETTLE)
+            await asyncio.wait_for(channel.close(), NEW_QUORUM_QUEUE_SETTLE)
+        except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError, asyncio.TimeoutError):
+            return False
+        return self._connection.transport is confirmed_on
+
     async def _declare_levels(self, queue: str, top: int) -> None:
         levels = self.delay_levels
         with translated("declare the delay levels of delayed tasks"):
+            new = [levels.level(n) for n in range(self._levels_ready, top + 1)]
+            creates = bool(new) and not await self._all_exist(new)
             async with _scratch_channel(self._connection) as channel:
                 if top >= self._levels_ready:
                     await channel.exchange_declare(levels.delivery, exchange_type="topic", durable=True)
@@ -389,6 +420,20 @@ class Queues:
                 if queue not in self._delivers_to:
                     await channel.queue_bind(queue, levels.delivery, routing_key=levels.delivery_key(queue))
                     self._delivers_to.add(queue)
+        if creates:
+            self._levels_settle_at = asyncio.get_running_loop().time() + NEW_QUORUM_QUEUE_SETTLE
+            log.info("created delay levels of delayed tasks (up to %s); the delayed sends of the next %g s return "
+                     "only once RabbitMQ has them on disk", levels.level(top), NEW_QUORUM_QUEUE_SETTLE)
+
+    async def _all_exist(self, queues: Sequence[str]) -> bool:
+        """Whether every one of ``queues`` exists already (looked up passively: a missing one closes the channel)."""
+        try:
+            async with _scratch_channel(self._connection) as channel:
+                for queue in queues:
+                    await channel.queue_declare(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        return True
 
     async def dead_letter_queue(self) -> str:
         dlq = self._topology.dead_letter_queue

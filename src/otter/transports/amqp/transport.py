@@ -39,7 +39,7 @@ from ..base import (
     Transport,
 )
 from . import control
-from .connection import Link, Queues, broker_of, connect, fails_over, open_link
+from .connection import NEW_QUORUM_QUEUE_SETTLE, Link, Queues, broker_of, connect, fails_over, open_link
 from .dead_letters import DeadLetters
 from .errors import describe, queue_mismatch, translated
 from .pipelined import Pipelined
@@ -189,10 +189,18 @@ class AmqpTransport(Transport):
         watcher = self.watcher
         started = time.perf_counter() if watcher is not None else 0.0
         try:
-            await self._sender.send_until_confirmed(
-                self._link.confirmed, exchange, routing_key, body, fields, action=f"send the task to {queue!r}",
-                prepare=prepare,
-            )
+            for _ in range(3):
+                await self._sender.send_until_confirmed(
+                    self._link.confirmed, exchange, routing_key, body, fields, action=f"send the task to {queue!r}",
+                    prepare=prepare,
+                )
+                if not delay or await queues.kept_by_new_levels():
+                    break
+                log.warning("lost the broker within %g s of creating delay levels, which it may not have kept: "
+                            "sending the delayed task to %r again", NEW_QUORUM_QUEUE_SETTLE, queue)
+            else:
+                raise BrokerUnavailable(f"could not send the delayed task to {queue!r}: the broker was lost three "
+                                        f"times within {NEW_QUORUM_QUEUE_SETTLE:g} s of creating delay levels")
         except aiormq.exceptions.PublishError as exc:
             queues.forget_queue(queue)  # deleted since it was declared: declare it on the next send
             raise Unroutable(f"the broker could not route the task to queue {queue!r}: {exc}") from None
