@@ -6,8 +6,8 @@ Handlers are plain ``def`` unless ``--variant async-handlers`` (then ``async def
 
 Clients, i.e. what a user would write:
 
-- ``rpc_seq``: the seed's ``Client(url).rpc(name, data).result()`` in a loop (``--variant async-client``: ``await
-  AsyncClient.rpc``);
+- ``rpc_seq``: ``await AsyncClient.rpc(name, data)`` one at a time (``--variant sync-client``: the seed's
+  ``Client(url).rpc(name, data).result()`` in a loop);
 - ``rpc_conc``: ``AsyncClient`` with 64 coroutines each awaiting ``client.rpc`` (``--variant sync-client``: a window
   of 64 ``CallFuture`` from ``Client.rpc``);
 - ``task``: ``AsyncClient.task(name, body)``, which returns once the broker confirmed the persistent message, with
@@ -281,11 +281,9 @@ async def async_client(args: argparse.Namespace) -> dict[str, Any]:
 
 def client(args: argparse.Namespace) -> None:
     variant = flags(args)
-    if "seed-loop" in variant and args.wl != "rpc_seq":
-        result = seed_loop_client(args)
-    elif args.wl == "rpc_seq" and "async-client" not in variant:
-        result = sync_client(args)  # the seed's client
-    elif args.wl == "rpc_conc" and "sync-client" in variant:
+    if "seed-loop" in variant:
+        result = sync_client(args) if args.wl == "rpc_seq" else seed_loop_client(args)  # the seed's client
+    elif args.wl in ("rpc_seq", "rpc_conc") and "sync-client" in variant:
         result = sync_client(args)
     elif args.wl == "task" and "sync-client" in variant:
         result = sync_task_client(args)

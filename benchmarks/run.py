@@ -93,27 +93,25 @@ SYSTEMS = {
     BASELINE: System(BASELINE, "aio-pika (hand-written)", "bench_aiopika.py", module="aio_pika",
                      what="direct reply-to, prefetch 100, stdlib json; tasks durable+persistent+confirmed"),
     "otter": System("otter", "Otter", "bench_otter.py", module="otter",
-                    what="plain def handlers; A: Client.rpc(name, data).result() in a loop; B: AsyncClient, 64 "
-                         "coroutines awaiting client.rpc; C/D: await AsyncClient.task / .broadcast, at most 1,000 "
-                         "awaiting"),
+                    what="plain def handlers; AsyncClient: A: await client.rpc one at a time; B: 64 coroutines "
+                         "awaiting client.rpc; C/D: await client.task / .broadcast, at most 1,000 awaiting"),
     "otter_seed": System("otter_seed", "Otter, the seed's loops", "bench_otter.py", ("rpc_seq", "task", "bcast"),
                          variant="seed-loop", module="otter",
-                         what="plain def handlers; plain loops on the sync Client: client.rpc(name, data).result() "
-                              "(the same code as the 'Otter' row's A), client.task(name, body) then flush(), "
+                         what="plain def handlers; plain loops on the sync Client: client.rpc(name, data).result(), "
+                              "client.task(name, body) then flush(), "
                               "client.broadcast(body, subject=...) then flush()"),
     "otter_async": System("otter_async", "Otter, async def handlers", "bench_otter.py", variant="async-handlers",
                           module="otter", what="async def handlers; the clients of the 'Otter' row"),
-    "otter_aclient": System("otter_aclient", "Otter, AsyncClient for A", "bench_otter.py", ("rpc_seq",),
-                            variant="async-client", module="otter", what="plain def handlers; await AsyncClient.rpc"),
     "otter_metrics": System("otter_metrics", "Otter, metrics on", "bench_otter.py", variant="metrics",
                             module="prometheus_client",
                             what="as 'otter', with METRICS_PORT set (otter run --metrics-port)"),
     "otter_nodiscovery": System("otter_nodiscovery", "Otter, discovery off", "bench_otter.py",
                                 variant="no-discovery", module="otter",
                                 what="as 'otter', with DISCOVERY=False: no control queue, no per-route counting"),
-    "otter_sync": System("otter_sync", "Otter, Client futures for B/C", "bench_otter.py", ("rpc_conc", "task"),
+    "otter_sync": System("otter_sync", "Otter, sync Client", "bench_otter.py", ("rpc_seq", "rpc_conc", "task"),
                          variant="sync-client", module="otter",
-                         what="plain def handlers; a window of CallFuture from Client.rpc / comm.task_send"),
+                         what="plain def handlers; the sync Client: A: client.rpc(...).result() in a loop; B/C: a "
+                              "window of CallFuture from Client.rpc / comm.task_send"),
 }
 PEERS = {
     "kiwipy": System("kiwipy", "kiwipy 0.9 async, JSON", "bench_kiwipy.py", module="kiwipy",
@@ -125,7 +123,7 @@ PEERS = {
 }
 # Systems whose rate is also reported against plain Otter's of the same round: what the difference costs.
 PAIRED_WITH_OTTER = {"otter_metrics": "Metrics on / off", "otter_nodiscovery": "Discovery off / on"}
-DEFAULT_SYSTEMS = (BASELINE, "otter", "otter_seed", "otter_async", "otter_aclient")
+DEFAULT_SYSTEMS = (BASELINE, "otter", "otter_seed", "otter_async")
 SMOKE_SYSTEMS = (BASELINE, "otter", "otter_seed")
 
 

@@ -63,5 +63,9 @@ def test_json_records_every_run_with_rates_and_cpu(smoke: tuple[subprocess.Compl
             assert run["rate"] > 0 and run["client_cpu_s"] >= 0 and run["server_cpu_s"] >= 0
             summary = data["summary"][wl][system]
             assert summary["runs"] == 1 and summary["ratio"] > 0
+    # each row runs the client its label says: the seed's sync Client, or AsyncClient for the "Otter" row
+    assert runs[("otter_seed", "rpc_seq")]["client"]["client"] == "Client (sync)"
+    assert runs[("otter_seed", "task")]["client"]["client"] == "Client (sync), plain loop"
+    assert {runs[("otter", wl)]["client"]["client"] for wl in WORKLOADS} == {"AsyncClient"}
     assert data["summary"]["rpc_seq"]["aiopika"]["ratio"] == 1.0
     assert data["summary"]["rpc_seq"]["otter"]["p99_us"] >= data["summary"]["rpc_seq"]["otter"]["p50_us"] > 0
