@@ -10,7 +10,7 @@ passes it straight down when it is 0. Every message of one level queue has the s
 always expires first and no long wait holds up a short one; and thousands of distinct delays share these few
 queues.
 
->>> delay_seconds(delay=90.2)                       # whole seconds, rounded up: never early
+>>> delay_seconds(delay=90.2)                       # whole seconds, rounded up: not early
 91
 >>> DelayLevels("kiwipy.tasks").route(5, "mail.send")
 ('kiwipy.tasks.delay.02', '0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.1.mail.send')
@@ -32,9 +32,9 @@ MAX_DELAY: Final = 2**LEVELS - 1  # seconds: 12 days, 3 hours and a bit
 def delay_seconds(delay: float | timedelta | None = None, eta: datetime | None = None,
                   now: datetime | None = None) -> int:
     """How many whole seconds from ``now`` a task with ``delay=`` (seconds or a ``timedelta``) or ``eta=`` (an
-    aware ``datetime``) is due: rounded up, so it never runs early; 0 (send it now) when neither is given or the
-    time has passed (a negative delay, an ``eta`` behind us). ``TypeError``/``ValueError`` saying what is wrong
-    otherwise, before anything is sent."""
+    aware ``datetime``) is due: rounded up, so it does not run early (but for RabbitMQ's expiry timers, a few ms);
+    0 (send it now) when neither is given or the time has passed (a negative delay, an ``eta`` behind us).
+    ``TypeError``/``ValueError`` saying what is wrong otherwise, before anything is sent."""
     if delay is not None and eta is not None:
         raise TypeError("give a task delay= or eta=, not both")
     if eta is not None:

@@ -105,7 +105,7 @@ def test_confirmed_delayed_tasks_survive_kill_9_of_the_broker(
             # the first send created the delay levels, so it waited for the broker to have them on disk
             assert confirmed >= NEW_QUORUM_QUEUE_SETTLE
             assert killed - confirmed < DELAYS["due while down"]  # killed before the second task was due
-            assert all(ran[body] - sent >= delay for body, delay in DELAYS.items())  # never early
+            assert all(ran[body] - sent >= delay - 0.01 for body, delay in DELAYS.items())  # not early (but for ms)
             assert done.empty()  # each ran once
         finally:
             raw.delete(work)

@@ -65,7 +65,7 @@ def test_delayed_tasks_survive_a_broker_restart(
                 record_property(f"{body}: ran after its time or the broker's return (s)", round(seconds, 2))
             print(f"\nbroker back after {back - sent:.1f} s; " +
                   "; ".join(f"{body}: ran {seconds:+.2f} s after max(due, back)" for body, seconds in late.items()))
-            assert all(ran[body] - sent >= delay for body, delay in DELAYS.items())  # never early
+            assert all(ran[body] - sent >= delay - 0.01 for body, delay in DELAYS.items())  # not early (but for ms)
             assert late["due while down"] < RETRY_AFTER + 15
             if back - sent < DELAYS["due after"] - 2:  # the broker was back in time (not on a very loaded machine)
                 assert late["due after"] < 2
