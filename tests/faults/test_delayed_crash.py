@@ -25,7 +25,7 @@ from otter.testing import ServedApp
 from otter.transports.amqp.connection import NEW_QUORUM_QUEUE_SETTLE
 from rawbroker import RawBroker
 
-from .rabbitmq_node import PrivateRabbitMQ
+from .rabbitmq_node import PrivateRabbitMQ, require_rabbitmq_server
 from .socket_leaks import LEAKED_SOCKET_FILTER
 
 pytestmark = [pytest.mark.faults, LEAKED_SOCKET_FILTER]
@@ -44,6 +44,21 @@ if opted_in():
 
 
 @pytest.fixture(scope="module")
+def own_rabbitmq310(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbitMQ]:
+    """A RabbitMQ 3.10 node of this module's own, not the session's private one: a crash can leave a delay level
+    without a leader, and on 3.10.8 deleting such a queue afterwards crash-loops its dead-letter worker until the
+    node's dead-letter supervisor gives up, which breaks every later at-least-once dead-lettering queue on the
+    node (seen: the next delayed test's send nacked with INTERNAL_ERROR). That state goes with this node."""
+    require_rabbitmq_server()
+    node = PrivateRabbitMQ(tmp_path_factory.mktemp("crashable"))
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
 def own_rabbitmq4() -> Iterator[Rabbitmq4Node]:
     """A RabbitMQ 4 node of this module's own: the session's is shared with tests that do not expect a crash."""
     node = Rabbitmq4Node(root_or_skip())
@@ -56,7 +71,7 @@ def own_rabbitmq4() -> Iterator[Rabbitmq4Node]:
 
 @pytest.fixture(params=_BROKERS)
 def crashable(request: pytest.FixtureRequest) -> PrivateRabbitMQ:
-    fixture = "private_broker" if request.param == "3.10" else "own_rabbitmq4"
+    fixture = "own_rabbitmq310" if request.param == "3.10" else "own_rabbitmq4"
     node: PrivateRabbitMQ = request.getfixturevalue(fixture)
     return node
 
@@ -113,12 +128,12 @@ def test_confirmed_delayed_tasks_survive_kill_9_of_the_broker(
 
 @pytest.mark.timeout(180)
 def test_a_crash_right_after_creating_delay_levels_fails_the_send_or_keeps_the_task(
-    private_broker: PrivateRabbitMQ, names: dict[str, Any]
+    own_rabbitmq310: PrivateRabbitMQ, names: dict[str, Any]
 ) -> None:
     """Killed a second after the send, which is confirmed by then but into a level RabbitMQ has not written down
     yet, the broker may come back without that level's messages: then the send, sent again, is not confirmed and
     the sender is told so. Either the sender hears of a failure or the task runs; never a silent loss."""
-    node = private_broker
+    node = own_rabbitmq310
     url = node.url
     work = f"delayed-crash-{uuid.uuid4().hex[:8]}.run"
     ran: queue.Queue[str] = queue.Queue()
