@@ -155,7 +155,13 @@ def machine_wide_lock(name: str) -> Iterator[None]:
     For tests that cannot use unique names, such as the seed examples with their fixed kiwipy.* names: two
     sessions running them at once on the shared broker would serve each other's tasks.
     """
-    path = Path(tempfile.gettempdir()) / f"otter-tests-{name}.lock"
+    with file_lock(Path(tempfile.gettempdir()) / f"otter-tests-{name}.lock"):
+        yield
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing): one holder at a time across processes."""
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

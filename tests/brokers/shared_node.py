@@ -15,7 +15,6 @@ starts a node of its own.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -26,6 +25,7 @@ from typing import Any
 
 from brokers.rabbitmq4 import CACHE_DIR, Rabbitmq4Node
 from faults.node_watchdog import alive
+from helpers_process import file_lock
 
 __all__ = ["RUN_ENV", "shared_node"]
 
@@ -47,7 +47,7 @@ def shared_node(root: Path, run_id: str) -> Iterator[Rabbitmq4Node]:
     record_path = RECORDS_DIR / f"rabbitmq4-{run_id}.json"
     lock_path = RECORDS_DIR / f"rabbitmq4-{run_id}.lock"
     user = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"
-    with _locked(lock_path):
+    with file_lock(lock_path):
         record = _read(record_path)
         node = _attach(root, record) if record is not None else None
         if node is None or not _serving(node):
@@ -61,7 +61,7 @@ def shared_node(root: Path, run_id: str) -> Iterator[Rabbitmq4Node]:
     try:
         yield node
     finally:
-        with _locked(lock_path):
+        with file_lock(lock_path):
             record = _read(record_path)
             if record is not None and f"{record['name']}@localhost" == node.node:
                 record["users"] = [other for other in record["users"] if other != user]
@@ -100,16 +100,6 @@ def _serving(node: Rabbitmq4Node) -> bool:
     except OSError:
         return False
     return True
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from otter.testing import ServedApp
 from otter.transports.amqp.connection import NEW_QUORUM_QUEUE_SETTLE
 from rawbroker import RawBroker
 
+from .delayed_recorder import DelayedRecorder
 from .rabbitmq_node import PrivateRabbitMQ, require_rabbitmq_server
 from .socket_leaks import LEAKED_SOCKET_FILTER
 
@@ -82,23 +83,13 @@ def test_confirmed_delayed_tasks_survive_kill_9_of_the_broker(
 ) -> None:
     node = crashable
     url = node.url
-    work = f"delayed-crash-{uuid.uuid4().hex[:8]}.run"
-    ran: dict[str, float] = {}
-    done: queue.Queue[str] = queue.Queue()
-    app = Otter(**names)
-
-    @app.add_task(work)
-    def record(comm: Any, body: str) -> None:
-        ran.setdefault(body, time.monotonic())
-        done.put(body)
+    recorder = DelayedRecorder(names, "delayed-crash")
+    work, ran, done = recorder.work, recorder.ran, recorder.done
 
     with RawBroker.open(url, names) as raw:
         try:
-            with ServedApp(app, url, **names, SHUTDOWN_GRACE=5.0), Client(url, **names) as client:
-                sent = time.monotonic()
-                for body, delay in DELAYS.items():
-                    client.task(work, body, delay=delay)
-                    client.flush()  # confirmed: the broker answered for it before the crash
+            with ServedApp(recorder.app, url, **names, SHUTDOWN_GRACE=5.0), Client(url, **names) as client:
+                sent = recorder.send(client, DELAYS)  # each confirmed: the broker answered for it before the crash
                 confirmed = time.monotonic() - sent
                 killed = time.monotonic() - sent
                 node.kill()

@@ -6,17 +6,16 @@ The node is stopped as an operator stops it (``rabbitmqctl stop``); ``test_delay
 
 from __future__ import annotations
 
-import queue
 import time
-import uuid
 from typing import Any
 
 import pytest
 
-from otter import Client, Otter
+from otter import Client
 from otter.testing import ServedApp
 from rawbroker import RawBroker
 
+from .delayed_recorder import DelayedRecorder
 from .rabbitmq_node import PrivateRabbitMQ
 from .socket_leaks import LEAKED_SOCKET_FILTER
 
@@ -37,23 +36,13 @@ def test_delayed_tasks_survive_a_broker_restart(
     private_broker: PrivateRabbitMQ, names: dict[str, Any], record_property: Any
 ) -> None:
     url = private_broker.url
-    work = f"delayed-{uuid.uuid4().hex[:8]}.run"
-    ran: dict[str, float] = {}
-    done: queue.Queue[str] = queue.Queue()
-    app = Otter(**names)
-
-    @app.add_task(work)
-    def record(comm: Any, body: str) -> None:
-        ran.setdefault(body, time.monotonic())
-        done.put(body)
+    recorder = DelayedRecorder(names, "delayed")
+    work, ran, done = recorder.work, recorder.ran, recorder.done
 
     with RawBroker.open(url, names) as raw:
         try:
-            with ServedApp(app, url, **names, SHUTDOWN_GRACE=5.0), Client(url, **names) as client:
-                sent = time.monotonic()
-                for body, delay in DELAYS.items():
-                    client.task(work, body, delay=delay)
-                    client.flush()  # confirmed: the broker has it on disk
+            with ServedApp(recorder.app, url, **names, SHUTDOWN_GRACE=5.0), Client(url, **names) as client:
+                sent = recorder.send(client, DELAYS)  # each confirmed: the broker has it on disk
                 private_broker.shut_down()
                 time.sleep(DOWN_FOR)  # the scenario itself: the broker stays down past the first task's time
                 private_broker.restart()
