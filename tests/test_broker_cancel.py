@@ -60,7 +60,10 @@ class Lines(logging.Handler):
             self.lines.append(record.getMessage())
             self._changed.notify_all()
 
-    def wait(self, text: str, timeout: float = 10.0) -> str:
+    def wait(self, text: str, timeout: float = 30.0) -> str:
+        """The first line holding ``text``. 30 s: each step is a few broker round trips, but on a shared broker busy
+        creating and deleting other tests' quorum queues one took over 10 s (a churn of 160 quorum queues every 2 s
+        beside this module took its first test from 2.9 s to 7.4 s)."""
         with self._changed:
             found = self._changed.wait_for(lambda: [line for line in self.lines if text in line], timeout)
         assert found, f"no log line with {text!r} within {timeout} s; got {self.lines}"
@@ -132,12 +135,12 @@ def test_a_stopping_worker_does_not_consume_again(
 
     def slow(_comm: Any, _body: Any) -> None:
         started.set()
-        release.wait(20)
+        release.wait(60)  # longer than any wait below: the stop must find it running
 
     app = otter.Otter("stopping")
     app.add_task(task_queue)(slow)
     with RawBroker.open(amqp_url, names) as raw:
-        served = ServedApp(app, amqp_url, **names, RECONNECT_INTERVAL=0.2, SHUTDOWN_GRACE=20).start()
+        served = ServedApp(app, amqp_url, **names, RECONNECT_INTERVAL=0.2, SHUTDOWN_GRACE=60).start()
         stopper = threading.Thread(target=served.stop)
         try:
             with otter.Client(amqp_url, **names) as client:
