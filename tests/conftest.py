@@ -30,21 +30,6 @@ def unique_names(prefix: str = "t") -> dict[str, Any]:
     return names
 
 
-# Tests that start RabbitMQ nodes of their own or wait out broker restarts: collected first (below).
-NODE_TESTS = ("tests/faults/", "tests/brokers/")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests that start private RabbitMQ nodes and wait out broker restarts (``NODE_TESTS``, and the other users
-    of ``private_broker``) run first, then the rest, each in its order. pytest-xdist hands tests out in collection
-    order, in chunks: collected in the middle, all of them went to one worker in one chunk of 134 tests, which ran
-    them one after another for 230 s while the other three workers had finished 30 s before it. Collected first, in
-    chunks of at most 8 (``--maxschedchunk`` in scripts/test), they spread over the workers, and the quick tests
-    fill in around them."""
-    items[:] = sorted(items, key=lambda item: not (item.nodeid.startswith(NODE_TESTS)
-                                                    or "private_broker" in getattr(item, "fixturenames", ())))
-
-
 @pytest.fixture
 def names() -> dict[str, Any]:
     return unique_names()
