@@ -160,10 +160,11 @@ async def adiscover(
     """One discovery round on a connection of its own: the instances that answered within ``timeout`` seconds (at
     once when ``expected`` have), sorted by service, host and pid. ``url`` and ``config`` as for ``AsyncClient``;
     raises ``BrokerUnavailable`` when the broker cannot be reached. For repeated rounds, keep a ``Discovery``."""
-    if timeout <= 0:
-        raise ConfigurationError(f"timeout must be more than 0 seconds, got {timeout!r}")
-    async with Discovery(url, **config) as discovery:
+    discovery = Discovery(url, **config)
+    try:  # not ``async with``: ``round`` checks the timeout before it connects
         return await discovery.round(timeout, expected=expected)
+    finally:
+        await discovery.close()
 
 
 def discover(

@@ -190,8 +190,8 @@ async def login(request: Request) -> Response:
         raise HTTPException(403, "a login from another site")
     address = client_address(request)
     if wait := dashboard.throttle.retry_after(address):
-        return _render(request, "login.html", error=f"too many wrong tokens from your address: try again in "
-                       f"{math.ceil(wait)} s", status_code=429, headers={"Retry-After": str(math.ceil(wait))})
+        return _render(request, "login.html", error=_too_many(wait), status_code=429,
+                       headers={"Retry-After": str(math.ceil(wait))})
     if not dashboard.guard.token_matches(given if isinstance(given, str) else None):
         dashboard.throttle.failed(address)
         return _render(request, "login.html", error="that is not the token", status_code=401)
@@ -217,9 +217,12 @@ def client_address(request: Request) -> str:
 
 
 def too_many_tries(wait: float) -> Response:
-    seconds = str(math.ceil(wait))
-    return PlainTextResponse(f"too many wrong tokens from your address: try again in {seconds} s\n", status_code=429,
-                             headers={"Retry-After": seconds})
+    """429 for an address the throttle holds back, saying for how long (also as ``Retry-After``)."""
+    return PlainTextResponse(_too_many(wait) + "\n", status_code=429, headers={"Retry-After": str(math.ceil(wait))})
+
+
+def _too_many(wait: float) -> str:
+    return f"too many wrong tokens from your address: try again in {math.ceil(wait)} s"
 
 
 def _dashboard(request: Request) -> Dashboard:
