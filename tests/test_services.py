@@ -20,7 +20,7 @@ import pytest
 
 from conftest import unique_names
 from helpers_process import READY, REPO_ROOT, AppProcess, app_env, wait_until
-from otter import BrokerUnavailable, Client, Otter, RemoteError
+from otter import BrokerUnavailable, Client, ConfigurationError, Otter, RemoteError
 from otter.services import discover
 from otter.testing import ServedApp
 from rawbroker import RawBroker
@@ -169,3 +169,10 @@ def test_a_control_exchange_the_worker_cannot_use_leaves_its_routes_serving(
         with pytest.raises(BrokerUnavailable, match="control exchange"):
             discover(amqp_url, timeout=0.5, **names)
     assert "will not answer `otter services`" in caplog.text and "PRECONDITION_FAILED" in caplog.text
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0])
+def test_a_timeout_that_is_not_positive_is_refused_before_any_connection(timeout: float) -> None:
+    """Port 1 answers nothing: a discovery that connected first would raise ``BrokerUnavailable`` instead."""
+    with pytest.raises(ConfigurationError, match="timeout must be more than 0 seconds"):
+        discover("amqp://guest:guest@127.0.0.1:1/", timeout=timeout)
