@@ -267,13 +267,8 @@ class Worker:
         self._schedules.clear()
         for gate in self._gates.values():
             gate.close()
-        # All at once: each cancel may wait up to CANCEL_TIMEOUT for a channel that is being re-opened, and one
-        # after another those waits added up to many seconds before a stop even started waiting for its handlers.
-        cancelled = await asyncio.gather(*(subscription.cancel() for subscription in self._subscriptions),
-                                         return_exceptions=True)
-        for subscription, outcome in zip(self._subscriptions, cancelled, strict=True):
-            if isinstance(outcome, Exception):
-                log.warning("could not cancel the consumer of %r: %s", subscription.queue, outcome)
+        for subscription in self._subscriptions:
+            await subscription.cancel()
         self._subscriptions.clear()
         # Only now, with no consumer left to take them straight back: the messages waiting for a slot go back to
         # their queues (each waiter, woken, finds the gate closed and returns its message; see ``_Gate``).
